@@ -1,0 +1,154 @@
+//! The split-brain tie-breaker: an atomic test-and-set, scoped to a pair generation.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+/// Identifies one side of a pair (a host, a process).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NodeId(pub u64);
+
+/// A protected pair, and its generation. Each new pairing (a new backup after a
+/// failover, say) gets a new generation, so an old pair's flag never blocks a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PairId {
+    /// The protected VM.
+    pub vm: u64,
+    /// The pairing generation.
+    pub generation: u64,
+}
+
+/// The outcome of a test-and-set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// This side won and may go live. The token increases with every win, for fencing.
+    Won {
+        /// A fencing token.
+        token: u64,
+    },
+    /// Another side already won; this side must halt.
+    Lost {
+        /// The winner.
+        holder: NodeId,
+    },
+}
+
+/// Errors of arbiters.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArbiterError {
+    /// The arbiter could not be reached; the caller must wait and retry, never go live.
+    #[error("arbiter unreachable: {0}")]
+    Unreachable(String),
+    /// The arbiter answered something unusable.
+    #[error("arbiter failure: {0}")]
+    Failed(String),
+}
+
+/// Result alias of this module.
+pub type Result<T, E = ArbiterError> = std::result::Result<T, E>;
+
+/// An atomic test-and-set, one flag per pair generation.
+///
+/// The first caller for a `pair` wins; every later caller for the same `pair` gets
+/// [`Decision::Lost`], except the winner itself, which wins again (so retries after a
+/// lost reply are safe).
+pub trait Arbiter: Send + Sync {
+    /// Try to claim `pair` for `me`.
+    fn test_and_set(&self, pair: PairId, me: NodeId) -> Result<Decision>;
+}
+
+#[derive(Debug, Default)]
+struct InProcessState {
+    holders: HashMap<PairId, (NodeId, u64)>,
+    next_token: u64,
+    unreachable: bool,
+}
+
+/// An arbiter inside one process, for simulations and in-process pairs. Clones share
+/// the same flags.
+#[derive(Debug, Clone, Default)]
+pub struct InProcessArbiter {
+    state: Arc<Mutex<InProcessState>>,
+}
+
+impl InProcessArbiter {
+    /// A fresh arbiter with no flag set.
+    pub fn new() -> InProcessArbiter {
+        InProcessArbiter::default()
+    }
+
+    /// Make the arbiter unreachable (or reachable again), to test waiting sides.
+    pub fn set_unreachable(&self, unreachable: bool) {
+        self.state.lock().unreachable = unreachable;
+    }
+
+    /// The winner of `pair`, if any.
+    pub fn holder(&self, pair: PairId) -> Option<NodeId> {
+        self.state.lock().holders.get(&pair).map(|(n, _)| *n)
+    }
+}
+
+impl Arbiter for InProcessArbiter {
+    fn test_and_set(&self, pair: PairId, me: NodeId) -> Result<Decision> {
+        let mut st = self.state.lock();
+        if st.unreachable {
+            return Err(ArbiterError::Unreachable(
+                "in-process arbiter cut off".into(),
+            ));
+        }
+        if let Some((holder, token)) = st.holders.get(&pair) {
+            return Ok(if *holder == me {
+                Decision::Won { token: *token }
+            } else {
+                Decision::Lost { holder: *holder }
+            });
+        }
+        st.next_token += 1;
+        let token = st.next_token;
+        st.holders.insert(pair, (me, token));
+        Ok(Decision::Won { token })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_claim_wins_per_generation() {
+        let a = InProcessArbiter::new();
+        let p1 = PairId {
+            vm: 1,
+            generation: 1,
+        };
+        let p2 = PairId {
+            vm: 1,
+            generation: 2,
+        };
+        assert!(matches!(
+            a.test_and_set(p1, NodeId(1)),
+            Ok(Decision::Won { .. })
+        ));
+        assert_eq!(
+            a.test_and_set(p1, NodeId(2)),
+            Ok(Decision::Lost { holder: NodeId(1) })
+        );
+        // The winner's retry wins again with the same token.
+        assert_eq!(
+            a.test_and_set(p1, NodeId(1)),
+            Ok(Decision::Won { token: 1 })
+        );
+        // A new generation is a fresh flag.
+        assert_eq!(
+            a.test_and_set(p2, NodeId(2)),
+            Ok(Decision::Won { token: 2 })
+        );
+        a.set_unreachable(true);
+        assert!(matches!(
+            a.test_and_set(p2, NodeId(2)),
+            Err(ArbiterError::Unreachable(_))
+        ));
+    }
+}

@@ -1,0 +1,117 @@
+//! The backend's side of replication: a machine that runs, stops at every
+//! nondeterministic event, and can be steered to exact execution points.
+
+use crate::record::{AsyncEvent, InputRequest, IoRequest, RawOutput};
+use crate::ExecPoint;
+
+/// Why [`EventSource::run`] returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// The machine reached the requested point.
+    Reached,
+    /// The machine needs the value of a nondeterministic read before it can go on. The
+    /// reading instruction has not completed; [`EventSource::point`] is the point before
+    /// it. Answer with [`EventSource::supply_input`].
+    Input(InputRequest),
+    /// The machine produced an output; the producing instruction has completed.
+    Output(RawOutput),
+    /// The machine started an asynchronous I/O; the starting instruction has completed.
+    IoStart(IoRequest),
+    /// The machine is idle (waiting for an interrupt); its point does not advance until
+    /// an asynchronous event is injected.
+    Idle,
+    /// The guest ended with an exit code.
+    Halted(u64),
+}
+
+/// Errors a backend reports. Backends convert their own errors into this.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    /// The requested point lies behind the machine's point.
+    #[error("cannot run backwards from {current} to {target}")]
+    Backwards {
+        /// The machine's point.
+        current: crate::ExecPoint,
+        /// The requested point.
+        target: crate::ExecPoint,
+    },
+    /// `supply_input` was called when no input was pending, or with the wrong size.
+    #[error("input not expected: {0}")]
+    UnexpectedInput(String),
+    /// An asynchronous event does not apply to this machine (unknown device, unknown
+    /// I/O id, DMA outside memory...).
+    #[error("cannot inject event: {0}")]
+    BadEvent(String),
+    /// A snapshot could not be made or restored.
+    #[error("snapshot: {0}")]
+    Snapshot(String),
+    /// The backend failed (a hypervisor error, an unknown exit...).
+    #[error("backend failure: {0}")]
+    Backend(String),
+}
+
+/// Result alias for backends.
+pub type SourceResult<T> = std::result::Result<T, SourceError>;
+
+/// A deterministic machine whose only nondeterminism enters through this trait.
+///
+/// A Rust VMM implements it over its own vCPU loop and device models:
+///
+/// * `run` executes guest code until it reaches `until` or hits something
+///   nondeterministic: a read whose value comes from outside, an output, the start of
+///   an asynchronous I/O, idleness, or the end of the guest;
+/// * `supply_input` and `inject` put the outside world's answers into the machine at
+///   the machine's current point;
+/// * `digest`, `snapshot` and `restore` expose its full state.
+///
+/// Given the same initial state and the same sequence of `run` targets, inputs and
+/// injections at the same points, an implementation must pass through the same states
+/// and stop in the same ways. The replication engine relies on nothing else.
+pub trait EventSource {
+    /// The machine's current execution point.
+    fn point(&self) -> ExecPoint;
+
+    /// Run until the point equals `until`, or until a [`Stop`] other than
+    /// [`Stop::Reached`] happens first. If the point already equals `until`, return
+    /// `Reached` without executing anything. Must never run past `until`.
+    fn run(&mut self, until: ExecPoint) -> SourceResult<Stop>;
+
+    /// Answer the pending [`Stop::Input`] with `data` (little-endian value bytes).
+    fn supply_input(&mut self, data: &[u8]) -> SourceResult<()>;
+
+    /// Apply an asynchronous event at the current point.
+    fn inject(&mut self, event: &AsyncEvent) -> SourceResult<()>;
+
+    /// A digest of the machine's whole guest-visible state (CPU, memory, devices).
+    fn digest(&mut self) -> u64;
+
+    /// Serialize the machine's whole state.
+    fn snapshot(&self) -> SourceResult<Vec<u8>>;
+
+    /// Replace the machine's state with a snapshot.
+    fn restore(&mut self, snapshot: &[u8]) -> SourceResult<()>;
+}
+
+impl<T: EventSource + ?Sized> EventSource for Box<T> {
+    fn point(&self) -> ExecPoint {
+        (**self).point()
+    }
+    fn run(&mut self, until: ExecPoint) -> SourceResult<Stop> {
+        (**self).run(until)
+    }
+    fn supply_input(&mut self, data: &[u8]) -> SourceResult<()> {
+        (**self).supply_input(data)
+    }
+    fn inject(&mut self, event: &AsyncEvent) -> SourceResult<()> {
+        (**self).inject(event)
+    }
+    fn digest(&mut self) -> u64 {
+        (**self).digest()
+    }
+    fn snapshot(&self) -> SourceResult<Vec<u8>> {
+        (**self).snapshot()
+    }
+    fn restore(&mut self, snapshot: &[u8]) -> SourceResult<()> {
+        (**self).restore(snapshot)
+    }
+}

@@ -1,0 +1,822 @@
+//! The replication engine: one side of a protected pair.
+//!
+//! A [`Node`] owns the guest machine (an [`EventSource`]) and the host half of its
+//! devices (a [`World`]). It never reads a clock, opens a socket or spawns a thread:
+//! the caller passes the time into every call, feeds it what arrived from the peer,
+//! and carries out what it asks for:
+//!
+//! * [`Node::step`] executes one bounded slice of guest work (recording, replaying, or
+//!   running live);
+//! * [`Node::handle_records`] and [`Node::handle_ack`] take what the log channel
+//!   delivered;
+//! * [`Node::poll_transmit`] yields the next batch of records or acknowledgement to
+//!   send;
+//! * [`Node::poll_command`] yields requests for the outside (the arbiter's
+//!   test-and-set), answered through [`Node::on_arbiter`];
+//! * [`Node::poll_notice`] yields what happened, for timelines and logs.
+//!
+//! The mechanisms are in their own modules: the recorder (`recorder.rs`), the
+//! replayer (`replayer.rs`) and go-live (`go_live.rs`).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::arbiter::{ArbiterError, Decision, NodeId, PairId};
+use crate::event_source::{EventSource, SourceError};
+use crate::failure_detector::{FailureDetector, Heartbeat};
+use crate::flow_control::LagMonitor;
+use crate::output_gate::OutputGate;
+use crate::record::{Ack, AsyncEvent, IoId, IoRequest, Nanos, Output, OutputSeq, Record};
+use crate::world::World;
+use crate::ExecPoint;
+
+/// Engine configuration. Times are in nanoseconds.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The protected pair and its generation (the arbiter's key).
+    pub pair: PairId,
+    /// This side's identity.
+    pub node: NodeId,
+    /// Most execution points one step runs. It bounds how late an asynchronous event
+    /// is delivered on the primary, and how much work one step does.
+    pub slice: u64,
+    /// A state digest is logged every this many points (0: never).
+    pub digest_interval: u64,
+    /// Heartbeat period, both ways.
+    pub heartbeat_interval: Nanos,
+    /// Silence after which the peer is declared dead.
+    pub peer_timeout: Nanos,
+    /// Records the primary keeps before handing them to the channel; when full, the
+    /// primary pauses.
+    pub outbox_capacity: usize,
+    /// Records the backup buffers before replaying them; the runtime stops reading the
+    /// channel when full.
+    pub inbox_capacity: usize,
+    /// Most records in one batch.
+    pub max_batch: usize,
+    /// Most time a record may wait for its batch to fill. An output waiting on the
+    /// gate flushes at once.
+    pub batch_delay: Nanos,
+    /// Replay lag beyond which the primary is paused (it runs slowed from half of it).
+    pub max_lag: Nanos,
+    /// First retry delay after the arbiter could not be reached; doubles per attempt.
+    pub arbiter_retry_min: Nanos,
+    /// Longest retry delay.
+    pub arbiter_retry_max: Nanos,
+    /// Enforce the output rule. Only a test that checks the checker turns this off:
+    /// without it, outputs leave before the backup has the records behind them.
+    pub enforce_output_rule: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            pair: PairId {
+                vm: 1,
+                generation: 1,
+            },
+            node: NodeId(1),
+            slice: 20_000,
+            digest_interval: 1_000_000,
+            heartbeat_interval: 10_000_000,
+            peer_timeout: 100_000_000,
+            outbox_capacity: 4096,
+            inbox_capacity: 16_384,
+            max_batch: 256,
+            batch_delay: 200_000,
+            max_lag: 50_000_000,
+            arbiter_retry_min: 5_000_000,
+            arbiter_retry_max: 500_000_000,
+            enforce_output_rule: true,
+        }
+    }
+}
+
+/// Which side a node started as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Records and ships the log.
+    Primary,
+    /// Replays the log.
+    Backup,
+}
+
+/// Why a node stopped for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HaltReason {
+    /// The other side won the arbiter.
+    LostArbitration {
+        /// The winner.
+        winner: NodeId,
+    },
+    /// Replay diverged from the log, or the log could not be applied.
+    Diverged(String),
+    /// The machine failed.
+    SourceFailed(String),
+}
+
+/// Where a node is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Primary with a backup: executing, logging, gating outputs.
+    Recording,
+    /// Backup: replaying the log.
+    Replaying,
+    /// Backup that declared the primary dead: replaying everything it received.
+    Draining,
+    /// Waiting for the arbiter's verdict (primary or backup).
+    Arbitrating,
+    /// The only live side: executing with the real world, not logging.
+    Live,
+    /// Stopped for good.
+    Halted(HaltReason),
+}
+
+/// What the caller should do next after [`Node::step`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// Work was done; call again.
+    Progressed,
+    /// The guest waits for an interrupt; nothing to do before `wake_at` (if known) or
+    /// before something arrives.
+    Idle {
+        /// When the world expects its next event.
+        wake_at: Option<Nanos>,
+    },
+    /// The node cannot execute now.
+    Blocked(Blocked),
+    /// The guest has ended with this exit code.
+    Finished(u64),
+    /// The node is halted.
+    Halted,
+}
+
+/// Why a node cannot execute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blocked {
+    /// Primary: the outbox is full (the channel does not take records fast enough).
+    OutboxFull,
+    /// Primary: the backup lags too far behind.
+    Lagging,
+    /// Backup: no record to replay.
+    InboxEmpty,
+    /// Waiting for the arbiter.
+    Arbitrating,
+}
+
+/// Something for the log channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transmit {
+    /// Primary to backup: a batch of consecutive records.
+    Records(Vec<Record>),
+    /// Backup to primary: an acknowledgement (also its heartbeat).
+    Ack(Ack),
+}
+
+/// A request the caller must carry out and answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Call [`crate::Arbiter::test_and_set`] and pass the result to
+    /// [`Node::on_arbiter`].
+    TestAndSet {
+        /// The pair generation.
+        pair: PairId,
+        /// This side.
+        me: NodeId,
+        /// 1 for the first attempt.
+        attempt: u32,
+    },
+}
+
+/// Something that happened, for timelines and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// The peer was declared dead.
+    PeerSuspected {
+        /// When it was last heard from.
+        last_heard: Nanos,
+    },
+    /// The backup finished replaying what it had received.
+    Drained {
+        /// Records replayed in total.
+        replayed: u64,
+        /// The point reached.
+        point: ExecPoint,
+    },
+    /// The arbiter could not be reached; the node keeps waiting.
+    ArbiterUnreachable {
+        /// Attempt number.
+        attempt: u32,
+        /// What failed.
+        error: String,
+    },
+    /// The arbiter chose this side.
+    ArbiterWon {
+        /// Fencing token.
+        token: u64,
+    },
+    /// The arbiter chose the other side; this side halts.
+    ArbiterLost {
+        /// The winner.
+        winner: NodeId,
+    },
+    /// The primary goes on alone and stops logging.
+    WentAlone {
+        /// Held outputs released at once.
+        released: usize,
+    },
+    /// The backup is live.
+    WentLive {
+        /// I/O started but never completed, re-issued.
+        reissued_io: usize,
+        /// Outputs re-sent because the old primary may not have sent them.
+        resent_outputs: usize,
+        /// The point where it went live.
+        point: ExecPoint,
+    },
+    /// Replay diverged: the loudest error there is.
+    Diverged(String),
+    /// The guest ended.
+    GuestExited {
+        /// Exit code.
+        code: u64,
+    },
+}
+
+/// Counters, for demos and benchmarks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Records produced (primary) or received (backup).
+    pub records: u64,
+    /// Records replayed (backup).
+    pub replayed: u64,
+    /// Batches handed to the channel.
+    pub batches: u64,
+    /// Acks received (primary) or sent (backup).
+    pub acks: u64,
+    /// Outputs produced by the guest.
+    pub outputs: u64,
+    /// Outputs released to the world.
+    pub released: u64,
+    /// Digests checked on replay.
+    pub digests_checked: u64,
+    /// Steps that could not run because of the lag throttle.
+    pub throttled_steps: u64,
+    /// Steps that ran slowed by the lag throttle.
+    pub slowed_steps: u64,
+    /// Steps that could not run because the outbox was full.
+    pub outbox_full_steps: u64,
+    /// Largest replay lag observed, in nanoseconds.
+    pub max_lag: Nanos,
+    /// Duplicate records ignored (a resent batch).
+    pub duplicates: u64,
+}
+
+/// Errors of the engine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// The backup's machine does not do what the log says the primary's did.
+    #[error("REPLAY DIVERGENCE at record {seq} ({point}): {detail}")]
+    Divergence {
+        /// The record being replayed.
+        seq: u64,
+        /// Its execution point.
+        point: ExecPoint,
+        /// What differed.
+        detail: String,
+    },
+    /// A record is missing from the stream (lost or reordered).
+    #[error("log sequence gap: expected record {expected}, received {found}")]
+    SequenceGap {
+        /// The next record expected.
+        expected: u64,
+        /// The record received.
+        found: u64,
+    },
+    /// A record's point lies behind its predecessor's.
+    #[error("record {seq} at {point} lies behind the previous record's point {previous}")]
+    OutOfOrder {
+        /// The record.
+        seq: u64,
+        /// Its point.
+        point: ExecPoint,
+        /// The previous record's point.
+        previous: ExecPoint,
+    },
+    /// More records arrived than the inbox holds; the runtime must check
+    /// [`Node::inbox_space`] before reading the channel.
+    #[error("backup inbox full: {incoming} records arrived with room for {room}")]
+    InboxFull {
+        /// Records offered.
+        incoming: usize,
+        /// Room left.
+        room: usize,
+    },
+    /// An acknowledgement for records never produced.
+    #[error("ack {ack:?} covers records never produced (last is {last})")]
+    BogusAck {
+        /// The ack.
+        ack: Ack,
+        /// The last record produced.
+        last: u64,
+    },
+    /// The call does not fit this side's role.
+    #[error("{0} is not valid for a {1:?}")]
+    WrongRole(&'static str, Role),
+    /// The machine failed.
+    #[error("backend: {0}")]
+    Source(#[from] SourceError),
+}
+
+/// Result alias of this module.
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// An item held by the output gate.
+#[derive(Debug, Clone)]
+pub(crate) enum Gated {
+    Output(Output),
+    Write(IoRequest),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Arbitration {
+    pub(crate) attempts: u32,
+    pub(crate) next_try: Nanos,
+    pub(crate) in_flight: bool,
+}
+
+/// One side of a protected pair. See the module docs.
+pub struct Node<S, W> {
+    pub(crate) cfg: Config,
+    pub(crate) role: Role,
+    pub(crate) phase: Phase,
+    pub(crate) source: S,
+    pub(crate) world: W,
+    /// Primary: the next record's seq. Backup: the next record expected.
+    pub(crate) next_seq: u64,
+    pub(crate) next_output: u64,
+    pub(crate) next_digest: u64,
+    pub(crate) exited: Option<u64>,
+    pub(crate) outbox: VecDeque<Record>,
+    pub(crate) outbox_since: Nanos,
+    pub(crate) flush_now: bool,
+    pub(crate) inbox: VecDeque<Record>,
+    pub(crate) last_point: ExecPoint,
+    pub(crate) gate: OutputGate<Gated>,
+    pub(crate) lag: LagMonitor,
+    pub(crate) detector: FailureDetector,
+    pub(crate) heartbeat: Heartbeat,
+    pub(crate) pending_io: BTreeMap<IoId, IoRequest>,
+    pub(crate) tentative: VecDeque<Output>,
+    pub(crate) released_below: OutputSeq,
+    pub(crate) watermark_sent: OutputSeq,
+    pub(crate) replayed: u64,
+    pub(crate) ack_due: bool,
+    pub(crate) arbitration: Option<Arbitration>,
+    pub(crate) commands: VecDeque<Command>,
+    pub(crate) notices: VecDeque<(Nanos, Notice)>,
+    pub(crate) async_buf: Vec<AsyncEvent>,
+    pub(crate) stats: Stats,
+}
+
+impl<S: EventSource, W: World> Node<S, W> {
+    /// A primary that records `source` and ships the log, starting at `now`.
+    pub fn primary(cfg: Config, source: S, world: W, now: Nanos) -> Node<S, W> {
+        Self::new(Role::Primary, Phase::Recording, cfg, source, world, now)
+    }
+
+    /// A backup that replays the log into `source`, which must start in the same state
+    /// as the primary's machine.
+    pub fn backup(cfg: Config, source: S, world: W, now: Nanos) -> Node<S, W> {
+        Self::new(Role::Backup, Phase::Replaying, cfg, source, world, now)
+    }
+
+    /// A machine running alone, unprotected: no log, no gate. The baseline for
+    /// overhead measurements, and what a primary becomes after its backup died.
+    pub fn unprotected(cfg: Config, source: S, world: W, now: Nanos) -> Node<S, W> {
+        let mut n = Self::new(Role::Primary, Phase::Live, cfg, source, world, now);
+        n.gate.open();
+        n
+    }
+
+    fn new(role: Role, phase: Phase, cfg: Config, source: S, world: W, now: Nanos) -> Self {
+        let start = source.point();
+        let next_digest = next_multiple(start.count, cfg.digest_interval);
+        Node {
+            detector: FailureDetector::new(cfg.peer_timeout, now),
+            heartbeat: Heartbeat::new(cfg.heartbeat_interval, now),
+            lag: LagMonitor::new(cfg.max_lag),
+            cfg,
+            role,
+            phase,
+            source,
+            world,
+            next_seq: 1,
+            next_output: 0,
+            next_digest,
+            exited: None,
+            outbox: VecDeque::new(),
+            outbox_since: now,
+            flush_now: false,
+            inbox: VecDeque::new(),
+            last_point: start,
+            gate: OutputGate::new(),
+            pending_io: BTreeMap::new(),
+            tentative: VecDeque::new(),
+            released_below: OutputSeq(0),
+            watermark_sent: OutputSeq(0),
+            replayed: 0,
+            ack_due: false,
+            arbitration: None,
+            commands: VecDeque::new(),
+            notices: VecDeque::new(),
+            async_buf: Vec::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// The role this node started in.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    /// Whether this side is the only live one.
+    pub fn is_live(&self) -> bool {
+        self.phase == Phase::Live
+    }
+
+    /// Whether this side halted for good.
+    pub fn is_halted(&self) -> bool {
+        matches!(self.phase, Phase::Halted(_))
+    }
+
+    /// The guest's exit code, once it ended.
+    pub fn exit_code(&self) -> Option<u64> {
+        self.exited
+    }
+
+    /// The machine.
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+
+    /// The machine, mutably (for digests in tests; do not run it behind the engine's
+    /// back).
+    pub fn source_mut(&mut self) -> &mut S {
+        &mut self.source
+    }
+
+    /// The world.
+    pub fn world(&self) -> &W {
+        &self.world
+    }
+
+    /// The world, mutably (to feed it host events).
+    pub fn world_mut(&mut self) -> &mut W {
+        &mut self.world
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Records produced (primary) or received (backup) so far: the last sequence
+    /// number.
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Backup: the last record replayed. Primary: the last record the backup reported
+    /// replayed.
+    pub fn replayed_seq(&self) -> u64 {
+        self.replayed
+    }
+
+    /// Primary: records acknowledged by the backup.
+    pub fn acked_seq(&self) -> u64 {
+        self.gate.acked()
+    }
+
+    /// Outputs still held by the gate.
+    pub fn held_outputs(&self) -> usize {
+        self.gate.pending()
+    }
+
+    /// Records waiting in the outbox (primary) or inbox (backup).
+    pub fn buffered_records(&self) -> usize {
+        self.outbox.len() + self.inbox.len()
+    }
+
+    /// Backup: how many more records the inbox takes now.
+    pub fn inbox_space(&self) -> usize {
+        self.cfg.inbox_capacity.saturating_sub(self.inbox.len())
+    }
+
+    /// The backup's replay lag as the primary measures it.
+    pub fn lag(&self, now: Nanos) -> Nanos {
+        self.lag.lag(now)
+    }
+
+    /// The next request for the outside.
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.commands.pop_front()
+    }
+
+    /// The next notice, with the time it happened.
+    pub fn poll_notice(&mut self) -> Option<(Nanos, Notice)> {
+        self.notices.pop_front()
+    }
+
+    /// The earliest time at which the node has something to do without new input:
+    /// a heartbeat, a batch deadline, a failure-detection deadline, an arbiter retry, a
+    /// world event.
+    pub fn next_deadline(&self) -> Option<Nanos> {
+        let mut t: Option<Nanos> = None;
+        let mut take = |x: Nanos| t = Some(t.map_or(x, |y| y.min(x)));
+        match self.phase {
+            Phase::Recording => {
+                take(self.heartbeat.deadline());
+                take(self.detector.deadline());
+                if !self.outbox.is_empty() {
+                    take(self.outbox_since.saturating_add(self.cfg.batch_delay));
+                }
+            }
+            Phase::Replaying => {
+                take(self.heartbeat.deadline());
+                take(self.detector.deadline());
+            }
+            Phase::Arbitrating => {
+                if let Some(a) = &self.arbitration {
+                    if !a.in_flight {
+                        take(a.next_try);
+                    }
+                }
+            }
+            Phase::Draining | Phase::Halted(_) | Phase::Live => {}
+        }
+        if matches!(self.phase, Phase::Recording | Phase::Live) {
+            if let Some(d) = self.world.next_deadline() {
+                take(d);
+            }
+        }
+        t
+    }
+
+    /// Primary: the backup acknowledged records (and reported its replay progress).
+    pub fn handle_ack(&mut self, ack: Ack, now: Nanos) -> Result<()> {
+        if self.role != Role::Primary {
+            return Err(EngineError::WrongRole("handle_ack", self.role));
+        }
+        if ack.received > self.last_seq() || ack.replayed > ack.received {
+            return Err(EngineError::BogusAck {
+                ack,
+                last: self.last_seq(),
+            });
+        }
+        if self.phase != Phase::Recording && self.phase != Phase::Arbitrating {
+            return Ok(());
+        }
+        self.detector.heard(now);
+        self.stats.acks += 1;
+        if self.cfg.enforce_output_rule {
+            self.gate.on_ack(ack.received);
+        }
+        self.replayed = self.replayed.max(ack.replayed);
+        self.lag.replayed(ack.replayed);
+        self.release_gated(now);
+        Ok(())
+    }
+
+    /// Backup: records arrived. Duplicates of records already received are ignored; a
+    /// gap or a point going backwards is an error and nothing of the batch is taken.
+    pub fn handle_records(&mut self, records: Vec<Record>, now: Nanos) -> Result<()> {
+        if self.role != Role::Backup {
+            return Err(EngineError::WrongRole("handle_records", self.role));
+        }
+        if self.phase != Phase::Replaying {
+            // Once the primary is suspected, nothing new is taken or acknowledged: the
+            // primary can then release no output that this side has not replayed.
+            return Ok(());
+        }
+        let mut expected = self.next_seq;
+        let mut previous = self.last_point;
+        let mut fresh = 0usize;
+        for r in &records {
+            if r.seq < expected && fresh == 0 {
+                continue;
+            }
+            if r.seq != expected {
+                return Err(EngineError::SequenceGap {
+                    expected,
+                    found: r.seq,
+                });
+            }
+            if r.point < previous {
+                return Err(EngineError::OutOfOrder {
+                    seq: r.seq,
+                    point: r.point,
+                    previous,
+                });
+            }
+            expected += 1;
+            previous = r.point;
+            fresh += 1;
+        }
+        let room = self.inbox_space();
+        if fresh > room {
+            return Err(EngineError::InboxFull {
+                incoming: fresh,
+                room,
+            });
+        }
+        self.detector.heard(now);
+        self.stats.duplicates += (records.len() - fresh) as u64;
+        for r in records {
+            if r.seq >= self.next_seq {
+                self.next_seq = r.seq + 1;
+                self.last_point = r.point;
+                self.stats.records += 1;
+                self.inbox.push_back(r);
+            }
+        }
+        if fresh > 0 {
+            self.ack_due = true;
+        }
+        Ok(())
+    }
+
+    /// The next thing to send to the peer, if any is due at `now`.
+    pub fn poll_transmit(&mut self, now: Nanos) -> Option<Transmit> {
+        self.check_peer(now);
+        match self.role {
+            Role::Primary => self.poll_transmit_records(now),
+            Role::Backup => {
+                if self.phase != Phase::Replaying {
+                    return None;
+                }
+                if self.ack_due || self.heartbeat.due(now) {
+                    self.ack_due = false;
+                    self.heartbeat.sent(now);
+                    self.stats.acks += 1;
+                    return Some(Transmit::Ack(Ack {
+                        received: self.last_seq(),
+                        replayed: self.replayed,
+                    }));
+                }
+                None
+            }
+        }
+    }
+
+    /// Execute one bounded slice of work at `now`.
+    pub fn step(&mut self, now: Nanos) -> Result<StepOutcome> {
+        self.check_peer(now);
+        let res = match self.phase {
+            Phase::Halted(_) => return Ok(StepOutcome::Halted),
+            Phase::Arbitrating => {
+                self.issue_test_and_set(now);
+                return Ok(StepOutcome::Blocked(Blocked::Arbitrating));
+            }
+            Phase::Recording | Phase::Live => self.record_step(now),
+            Phase::Replaying | Phase::Draining => self.replay_step(now),
+        };
+        match res {
+            Ok(o) => Ok(o),
+            Err(e) => {
+                let reason = match (&e, self.role) {
+                    (EngineError::Source(s), Role::Primary) => {
+                        HaltReason::SourceFailed(s.to_string())
+                    }
+                    _ => HaltReason::Diverged(e.to_string()),
+                };
+                if let HaltReason::Diverged(d) = &reason {
+                    self.notices.push_back((now, Notice::Diverged(d.clone())));
+                }
+                self.phase = Phase::Halted(reason);
+                Err(e)
+            }
+        }
+    }
+
+    /// The arbiter's answer to [`Command::TestAndSet`].
+    pub fn on_arbiter(&mut self, result: std::result::Result<Decision, ArbiterError>, now: Nanos) {
+        if self.phase != Phase::Arbitrating {
+            return;
+        }
+        let Some(arb) = self.arbitration.as_mut() else {
+            return;
+        };
+        arb.in_flight = false;
+        match result {
+            Ok(Decision::Won { token }) => {
+                self.notices.push_back((now, Notice::ArbiterWon { token }));
+                match self.role {
+                    Role::Primary => self.go_alone(now),
+                    Role::Backup => self.go_live(now),
+                }
+            }
+            Ok(Decision::Lost { holder }) => {
+                self.notices
+                    .push_back((now, Notice::ArbiterLost { winner: holder }));
+                self.phase = Phase::Halted(HaltReason::LostArbitration { winner: holder });
+            }
+            Err(e) => {
+                let shift = arb.attempts.saturating_sub(1).min(20);
+                let delay = self
+                    .cfg
+                    .arbiter_retry_min
+                    .saturating_mul(1u64 << shift)
+                    .min(self.cfg.arbiter_retry_max);
+                arb.next_try = now.saturating_add(delay);
+                let attempt = arb.attempts;
+                self.notices.push_back((
+                    now,
+                    Notice::ArbiterUnreachable {
+                        attempt,
+                        error: e.to_string(),
+                    },
+                ));
+            }
+        }
+    }
+
+    /// Declare the peer dead now, without waiting for the timeout (a runtime that saw
+    /// the connection drop may call this; the arbiter still decides).
+    pub fn peer_failed(&mut self, now: Nanos) {
+        let last_heard = self.detector.last_heard();
+        match self.phase {
+            Phase::Recording => {
+                self.notices
+                    .push_back((now, Notice::PeerSuspected { last_heard }));
+                self.start_arbitration(now);
+            }
+            Phase::Replaying => {
+                self.notices
+                    .push_back((now, Notice::PeerSuspected { last_heard }));
+                self.phase = Phase::Draining;
+            }
+            _ => {}
+        }
+    }
+
+    fn check_peer(&mut self, now: Nanos) {
+        if matches!(self.phase, Phase::Recording | Phase::Replaying) && self.detector.suspects(now)
+        {
+            self.peer_failed(now);
+        }
+    }
+
+    pub(crate) fn start_arbitration(&mut self, now: Nanos) {
+        self.phase = Phase::Arbitrating;
+        self.arbitration = Some(Arbitration {
+            attempts: 0,
+            next_try: now,
+            in_flight: false,
+        });
+        self.issue_test_and_set(now);
+    }
+
+    fn issue_test_and_set(&mut self, now: Nanos) {
+        if let Some(arb) = self.arbitration.as_mut() {
+            if !arb.in_flight && now >= arb.next_try {
+                arb.in_flight = true;
+                arb.attempts += 1;
+                self.commands.push_back(Command::TestAndSet {
+                    pair: self.cfg.pair,
+                    me: self.cfg.node,
+                    attempt: arb.attempts,
+                });
+            }
+        }
+    }
+
+    /// Release what the gate lets go.
+    pub(crate) fn release_gated(&mut self, now: Nanos) {
+        while let Some(item) = self.gate.pop_released() {
+            match item {
+                Gated::Output(o) => {
+                    self.stats.released += 1;
+                    self.world.emit(&o, false);
+                }
+                Gated::Write(req) => self.world.start_io(&req, now),
+            }
+        }
+    }
+}
+
+pub(crate) fn next_multiple(count: u64, interval: u64) -> u64 {
+    match count.checked_div(interval) {
+        None => u64::MAX,
+        Some(q) => q.saturating_add(1).saturating_mul(interval),
+    }
+}

@@ -1,0 +1,259 @@
+//! The primary recorder: runs the machine, logs every nondeterministic event at its
+//! execution point, and gates outputs. The same code runs a live side that no longer
+//! logs (a primary alone, or a backup after go-live).
+
+use crate::event_source::{EventSource, Stop};
+use crate::flow_control::Throttle;
+use crate::node::{Blocked, EngineError, Gated, Node, Phase, Result, StepOutcome, Transmit};
+use crate::record::{AsyncEvent, Event, IoKind, Nanos, Output, OutputSeq, Record};
+use crate::world::World;
+use crate::{digest, ExecPoint, Notice};
+
+/// Outputs released between two heartbeats that carry the release watermark.
+const WATERMARK_EVERY: u64 = 64;
+
+impl<S: EventSource, W: World> Node<S, W> {
+    fn logging(&self) -> bool {
+        self.phase == Phase::Recording
+    }
+
+    /// Append a record at the machine's current point; returns its seq.
+    pub(crate) fn log(&mut self, event: Event, now: Nanos) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if self.outbox.is_empty() {
+            self.outbox_since = now;
+        }
+        self.outbox.push_back(Record {
+            seq,
+            point: self.source.point(),
+            event,
+        });
+        self.lag.produced(seq, now);
+        self.heartbeat.sent(now);
+        self.stats.records += 1;
+        seq
+    }
+
+    pub(crate) fn record_step(&mut self, now: Nanos) -> Result<StepOutcome> {
+        if let Some(code) = self.exited {
+            return Ok(StepOutcome::Finished(code));
+        }
+        let mut slice = self.cfg.slice.max(1);
+        if self.logging() {
+            if self.outbox.len() >= self.cfg.outbox_capacity {
+                self.stats.outbox_full_steps += 1;
+                return Ok(StepOutcome::Blocked(Blocked::OutboxFull));
+            }
+            let lag = self.lag.lag(now);
+            self.stats.max_lag = self.stats.max_lag.max(lag);
+            match self.lag.throttle(now) {
+                Throttle::Full => {}
+                Throttle::Slowed(f) => {
+                    self.stats.slowed_steps += 1;
+                    slice = (slice / f).max(1);
+                }
+                Throttle::Paused => {
+                    self.stats.throttled_steps += 1;
+                    return Ok(StepOutcome::Blocked(Blocked::Lagging));
+                }
+            }
+        }
+
+        // Asynchronous events are delivered between slices, at the machine's current
+        // point, and logged there.
+        let mut events = std::mem::take(&mut self.async_buf);
+        self.world.poll(now, &mut events);
+        let delivered = !events.is_empty();
+        for ev in events.drain(..) {
+            self.deliver_async(ev, now)?;
+        }
+        self.async_buf = events;
+
+        let here = self.source.point();
+        let target = here.plus(slice).min(ExecPoint::at(self.next_digest));
+        let stop = self.source.run(target)?;
+        let outcome = match stop {
+            Stop::Reached => {
+                if self.source.point().count >= self.next_digest {
+                    if self.logging() {
+                        let value = self.source.digest();
+                        self.log(Event::Digest { value }, now);
+                    }
+                    self.next_digest = crate::node::next_multiple(
+                        self.source.point().count,
+                        self.cfg.digest_interval,
+                    );
+                }
+                StepOutcome::Progressed
+            }
+            Stop::Input(req) => {
+                let data = self.world.input(&req, now);
+                if self.logging() {
+                    self.log(
+                        Event::Input {
+                            device: req.device,
+                            data: data.clone(),
+                        },
+                        now,
+                    );
+                }
+                self.source.supply_input(&data)?;
+                StepOutcome::Progressed
+            }
+            Stop::Output(raw) => {
+                let out = Output {
+                    seq: OutputSeq(self.next_output),
+                    device: raw.device,
+                    data: raw.data,
+                };
+                self.next_output += 1;
+                self.stats.outputs += 1;
+                if self.logging() {
+                    let r = self.log(
+                        Event::Output {
+                            seq: out.seq,
+                            digest: digest::digest_bytes(&out.data),
+                        },
+                        now,
+                    );
+                    self.gate.hold(r, Gated::Output(out));
+                    self.flush_now = true;
+                } else {
+                    self.stats.released += 1;
+                    self.world.emit(&out, false);
+                }
+                StepOutcome::Progressed
+            }
+            Stop::IoStart(req) => {
+                let r = if self.logging() {
+                    Some(self.log(
+                        Event::IoStart {
+                            io: req.id,
+                            digest: req.digest(),
+                        },
+                        now,
+                    ))
+                } else {
+                    None
+                };
+                self.pending_io.insert(req.id, req.clone());
+                match (req.kind, r) {
+                    (IoKind::SharedWrite, Some(r)) => {
+                        self.gate.hold(r, Gated::Write(req));
+                        self.flush_now = true;
+                    }
+                    _ => self.world.start_io(&req, now),
+                }
+                StepOutcome::Progressed
+            }
+            Stop::Idle => {
+                if delivered {
+                    StepOutcome::Progressed
+                } else {
+                    StepOutcome::Idle {
+                        wake_at: self.world.next_deadline(),
+                    }
+                }
+            }
+            Stop::Halted(code) => {
+                if self.logging() {
+                    self.log(Event::Halt { code }, now);
+                }
+                self.exited = Some(code);
+                self.notices.push_back((now, Notice::GuestExited { code }));
+                StepOutcome::Finished(code)
+            }
+        };
+        // With the gate open (no backup), or with acks that already arrived, outputs
+        // go now.
+        self.release_gated(now);
+        Ok(outcome)
+    }
+
+    /// Apply an asynchronous event at the current point, logging it first.
+    pub(crate) fn deliver_async(&mut self, ev: AsyncEvent, now: Nanos) -> Result<()> {
+        let mut logged = None;
+        if let AsyncEvent::IoComplete { io, status, .. } = &ev {
+            match self.pending_io.remove(io) {
+                Some(req) if req.kind == IoKind::LocalRead => {
+                    // The backup reads this data from its own storage.
+                    logged = Some(AsyncEvent::IoComplete {
+                        io: *io,
+                        status: *status,
+                        data: None,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    return Err(EngineError::Source(crate::SourceError::BadEvent(format!(
+                        "completion for unknown I/O {}",
+                        io.0
+                    ))))
+                }
+            }
+        }
+        if self.logging() {
+            let rec = logged.unwrap_or_else(|| ev.clone());
+            self.log(Event::Async(rec), now);
+        }
+        self.source.inject(&ev)?;
+        Ok(())
+    }
+
+    pub(crate) fn poll_transmit_records(&mut self, now: Nanos) -> Option<Transmit> {
+        if self.phase != Phase::Recording && self.phase != Phase::Arbitrating {
+            return None;
+        }
+        if self.phase == Phase::Recording {
+            let released_below = self
+                .gate
+                .held()
+                .find_map(|(_, g)| match g {
+                    Gated::Output(o) => Some(o.seq),
+                    Gated::Write(_) => None,
+                })
+                .unwrap_or(OutputSeq(self.next_output));
+            // A heartbeat when the log is quiet, and also whenever many outputs were
+            // released since the last one, so the backup can forget them.
+            let quiet = self.outbox.is_empty() && self.heartbeat.due(now);
+            let stale = released_below.0 >= self.watermark_sent.0 + WATERMARK_EVERY;
+            if quiet || stale {
+                self.watermark_sent = released_below;
+                self.log(Event::Heartbeat { released_below }, now);
+                self.flush_now |= quiet;
+            }
+        }
+        if self.outbox.is_empty() {
+            return None;
+        }
+        let due = self.flush_now
+            || self.outbox.len() >= self.cfg.max_batch
+            || now.saturating_sub(self.outbox_since) >= self.cfg.batch_delay
+            || self.exited.is_some();
+        if !due {
+            return None;
+        }
+        let n = self.outbox.len().min(self.cfg.max_batch.max(1));
+        let batch: Vec<Record> = self.outbox.drain(..n).collect();
+        if self.outbox.is_empty() {
+            self.flush_now = false;
+        } else {
+            self.outbox_since = now;
+        }
+        self.stats.batches += 1;
+        Some(Transmit::Records(batch))
+    }
+
+    /// The backup is gone and this primary won the arbiter: go on alone.
+    pub(crate) fn go_alone(&mut self, now: Nanos) {
+        self.phase = Phase::Live;
+        self.outbox.clear();
+        self.lag.clear();
+        let released = self.gate.pending();
+        self.gate.open();
+        self.release_gated(now);
+        self.notices
+            .push_back((now, Notice::WentAlone { released }));
+    }
+}
