@@ -25,7 +25,7 @@ impl<S: EventSource, W: World> Node<S, W> {
             if o.seq >= self.released_below {
                 resent_outputs += 1;
                 self.stats.released += 1;
-                self.world.emit(&o, true);
+                self.world.emit(&o, true, now);
             }
         }
         self.gate.open();

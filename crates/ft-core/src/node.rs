@@ -588,9 +588,7 @@ impl<S: EventSource, W: World> Node<S, W> {
         }
         self.detector.heard(now);
         self.stats.acks += 1;
-        if self.cfg.enforce_output_rule {
-            self.gate.on_ack(ack.received);
-        }
+        self.gate.on_ack(ack.received);
         self.replayed = self.replayed.max(ack.replayed);
         self.lag.replayed(ack.replayed);
         self.release_gated(now);
@@ -806,7 +804,7 @@ impl<S: EventSource, W: World> Node<S, W> {
             match item {
                 Gated::Output(o) => {
                     self.stats.released += 1;
-                    self.world.emit(&o, false);
+                    self.world.emit(&o, false, now);
                 }
                 Gated::Write(req) => self.world.start_io(&req, now),
             }

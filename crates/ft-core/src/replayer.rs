@@ -130,11 +130,13 @@ impl<S: EventSource, W: World> Node<S, W> {
                     {
                         self.next_output += 1;
                         self.stats.outputs += 1;
-                        self.tentative.push_back(Output {
+                        let out = Output {
                             seq: *seq,
                             device: raw.device,
                             data: raw.data,
-                        });
+                        };
+                        self.world.replayed_output(&out);
+                        self.tentative.push_back(out);
                     }
                     other => {
                         return Err(self.diverged(

@@ -32,7 +32,14 @@ pub trait World {
 
     /// Release an output to the outside world (live side). `possible_repeat` is set
     /// for outputs re-sent at go-live, which the old primary may already have sent.
-    fn emit(&mut self, output: &Output, possible_repeat: bool);
+    fn emit(&mut self, output: &Output, possible_repeat: bool, now: Nanos);
+
+    /// The replaying side produced `output` while replaying; it stays suppressed (the
+    /// primary is the one that releases it). For checkers and metrics; the default
+    /// does nothing.
+    fn replayed_output(&mut self, output: &Output) {
+        let _ = output;
+    }
 
     /// The replaying side performs a private-disk write on its own copy.
     fn apply_private_write(&mut self, req: &IoRequest);

@@ -1,14 +1,30 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! # ft-sim
+//!
+//! A pure-software RISC-V machine (RV64IM + Zicsr, machine and user mode) whose
+//! execution is exact and instruction-counted, so that any asynchronous event can be
+//! placed at any instruction. It is the backend ft uses to property-test replay
+//! equivalence, and the machine the `failover` demo protects.
+//!
+//! * [`cpu`], [`memory`]: the hart and its RAM (at `0x8000_0000`, as spike and QEMU
+//!   `virt` place it);
+//! * [`devices`]: console UART, timer, wall clock, RNG, block device with DMA, network
+//!   device — each a source of nondeterminism that goes through the log;
+//! * [`machine`]: all of it behind [`ft_core::EventSource`];
+//! * [`world`]: the host half of the devices, a seeded stand-in for the real world;
+//! * [`loader`], [`asm`], [`guests`]: how programs get in (ELF with HTIF `tohost`,
+//!   raw images, and an assembler for generated programs);
+//! * [`cluster`]: a deterministic simulation of a whole protected pair.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod asm;
+pub mod cluster;
+pub mod cpu;
+pub mod devices;
+pub mod guests;
+pub mod loader;
+pub mod machine;
+pub mod memory;
+pub mod world;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use cluster::{PairConfig, PairSim, Side};
+pub use machine::{DiskMode, Machine, MachineConfig};
+pub use world::{Disk, OutputSink, SimWorld, SimWorldConfig};

@@ -1,0 +1,490 @@
+//! The sim machine: CPU, RAM and devices behind [`ft_core::EventSource`].
+
+use bytes::Bytes;
+use ft_core::digest::StateHasher;
+use ft_core::{
+    AsyncEvent, EventSource, ExecPoint, IoId, IoKind, IoRequest, RawOutput, SourceError,
+    SourceResult, Stop,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::cpu::{Cpu, StepExit};
+use crate::devices::{self, blk_status, id, op, Action, Devices};
+use crate::memory::{Ram, RAM_BASE};
+
+/// How the block device's disk is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DiskMode {
+    /// One disk both sides can reach. Only the live side writes, and its writes are
+    /// outputs under the output rule.
+    Shared {
+        /// The backup reads the shared disk itself instead of receiving read data in
+        /// the log.
+        backup_reads_disk: bool,
+    },
+    /// Each side has its own copy and writes it; writes are not outputs. Reads may come
+    /// from the backup's own copy as well.
+    Private {
+        /// The backup reads its own copy instead of receiving read data in the log.
+        backup_reads_disk: bool,
+    },
+}
+
+/// Configuration of a sim machine. Both sides of a pair must use the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineConfig {
+    /// RAM size in bytes.
+    pub ram_size: usize,
+    /// Disk attachment.
+    pub disk: DiskMode,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        MachineConfig {
+            ram_size: 1 << 20,
+            disk: DiskMode::Shared {
+                backup_reads_disk: false,
+            },
+        }
+    }
+}
+
+/// Errors of building a machine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MachineError {
+    /// The image does not load.
+    #[error("guest image: {0}")]
+    Image(#[from] crate::loader::LoaderError),
+    /// The snapshot is not usable.
+    #[error("snapshot: {0}")]
+    Snapshot(String),
+}
+
+/// Result alias of this module.
+pub type Result<T, E = MachineError> = std::result::Result<T, E>;
+
+/// A RISC-V machine: CPU, RAM and devices. Deterministic and instruction-counted; its
+/// execution point is the retired-instruction count.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    cfg: MachineConfig,
+    cpu: Cpu,
+    ram: Ram,
+    dev: Devices,
+    exited: Option<u64>,
+    tohost: Option<u64>,
+}
+
+const SNAPSHOT_MAGIC: &[u8; 8] = b"FTSIMSNP";
+const SNAPSHOT_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotMeta {
+    cfg: MachineConfig,
+    cpu: Cpu,
+    dev: Devices,
+    exited: Option<u64>,
+    tohost: Option<u64>,
+}
+
+impl Machine {
+    /// A machine with `image` (raw code) loaded at the start of RAM and the CPU there.
+    pub fn from_raw(cfg: MachineConfig, image: &[u8]) -> Result<Machine> {
+        let mut ram = Ram::new(cfg.ram_size);
+        let img = crate::loader::load_raw(image, &mut ram, RAM_BASE)?;
+        Ok(Self::with(cfg, ram, img.entry, img.tohost))
+    }
+
+    /// A machine with a static ELF64 RISC-V executable loaded. A `tohost` symbol, if
+    /// present, follows the HTIF convention: writing `(code << 1) | 1` ends the run.
+    pub fn from_elf(cfg: MachineConfig, elf: &[u8]) -> Result<Machine> {
+        let mut ram = Ram::new(cfg.ram_size);
+        let img = crate::loader::load_elf(elf, &mut ram)?;
+        Ok(Self::with(cfg, ram, img.entry, img.tohost))
+    }
+
+    fn with(cfg: MachineConfig, mut ram: Ram, entry: u64, tohost: Option<u64>) -> Machine {
+        ram.clear_dirty();
+        let mut cpu = Cpu::new(entry);
+        cpu.set_store_watch(tohost);
+        Machine {
+            cfg,
+            cpu,
+            ram,
+            dev: Devices::default(),
+            exited: None,
+            tohost,
+        }
+    }
+
+    /// The CPU.
+    pub fn cpu(&self) -> &Cpu {
+        &self.cpu
+    }
+
+    /// The RAM.
+    pub fn ram(&self) -> &Ram {
+        &self.ram
+    }
+
+    /// The RAM, mutably (for loaders and migration; not behind the engine's back).
+    pub fn ram_mut(&mut self) -> &mut Ram {
+        &mut self.ram
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MachineConfig {
+        &self.cfg
+    }
+
+    /// Packets the network device dropped because its queue was full.
+    pub fn net_dropped(&self) -> u64 {
+        self.dev.net_dropped
+    }
+
+    fn update_irqs(&mut self) {
+        let (ext, timer) = self.dev.irq_lines();
+        self.cpu.set_mip(crate::cpu::MIP_MEIP, ext);
+        self.cpu.set_mip(crate::cpu::MIP_MTIP, timer);
+    }
+
+    fn new_io(&mut self) -> IoId {
+        let id = IoId(self.dev.next_io);
+        self.dev.next_io += 1;
+        id
+    }
+
+    /// Carry out a device action at the instruction that triggered it; `Some` if it is
+    /// a stop the engine must see.
+    fn perform(&mut self, action: Action) -> Option<Stop> {
+        match action {
+            Action::UartLine => {
+                let line = std::mem::take(&mut self.dev.uart_line);
+                Some(Stop::Output(RawOutput {
+                    device: id::UART,
+                    data: Bytes::from(line),
+                }))
+            }
+            Action::TimerArm(delay) => {
+                let io = self.new_io();
+                self.dev.timers_inflight.insert(io.0);
+                Some(Stop::IoStart(IoRequest {
+                    id: io,
+                    device: id::TIMER,
+                    kind: IoKind::Request,
+                    op: op::TIMER_ARM,
+                    offset: delay,
+                    len: 0,
+                    data: Bytes::new(),
+                }))
+            }
+            Action::BlockCmd(cmd) => self.block_command(cmd),
+            Action::NetRxPop => {
+                if let Some(pkt) = self.dev.net_rx.pop_front() {
+                    // A bad target address drops the packet, as a NIC would.
+                    let _ = self.ram.write(self.dev.net_rx_addr, &pkt);
+                }
+                None
+            }
+            Action::NetTxSend => {
+                let len = self.dev.net_tx_len.min(devices::NET_MTU) as usize;
+                let mut buf = vec![0u8; len];
+                if self.ram.read(self.dev.net_tx_addr, &mut buf).is_err() {
+                    return None;
+                }
+                Some(Stop::Output(RawOutput {
+                    device: id::NET,
+                    data: Bytes::from(buf),
+                }))
+            }
+            Action::Exit(code) => {
+                self.exited = Some(code);
+                Some(Stop::Halted(code))
+            }
+        }
+    }
+
+    fn block_command(&mut self, cmd: u64) -> Option<Stop> {
+        let d = &mut self.dev;
+        let len = d.blk_count.saturating_mul(devices::SECTOR_SIZE);
+        let valid = (cmd == devices::BLK_CMD_READ || cmd == devices::BLK_CMD_WRITE)
+            && d.blk_inflight.is_none()
+            && d.blk_count > 0
+            && d.blk_count <= devices::MAX_SECTORS
+            && self.ram.contains(d.blk_dma, len);
+        if !valid {
+            d.blk_status |= blk_status::ERROR | blk_status::DONE;
+            d.blk_irq = true;
+            self.update_irqs();
+            return None;
+        }
+        let (shared, local_reads) = match self.cfg.disk {
+            DiskMode::Shared { backup_reads_disk } => (true, backup_reads_disk),
+            DiskMode::Private { backup_reads_disk } => (false, backup_reads_disk),
+        };
+        let offset = d.blk_sector.saturating_mul(devices::SECTOR_SIZE);
+        let (kind, opc, data) = if cmd == devices::BLK_CMD_READ {
+            let kind = if local_reads {
+                IoKind::LocalRead
+            } else {
+                IoKind::Request
+            };
+            (kind, op::DISK_READ, Bytes::new())
+        } else {
+            let mut buf = vec![0u8; len as usize];
+            // In range: checked above.
+            let _ = self.ram.read(d.blk_dma, &mut buf);
+            let kind = if shared {
+                IoKind::SharedWrite
+            } else {
+                IoKind::PrivateWrite
+            };
+            (kind, op::DISK_WRITE, Bytes::from(buf))
+        };
+        let dma = d.blk_dma;
+        d.blk_status = blk_status::BUSY;
+        let io = self.new_io();
+        self.dev.blk_inflight = Some((io.0, dma, len));
+        Some(Stop::IoStart(IoRequest {
+            id: io,
+            device: id::BLOCK,
+            kind,
+            op: opc,
+            offset,
+            len: len as u32,
+            data,
+        }))
+    }
+
+    fn complete_io(&mut self, io: IoId, status: u32, data: Option<&Bytes>) -> SourceResult<()> {
+        if self.dev.timers_inflight.remove(&io.0) {
+            self.dev.timer_pending += 1;
+            return Ok(());
+        }
+        match self.dev.blk_inflight {
+            Some((blk_io, dma, len)) if blk_io == io.0 => {
+                self.dev.blk_inflight = None;
+                let mut st = blk_status::DONE;
+                if status != 0 {
+                    st |= blk_status::ERROR;
+                } else if let Some(data) = data {
+                    // The bounce buffer lands in guest memory now, all at once.
+                    if data.len() as u64 != len || self.ram.write(dma, data).is_err() {
+                        st |= blk_status::ERROR;
+                    }
+                }
+                self.dev.blk_status = st;
+                self.dev.blk_irq = true;
+                Ok(())
+            }
+            _ => Err(SourceError::BadEvent(format!(
+                "completion for I/O {} which is not in flight",
+                io.0
+            ))),
+        }
+    }
+}
+
+impl EventSource for Machine {
+    fn point(&self) -> ExecPoint {
+        ExecPoint::at(self.cpu.instret())
+    }
+
+    fn run(&mut self, until: ExecPoint) -> SourceResult<Stop> {
+        if let Some(code) = self.exited {
+            return Ok(Stop::Halted(code));
+        }
+        let here = self.point();
+        if until < here {
+            return Err(SourceError::Backwards {
+                current: here,
+                target: until,
+            });
+        }
+        if self.dev.input.as_ref().is_some_and(|(_, v)| v.is_none()) {
+            // Still waiting for a value: the engine must supply it first.
+            if let Some((req, _)) = &self.dev.input {
+                return Ok(Stop::Input(req.clone()));
+            }
+        }
+        loop {
+            let exit = self.cpu.run(&mut self.ram, &mut self.dev, until.count);
+            match exit {
+                StepExit::Budget => return Ok(Stop::Reached),
+                StepExit::Idle => return Ok(Stop::Idle),
+                StepExit::Stall => {
+                    return match &self.dev.input {
+                        Some((req, None)) => Ok(Stop::Input(req.clone())),
+                        _ => Err(SourceError::Backend("MMIO stall without a pending read".into())),
+                    }
+                }
+                StepExit::Watch => {
+                    // HTIF: the guest wrote `tohost`.
+                    let Some(addr) = self.tohost else { continue };
+                    let v = self.ram.load_u64(addr).unwrap_or(0);
+                    if v & 1 == 1 {
+                        let code = v >> 1;
+                        self.exited = Some(code);
+                        return Ok(Stop::Halted(code));
+                    }
+                }
+                StepExit::MmioStop => {
+                    let Some(action) = self.dev.action.take() else {
+                        continue;
+                    };
+                    let stop = self.perform(action);
+                    self.update_irqs();
+                    if let Some(stop) = stop {
+                        return Ok(stop);
+                    }
+                }
+                StepExit::TrapLoop => {
+                    return Err(SourceError::Backend(format!(
+                        "guest is stuck in a trap loop at pc {:#x} (mtvec points at a faulting instruction)",
+                        self.cpu.pc()
+                    )))
+                }
+            }
+        }
+    }
+
+    fn supply_input(&mut self, data: &[u8]) -> SourceResult<()> {
+        match &mut self.dev.input {
+            Some((req, slot @ None)) => {
+                if data.len() != usize::from(req.size) && data.len() != 8 {
+                    return Err(SourceError::UnexpectedInput(format!(
+                        "{} bytes for a {}-byte read",
+                        data.len(),
+                        req.size
+                    )));
+                }
+                let mut b = [0u8; 8];
+                let n = data.len().min(8);
+                b[..n].copy_from_slice(&data[..n]);
+                *slot = Some(u64::from_le_bytes(b));
+                Ok(())
+            }
+            _ => Err(SourceError::UnexpectedInput("no read is pending".into())),
+        }
+    }
+
+    fn inject(&mut self, event: &AsyncEvent) -> SourceResult<()> {
+        match event {
+            AsyncEvent::Interrupt { device } => match *device {
+                id::TIMER => self.dev.timer_pending += 1,
+                id::NET => self.dev.net_irq = true,
+                id::BLOCK => self.dev.blk_irq = true,
+                other => {
+                    return Err(SourceError::BadEvent(format!(
+                        "device {} has no interrupt line",
+                        other.0
+                    )))
+                }
+            },
+            AsyncEvent::DeviceInput { device, data } => {
+                if *device != id::NET {
+                    return Err(SourceError::BadEvent(format!(
+                        "device {} takes no unsolicited input",
+                        device.0
+                    )));
+                }
+                if self.dev.net_rx.len() >= devices::NET_RX_QUEUE
+                    || data.len() as u64 > devices::NET_MTU
+                {
+                    self.dev.net_dropped += 1;
+                } else {
+                    self.dev.net_rx.push_back(data.clone());
+                }
+                self.dev.net_irq = true;
+            }
+            AsyncEvent::IoComplete { io, status, data } => {
+                self.complete_io(*io, *status, data.as_ref())?;
+            }
+        }
+        self.update_irqs();
+        Ok(())
+    }
+
+    fn digest(&mut self) -> u64 {
+        let mut h = StateHasher::new();
+        h.write_bytes(&postcard::to_stdvec(&self.cpu).unwrap_or_default());
+        h.write_bytes(&postcard::to_stdvec(&self.dev).unwrap_or_default());
+        h.write_u64(self.exited.map_or(0, |c| c.wrapping_add(1)));
+        h.write_bytes(self.ram.as_slice());
+        h.finish()
+    }
+
+    fn snapshot(&self) -> SourceResult<Vec<u8>> {
+        let meta = SnapshotMeta {
+            cfg: self.cfg,
+            cpu: self.cpu.clone(),
+            dev: self.dev.clone(),
+            exited: self.exited,
+            tohost: self.tohost,
+        };
+        let meta = postcard::to_stdvec(&meta).map_err(|e| SourceError::Snapshot(e.to_string()))?;
+        let ram = self.ram.as_slice();
+        let mut out = Vec::with_capacity(32 + meta.len() + ram.len());
+        out.extend_from_slice(SNAPSHOT_MAGIC);
+        out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        out.extend_from_slice(&[0u8; 4]); // checksum, filled below
+        out.extend_from_slice(&(meta.len() as u64).to_le_bytes());
+        out.extend_from_slice(&meta);
+        out.extend_from_slice(&(ram.len() as u64).to_le_bytes());
+        out.extend_from_slice(ram);
+        let crc = crc32fast::hash(&out[16..]);
+        out[12..16].copy_from_slice(&crc.to_le_bytes());
+        Ok(out)
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> SourceResult<()> {
+        let bad = |m: &str| SourceError::Snapshot(m.to_string());
+        if snapshot.len() < 24 || &snapshot[0..8] != SNAPSHOT_MAGIC {
+            return Err(bad("not a sim machine snapshot (bad magic)"));
+        }
+        let version = u32::from_le_bytes([snapshot[8], snapshot[9], snapshot[10], snapshot[11]]);
+        if version != SNAPSHOT_VERSION {
+            return Err(SourceError::Snapshot(format!(
+                "snapshot version {version}, this build reads {SNAPSHOT_VERSION}"
+            )));
+        }
+        let crc = u32::from_le_bytes([snapshot[12], snapshot[13], snapshot[14], snapshot[15]]);
+        if crc32fast::hash(&snapshot[16..]) != crc {
+            return Err(bad("snapshot checksum mismatch"));
+        }
+        let rest = &snapshot[16..];
+        let (meta_len, rest) = split_len(rest).ok_or_else(|| bad("truncated snapshot"))?;
+        if rest.len() < meta_len {
+            return Err(bad("truncated snapshot metadata"));
+        }
+        let (meta, rest) = rest.split_at(meta_len);
+        let meta: SnapshotMeta =
+            postcard::from_bytes(meta).map_err(|e| SourceError::Snapshot(e.to_string()))?;
+        let (ram_len, rest) = split_len(rest).ok_or_else(|| bad("truncated snapshot"))?;
+        if rest.len() != ram_len || ram_len != meta.cfg.ram_size {
+            return Err(bad("snapshot RAM size does not match its configuration"));
+        }
+        let mut ram = Ram::new(ram_len);
+        ram.as_mut_slice().copy_from_slice(rest);
+        self.cfg = meta.cfg;
+        self.cpu = meta.cpu;
+        self.dev = meta.dev;
+        self.exited = meta.exited;
+        self.tohost = meta.tohost;
+        self.ram = ram;
+        Ok(())
+    }
+}
+
+fn split_len(b: &[u8]) -> Option<(usize, &[u8])> {
+    if b.len() < 8 {
+        return None;
+    }
+    let (l, rest) = b.split_at(8);
+    let mut a = [0u8; 8];
+    a.copy_from_slice(l);
+    usize::try_from(u64::from_le_bytes(a))
+        .ok()
+        .map(|n| (n, rest))
+}
