@@ -9,9 +9,6 @@ use crate::record::{AsyncEvent, Event, IoKind, Nanos, Output, OutputSeq, Record}
 use crate::world::World;
 use crate::{digest, ExecPoint, Notice};
 
-/// Outputs released between two heartbeats that carry the release watermark.
-const WATERMARK_EVERY: u64 = 64;
-
 impl<S: EventSource, W: World> Node<S, W> {
     fn logging(&self) -> bool {
         self.phase == Phase::Recording
@@ -71,6 +68,10 @@ impl<S: EventSource, W: World> Node<S, W> {
         self.async_buf = events;
 
         let here = self.source.point();
+        if self.next_digest <= here.count {
+            // Coming from replay (go-live) or a restored snapshot.
+            self.next_digest = crate::node::next_multiple(here.count, self.cfg.digest_interval);
+        }
         let target = here.plus(slice).min(ExecPoint::at(self.next_digest));
         let stop = self.source.run(target)?;
         let outcome = match stop {
@@ -224,11 +225,12 @@ impl<S: EventSource, W: World> Node<S, W> {
                     Gated::Write(_) => None,
                 })
                 .unwrap_or(OutputSeq(self.next_output));
-            // A heartbeat when the log is quiet, and also whenever many outputs were
-            // released since the last one, so the backup can forget them.
+            // A heartbeat when the log is quiet; and, riding along with a batch, the
+            // release watermark whenever it moved, so the backup can forget outputs
+            // the outside world already has.
             let quiet = self.outbox.is_empty() && self.heartbeat.due(now);
-            let stale = released_below.0 >= self.watermark_sent.0 + WATERMARK_EVERY;
-            if quiet || stale {
+            let moved = released_below > self.watermark_sent && !self.outbox.is_empty();
+            if quiet || moved {
                 self.watermark_sent = released_below;
                 self.log(Event::Heartbeat { released_below }, now);
                 self.flush_now |= quiet;

@@ -1,0 +1,238 @@
+//! The frame level of a log channel, and the log channel ends built on it.
+//!
+//! A [`FrameLink`] moves whole encoded frames (as [`Bytes`]) both ways, with message
+//! boundaries preserved. [`PrimaryEnd`] and [`BackupEnd`] turn any frame link into the
+//! engine's [`LogChannel`] and [`LogReceiver`]: they encode with
+//! [`ft_core::log_codec`], decode every frame they receive with its checks, and count
+//! the bytes and frames they send. A fault injector
+//! ([`crate::fault::FaultyLink`]) sits between an end and its link.
+
+use bytes::Bytes;
+use ft_core::log_codec::{self, CodecError, Frame};
+use ft_core::{Ack, ChannelError, LogChannel, LogReceiver, Record};
+
+/// Result alias of this module (its errors are the engine's [`ChannelError`]).
+pub type Result<T, E = ChannelError> = std::result::Result<T, E>;
+
+/// A bidirectional, message-oriented link that carries encoded frames.
+///
+/// Implementations never split or merge frames: what one side sends with
+/// [`FrameLink::try_send_frame`] arrives whole from the other side's
+/// [`FrameLink::try_recv_frame`] (or not at all, or corrupted, if the link is faulty).
+pub trait FrameLink {
+    /// Send one frame without blocking. On [`ChannelError::Full`] nothing was sent (the
+    /// caller keeps a clone of the frame, which is cheap); on
+    /// [`ChannelError::Disconnected`] the peer is gone.
+    fn try_send_frame(&mut self, frame: Bytes) -> Result<()>;
+
+    /// The next frame that has arrived, if any, without blocking.
+    /// [`ChannelError::Disconnected`] once the peer is gone and nothing is left.
+    fn try_recv_frame(&mut self) -> Result<Option<Bytes>>;
+}
+
+impl<L: FrameLink + ?Sized> FrameLink for Box<L> {
+    fn try_send_frame(&mut self, frame: Bytes) -> Result<()> {
+        (**self).try_send_frame(frame)
+    }
+    fn try_recv_frame(&mut self) -> Result<Option<Bytes>> {
+        (**self).try_recv_frame()
+    }
+}
+
+/// Traffic counters of one channel end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Bytes of frames handed to the link (headers included).
+    pub bytes_sent: u64,
+    /// Frames handed to the link.
+    pub frames_sent: u64,
+    /// Bytes of frames received from the link.
+    pub bytes_received: u64,
+    /// Frames received from the link.
+    pub frames_received: u64,
+}
+
+/// Shared receive path of both ends: decode one frame, and stay failed after the first
+/// bad one (a stream that delivered garbage cannot be trusted again).
+#[derive(Debug, Default)]
+struct Inbound {
+    failed: Option<CodecError>,
+}
+
+impl Inbound {
+    fn next<L: FrameLink>(&mut self, link: &mut L, traffic: &mut Traffic) -> Result<Option<Frame>> {
+        if let Some(e) = &self.failed {
+            return Err(ChannelError::Corrupt(CodecError::Poisoned(Box::new(
+                e.clone(),
+            ))));
+        }
+        let Some(bytes) = link.try_recv_frame()? else {
+            return Ok(None);
+        };
+        traffic.frames_received += 1;
+        traffic.bytes_received += bytes.len() as u64;
+        match log_codec::decode_frame(&bytes) {
+            Ok(frame) => Ok(Some(frame)),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    fn fail(&mut self, e: CodecError) -> ChannelError {
+        self.failed = Some(e.clone());
+        ChannelError::Corrupt(e)
+    }
+}
+
+fn send<L: FrameLink>(link: &mut L, buf: Vec<u8>, traffic: &mut Traffic) -> Result<()> {
+    let len = buf.len() as u64;
+    link.try_send_frame(Bytes::from(buf))?;
+    traffic.frames_sent += 1;
+    traffic.bytes_sent += len;
+    Ok(())
+}
+
+/// The primary's end of a log channel over a [`FrameLink`]: sends record frames,
+/// receives ack frames.
+#[derive(Debug)]
+pub struct PrimaryEnd<L> {
+    link: L,
+    inbound: Inbound,
+    traffic: Traffic,
+}
+
+impl<L: FrameLink> PrimaryEnd<L> {
+    /// Wrap `link`.
+    pub fn new(link: L) -> PrimaryEnd<L> {
+        PrimaryEnd {
+            link,
+            inbound: Inbound::default(),
+            traffic: Traffic::default(),
+        }
+    }
+
+    /// Bytes of record frames sent so far (headers included).
+    pub fn bytes_sent(&self) -> u64 {
+        self.traffic.bytes_sent
+    }
+
+    /// Record frames sent so far.
+    pub fn frames_sent(&self) -> u64 {
+        self.traffic.frames_sent
+    }
+
+    /// All traffic counters.
+    pub fn traffic(&self) -> Traffic {
+        self.traffic
+    }
+
+    /// The link.
+    pub fn link(&self) -> &L {
+        &self.link
+    }
+
+    /// The link, mutably.
+    pub fn link_mut(&mut self) -> &mut L {
+        &mut self.link
+    }
+
+    /// Unwrap the link.
+    pub fn into_link(self) -> L {
+        self.link
+    }
+}
+
+impl<L: FrameLink> LogChannel for PrimaryEnd<L> {
+    /// Encode `records` as one frame and send it. An empty batch sends nothing. A batch
+    /// the codec refuses (not consecutive, points going backwards) is
+    /// [`ChannelError::Corrupt`] and nothing is sent.
+    fn send_records(&mut self, records: &[Record]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        log_codec::encode_records(records, &mut buf)?;
+        send(&mut self.link, buf, &mut self.traffic)
+    }
+
+    /// The next ack. A frame that does not decode, or a records frame, is
+    /// [`ChannelError::Corrupt`], and so is every later call.
+    fn try_recv_ack(&mut self) -> Result<Option<Ack>> {
+        match self.inbound.next(&mut self.link, &mut self.traffic)? {
+            None => Ok(None),
+            Some(Frame::Ack(ack)) => Ok(Some(ack)),
+            Some(Frame::Records(_)) => Err(self.inbound.fail(CodecError::Payload(
+                "records frame received on the ack direction".into(),
+            ))),
+        }
+    }
+}
+
+/// The backup's end of a log channel over a [`FrameLink`]: receives record frames,
+/// sends ack frames.
+#[derive(Debug)]
+pub struct BackupEnd<L> {
+    link: L,
+    inbound: Inbound,
+    traffic: Traffic,
+}
+
+impl<L: FrameLink> BackupEnd<L> {
+    /// Wrap `link`.
+    pub fn new(link: L) -> BackupEnd<L> {
+        BackupEnd {
+            link,
+            inbound: Inbound::default(),
+            traffic: Traffic::default(),
+        }
+    }
+
+    /// Bytes of ack frames sent so far (headers included).
+    pub fn bytes_sent(&self) -> u64 {
+        self.traffic.bytes_sent
+    }
+
+    /// Ack frames sent so far.
+    pub fn frames_sent(&self) -> u64 {
+        self.traffic.frames_sent
+    }
+
+    /// All traffic counters.
+    pub fn traffic(&self) -> Traffic {
+        self.traffic
+    }
+
+    /// The link.
+    pub fn link(&self) -> &L {
+        &self.link
+    }
+
+    /// The link, mutably.
+    pub fn link_mut(&mut self) -> &mut L {
+        &mut self.link
+    }
+
+    /// Unwrap the link.
+    pub fn into_link(self) -> L {
+        self.link
+    }
+}
+
+impl<L: FrameLink> LogReceiver for BackupEnd<L> {
+    /// The next batch. A frame that does not decode, or an ack frame, is
+    /// [`ChannelError::Corrupt`], and so is every later call.
+    fn try_recv_records(&mut self) -> Result<Option<Vec<Record>>> {
+        match self.inbound.next(&mut self.link, &mut self.traffic)? {
+            None => Ok(None),
+            Some(Frame::Records(records)) => Ok(Some(records)),
+            Some(Frame::Ack(_)) => Err(self.inbound.fail(CodecError::Payload(
+                "ack frame received on the records direction".into(),
+            ))),
+        }
+    }
+
+    fn send_ack(&mut self, ack: Ack) -> Result<()> {
+        let mut buf = Vec::new();
+        log_codec::encode_ack(&ack, &mut buf)?;
+        send(&mut self.link, buf, &mut self.traffic)
+    }
+}
