@@ -92,6 +92,15 @@ impl<S: EventSource, W: World> Node<S, W> {
             } else {
                 rec.point
             };
+            if here == rec.point && !is_synchronous(&rec.event) {
+                // Already there (several records at one point, or after the guest
+                // exited): apply without running.
+                self.apply_at_point(&rec)?;
+                self.inbox.pop_front();
+                self.replayed = rec.seq;
+                self.stats.replayed += 1;
+                continue;
+            }
             if want > limit && here >= limit {
                 return Ok(StepOutcome::Progressed);
             }

@@ -292,15 +292,18 @@ impl EventSource for Machine {
     }
 
     fn run(&mut self, until: ExecPoint) -> SourceResult<Stop> {
-        if let Some(code) = self.exited {
-            return Ok(Stop::Halted(code));
-        }
         let here = self.point();
         if until < here {
             return Err(SourceError::Backwards {
                 current: here,
                 target: until,
             });
+        }
+        if until == here {
+            return Ok(Stop::Reached);
+        }
+        if let Some(code) = self.exited {
+            return Ok(Stop::Halted(code));
         }
         if self.dev.input.as_ref().is_some_and(|(_, v)| v.is_none()) {
             // Still waiting for a value: the engine must supply it first.

@@ -422,7 +422,11 @@ where
             }
         };
 
-        // 3. Outbound, in order; what the channel refuses waits for the next turn.
+        // 3. Outbound, in order; what the channel refuses waits for the next turn. A
+        // live node has no peer any more: what still waited for the channel is moot.
+        if node.is_live() {
+            pending = None;
+        }
         loop {
             if control.is_crashed() {
                 return (node, side, Exit::Crashed, errors, iterations);

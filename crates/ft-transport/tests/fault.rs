@@ -8,8 +8,8 @@ use bytes::Bytes;
 use common::*;
 use ft_core::log_codec;
 use ft_core::{
-    ChannelError, Config, EngineError, Event, ExecPoint, HaltReason, NodeId, Notice, Phase,
-    Record,
+    ChannelError, Config, EngineError, Event, ExecPoint, HaltReason, LogChannel, LogReceiver,
+    NodeId, Notice, Phase, Record,
 };
 use ft_transport::{
     link_pair, BackupEnd, Delay, Direction, FaultPlan, Faults, FaultyLink, FrameLink, MemoryLink,
@@ -54,12 +54,18 @@ fn baseline_without_faults_replays_everything() {
     assert!(p.errors.is_empty(), "{:?}", p.errors);
     assert_eq!(p.backup.stats().replayed, p.primary.last_seq());
     assert!(p.backup.stats().digests_checked > 0);
-    assert_eq!(p.primary.source().clone().digest_now(), p.backup.source().clone().digest_now());
+    assert_eq!(
+        p.primary.source().clone().digest_now(),
+        p.backup.source().clone().digest_now()
+    );
     assert_eq!(p.primary.exit_code(), p.backup.exit_code());
     let w = p.primary.world();
     assert_eq!(w.emitted.len() as u64, p.primary.stats().outputs);
     assert!(w.emitted.len() > 500);
-    assert!(p.backup.world().emitted.is_empty(), "a replaying backup emits nothing");
+    assert!(
+        p.backup.world().emitted.is_empty(),
+        "a replaying backup emits nothing"
+    );
 }
 
 /// Small extension to read a digest from a clone without needing `&mut`.
@@ -246,7 +252,11 @@ fn duplicates_are_ignored_by_the_engine() {
         let s = stats(&p, Direction::Outbound);
         assert!(s.duplicated > 10, "seed {seed}: {s:?}");
         assert!(p.backup.stats().duplicates > 0, "seed {seed}");
-        assert_eq!(p.backup.stats().replayed, p.primary.last_seq(), "seed {seed}");
+        assert_eq!(
+            p.backup.stats().replayed,
+            p.primary.last_seq(),
+            "seed {seed}"
+        );
         assert_eq!(
             p.primary.world().emitted.len() as u64,
             p.primary.stats().outputs,
@@ -290,7 +300,9 @@ fn cut_makes_the_primary_look_dead_and_the_backup_takes_over() {
         .collect();
     for want in ["PeerSuspected", "Drained", "ArbiterWon", "WentLive"] {
         assert!(
-            backup_notices.iter().any(|n| format!("{n:?}").starts_with(want)),
+            backup_notices
+                .iter()
+                .any(|n| format!("{n:?}").starts_with(want)),
             "seed {seed}: backup never noticed {want}: {backup_notices:?}"
         );
     }
@@ -409,7 +421,11 @@ fn same_seed_same_faults_same_outcome() {
     for seed in [1u64, 2, 3, 4] {
         let a = mixed(seed);
         let b = mixed(seed);
-        assert_eq!(fingerprint(&a), fingerprint(&b), "seed {seed}: not deterministic");
+        assert_eq!(
+            fingerprint(&a),
+            fingerprint(&b),
+            "seed {seed}: not deterministic"
+        );
         assert!(
             a.primary.is_live() != a.backup.is_live() || a.both_finished(),
             "seed {seed}: {:?} / {:?}",

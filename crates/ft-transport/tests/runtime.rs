@@ -202,7 +202,10 @@ fn full_channel_pauses_the_primary_and_loses_nothing() {
     let (br, _) = finish(b, LIMIT, "backup");
     let ps = pr.node.stats();
     assert!(ps.outbox_full_steps > 0, "the primary never paused: {ps:?}");
-    assert!(pr.errors.is_empty() && br.errors.is_empty(), "{pr:?} {br:?}");
+    assert!(
+        pr.errors.is_empty() && br.errors.is_empty(),
+        "{pr:?} {br:?}"
+    );
     let code = pr.node.exit_code().unwrap();
     assert_eq!(pr.exit, Exit::Finished(code));
     assert_eq!(br.exit, Exit::Finished(code));
@@ -215,7 +218,11 @@ fn full_channel_pauses_the_primary_and_loses_nothing() {
 }
 
 fn crash_primary(silent: bool) {
-    let what = if silent { "silent crash" } else { "crash with disconnect" };
+    let what = if silent {
+        "silent crash"
+    } else {
+        "crash with disconnect"
+    };
     let params = ToyParams {
         idle_every: 1_000,
         halt_at: 2_000_000,
@@ -258,11 +265,19 @@ fn crash_primary(silent: bool) {
     } = pr;
     let sent = pchan.frames_sent();
     // A crashed process's socket closes; a hung or cut-off one stays silent.
-    let keep = if silent { Some(pchan) } else { None };
+    let keep = if silent {
+        Some(pchan)
+    } else {
+        drop(pchan);
+        None
+    };
     let (br, bn) = finish(b, LIMIT, what);
     drop(keep);
 
-    let code = br.node.exit_code().expect("the backup ran the guest to its end");
+    let code = br
+        .node
+        .exit_code()
+        .expect("the backup ran the guest to its end");
     assert_eq!(br.exit, Exit::Finished(code), "{what}: {br:?}");
     assert!(br.node.is_live());
     assert_eq!(arbiter.holder(br.node.config().pair), Some(NodeId(2)));
