@@ -1,14 +1,13 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! # ft-kvm
+//!
+//! The ft backend for real x86-64 guests on Linux KVM, built on the rust-vmm crates.
+//!
+//! **Status:** only the capability probe exists so far. The VM plumbing, the vCPU run
+//! loop, the devices and the [`EventSource`](https://docs.rs/ft-core) implementation
+//! are the subject of the ft-kvm issue. The probe is the first piece because every
+//! later decision (exact mid-stream interrupt delivery by guest debugging, or
+//! deterministic-exit delivery) is chosen by capability, never assumed.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod probe;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use probe::{probe, Capabilities, ProbeError};
