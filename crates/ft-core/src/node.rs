@@ -564,7 +564,7 @@ impl<S: EventSource, W: World> Node<S, W> {
             }
             Phase::Draining | Phase::Halted(_) | Phase::Live => {}
         }
-        if matches!(self.phase, Phase::Recording | Phase::Live) {
+        if matches!(self.phase, Phase::Recording | Phase::Live) && self.exited.is_none() {
             if let Some(d) = self.world.next_deadline() {
                 take(d);
             }

@@ -154,6 +154,9 @@ pub(crate) enum Action {
     NetRxPop,
     NetTxSend,
     Exit(u64),
+    /// An interrupt line changed: the CPU's `mip` must follow before the next
+    /// instruction.
+    IrqChanged,
 }
 
 /// Guest-visible state of all devices.
@@ -262,7 +265,7 @@ impl Mmio for Devices {
             (map::TIMER, reg::TIMER_ARM) => self.stop(Action::TimerArm(value)),
             (map::TIMER, reg::TIMER_ACK) => {
                 self.timer_pending = self.timer_pending.saturating_sub(1);
-                MmioResult::Ok(())
+                self.stop(Action::IrqChanged)
             }
             (map::BLOCK, reg::BLK_SECTOR) => {
                 self.blk_sector = value;
@@ -280,7 +283,7 @@ impl Mmio for Devices {
             (map::BLOCK, reg::BLK_ACK) => {
                 self.blk_irq = false;
                 self.blk_status &= !(blk_status::DONE | blk_status::ERROR);
-                MmioResult::Ok(())
+                self.stop(Action::IrqChanged)
             }
             (map::NET, reg::NET_RX_ADDR) => {
                 self.net_rx_addr = value;
@@ -298,7 +301,7 @@ impl Mmio for Devices {
             (map::NET, reg::NET_TX_SEND) => self.stop(Action::NetTxSend),
             (map::NET, reg::NET_ACK) => {
                 self.net_irq = false;
-                MmioResult::Ok(())
+                self.stop(Action::IrqChanged)
             }
             (map::EXIT, 0) => self.stop(Action::Exit(value)),
             (map::UART | map::CLOCK | map::RNG | map::TIMER | map::BLOCK | map::NET, _) => {

@@ -27,4 +27,4 @@ pub mod world;
 
 pub use cluster::{PairConfig, PairSim, Side};
 pub use machine::{DiskMode, Machine, MachineConfig};
-pub use world::{Disk, OutputSink, SimWorld, SimWorldConfig};
+pub use world::{Disk, Network, OutputSink, SimWorld, SimWorldConfig};

@@ -202,6 +202,7 @@ impl Machine {
                 self.exited = Some(code);
                 Some(Stop::Halted(code))
             }
+            Action::IrqChanged => None,
         }
     }
 

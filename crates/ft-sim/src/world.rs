@@ -136,6 +136,67 @@ impl OutputSink {
     }
 }
 
+/// A network between clients and the pair: packets sent to the service reach the side
+/// that announced itself last (the primary until a failover). Clones share the same
+/// network.
+#[derive(Debug, Clone)]
+pub struct Network {
+    inner: Arc<Mutex<NetworkState>>,
+}
+
+#[derive(Debug)]
+struct NetworkState {
+    owner: &'static str,
+    queue: VecDeque<Bytes>,
+    delivered: u64,
+}
+
+impl Network {
+    /// A network whose service address belongs to `owner` at first.
+    pub fn new(owner: &'static str) -> Network {
+        Network {
+            inner: Arc::new(Mutex::new(NetworkState {
+                owner,
+                queue: VecDeque::new(),
+                delivered: 0,
+            })),
+        }
+    }
+
+    /// A client sends a packet to the service.
+    pub fn send(&self, packet: Bytes) {
+        self.inner.lock().queue.push_back(packet);
+    }
+
+    /// The side that owns the service address now.
+    pub fn owner(&self) -> &'static str {
+        self.inner.lock().owner
+    }
+
+    /// Packets handed to a side so far.
+    pub fn delivered(&self) -> u64 {
+        self.inner.lock().delivered
+    }
+
+    fn take_for(&self, side: &'static str, out: &mut Vec<AsyncEvent>) {
+        let mut st = self.inner.lock();
+        if st.owner != side {
+            return;
+        }
+        while let Some(data) = st.queue.pop_front() {
+            st.delivered += 1;
+            out.push(AsyncEvent::DeviceInput {
+                device: id::NET,
+                data,
+            });
+        }
+    }
+
+    fn claim(&self, side: &'static str) {
+        self.inner.lock().owner = side;
+    }
+}
+
 /// Configuration of a [`SimWorld`].
 #[derive(Debug, Clone)]
 pub struct SimWorldConfig {
@@ -176,6 +237,7 @@ pub struct SimWorld {
     private_writes: u64,
     replayed: Vec<Output>,
     raw_events: VecDeque<(Nanos, AsyncEvent)>,
+    network: Option<Network>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -212,7 +274,15 @@ impl SimWorld {
             private_writes: 0,
             replayed: Vec::new(),
             raw_events: VecDeque::new(),
+            network: None,
         }
+    }
+
+    /// Attach a [`Network`]: while live, this side takes the packets sent to the
+    /// service, and announcing itself moves the service address here.
+    pub fn with_network(mut self, network: Network) -> SimWorld {
+        self.network = Some(network);
+        self
     }
 
     /// A packet from the network arrives at time `at` (delivered only while live).
@@ -306,6 +376,9 @@ impl World for SimWorld {
                 });
             }
         }
+        if let Some(net) = &self.network {
+            net.take_for(self.side, out);
+        }
         while matches!(self.raw_events.front(), Some((t, _)) if *t <= now) {
             if let Some((_, ev)) = self.raw_events.pop_front() {
                 out.push(ev);
@@ -325,6 +398,7 @@ impl World for SimWorld {
         let a = self.scheduled.peek().map(|Reverse((t, _, _))| *t);
         let b = self.inbound.front().map(|(t, _)| *t);
         let c = self.raw_events.front().map(|(t, _)| *t);
+        // Packets from an attached network are polled; they have no deadline.
         [a, b, c].into_iter().flatten().min()
     }
 
@@ -413,5 +487,8 @@ impl World for SimWorld {
     fn announce(&mut self, now: Nanos) {
         self.going_live = false;
         self.announced_at = Some(now);
+        if let Some(net) = &self.network {
+            net.claim(self.side);
+        }
     }
 }

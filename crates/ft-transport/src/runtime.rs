@@ -390,6 +390,7 @@ where
     let mut pending: Option<Transmit> = None;
     let mut link_up = true;
     let mut iterations = 0u64;
+    let mut stale_deadline: Option<Nanos> = None;
 
     loop {
         iterations += 1;
@@ -484,13 +485,23 @@ where
         );
         if stalled && !arrived {
             let now = nanos_since(epoch);
+            let wake = match outcome {
+                StepOutcome::Idle { wake_at } => wake_at,
+                _ => None,
+            };
+            let deadline = match (node.next_deadline(), wake) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let mut d = cfg.idle_sleep;
-            let mut bound = |t: Nanos| d = d.min(Duration::from_nanos(t.saturating_sub(now)));
-            if let Some(t) = node.next_deadline() {
-                bound(t);
-            }
-            if let StepOutcome::Idle { wake_at: Some(t) } = outcome {
-                bound(t);
+            if let Some(t) = deadline {
+                // A deadline already past is due work, so no sleep; unless it is the
+                // same past deadline as last time, which nothing consumes (a world
+                // deadline after the guest ended): sleeping then avoids a busy loop.
+                if t > now || stale_deadline != Some(t) {
+                    d = d.min(Duration::from_nanos(t.saturating_sub(now)));
+                }
+                stale_deadline = (t <= now).then_some(t);
             }
             if !d.is_zero() {
                 std::thread::sleep(d);

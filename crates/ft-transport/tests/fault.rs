@@ -28,7 +28,7 @@ fn faulty_pump(seed: u64, plan: FaultPlan, cfg_p: Config, cfg_b: Config) -> Faul
     let pl = FaultyLink::new(pl, seed, plan).unwrap();
     Pump::new(
         primary(cfg_p, p, TICK, 0),
-        backup(backup_config(cfg_b), p, TICK, 0),
+        backup(cfg_b, p, TICK, 0),
         pl,
         bl,
         0,
@@ -315,17 +315,17 @@ fn cut_makes_the_primary_look_dead_and_the_backup_takes_over() {
     check_outputs(p.primary.world(), p.backup.world(), &format!("seed {seed}"));
 }
 
-/// Regression test for the ft-core bug worked around by `backup_config`.
+/// Regression test: a backup that goes live past a digest point must not ask its
+/// machine to run backwards to a stale digest point (fixed in ft-core 5da9c3b).
 #[test]
-#[ignore = "ft-core bug: go-live keeps the backup's stale next_digest"]
-fn ft_core_bug_backup_goes_live_past_a_digest_point() {
+fn backup_goes_live_past_a_digest_point() {
     let p = ToyParams::default();
     let (pl, bl) = link_pair(64);
     let pl = FaultyLink::new(pl, 0, FaultPlan::default()).unwrap();
     let handle = pl.handle();
     let mut pump = Pump::new(
         primary(fast_detect(1), p, TICK, 0),
-        backup(fast_detect(2), p, TICK, 0), // digest_interval 5000, no workaround
+        backup(fast_detect(2), p, TICK, 0),
         pl,
         bl,
         0,

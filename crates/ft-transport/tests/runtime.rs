@@ -134,7 +134,7 @@ fn records_flow_and_acks_release_outputs() {
         rcfg(true),
     );
     let b = start_backup(
-        backup(backup_config(patient(2)), params, tick, now),
+        backup(patient(2), params, tick, now),
         be,
         arbiter.clone(),
         epoch,
@@ -192,7 +192,7 @@ fn full_channel_pauses_the_primary_and_loses_nothing() {
     // The backup starts late: the channel and the outbox fill up meanwhile.
     std::thread::sleep(Duration::from_millis(300));
     let b = start_backup(
-        backup(backup_config(cfg(2)), params, 0, nanos_since(epoch)),
+        backup(cfg(2), params, 0, nanos_since(epoch)),
         be,
         arbiter.clone(),
         epoch,
@@ -244,7 +244,7 @@ fn crash_primary(silent: bool) {
     let emitted = pnode.world().emit_count.clone();
     let p = start_primary(pnode, pe, arbiter.clone(), epoch, rcfg(!silent));
     let b = start_backup(
-        backup(backup_config(cfg(2)), params, tick, now),
+        backup(cfg(2), params, tick, now),
         be,
         arbiter.clone(),
         epoch,
@@ -351,7 +351,7 @@ fn corruption_breaks_the_link_and_exactly_one_side_survives() {
         rcfg(true),
     );
     let b = start_backup(
-        backup(backup_config(cfg(2)), params, tick, now),
+        backup(cfg(2), params, tick, now),
         BackupEnd::new(bl),
         arbiter.clone(),
         epoch,
@@ -416,7 +416,7 @@ fn unprotected_node_runs_alone_and_stop_ends_a_run() {
     // A backup whose primary never shows up runs until stopped.
     let (_pe, be) = pair(4);
     let b = start_backup(
-        backup(backup_config(patient(2)), params, 0, nanos_since(epoch)),
+        backup(patient(2), params, 0, nanos_since(epoch)),
         be,
         arbiter,
         epoch,

@@ -256,19 +256,6 @@ pub fn config(node: u64) -> Config {
     }
 }
 
-/// The backup's configuration. Works around an ft-core bug: a backup computes its next
-/// digest point when created and never advances it while replaying, so after going live
-/// past that point `record_step` asks the machine to run backwards and the node halts as
-/// diverged. With `digest_interval: 0` the backup logs no digests of its own once live;
-/// it still checks every digest the primary logged. See
-/// `tests/fault.rs::ft_core_bug_backup_goes_live_past_a_digest_point`.
-pub fn backup_config(cfg: Config) -> Config {
-    Config {
-        digest_interval: 0,
-        ..cfg
-    }
-}
-
 pub fn primary(cfg: Config, p: ToyParams, tick: Nanos, now: Nanos) -> ToyNode {
     Node::primary(cfg, Toy::new(p), ToyWorld::new(tick, now), now)
 }
