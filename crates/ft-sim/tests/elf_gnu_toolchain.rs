@@ -1,0 +1,108 @@
+//! A bare-metal RV64 program built by the GNU RISC-V toolchain (riscv-tests style,
+//! reporting through the HTIF `tohost` symbol) loads and runs unmodified, alone and
+//! replicated.
+//!
+//! Needs `riscv64-linux-gnu-as` and `-ld` (Debian's `binutils-riscv64-linux-gnu`). When
+//! they are missing the test prints a skip line, unless `FT_REQUIRE_RISCV_TOOLCHAIN=1`
+//! (set by `.ci/run`, which installs the package).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use ft_core::{EventSource, ExecPoint, Stop};
+use ft_sim::memory::Ram;
+use ft_sim::{Machine, MachineConfig, PairConfig, PairSim};
+
+fn build_selftest() -> Option<Vec<u8>> {
+    let required = std::env::var("FT_REQUIRE_RISCV_TOOLCHAIN").is_ok_and(|v| v == "1");
+    let have = Command::new("riscv64-linux-gnu-as")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !have {
+        assert!(
+            !required,
+            "FT_REQUIRE_RISCV_TOOLCHAIN=1 but riscv64-linux-gnu-as is missing"
+        );
+        eprintln!("SKIP: riscv64-linux-gnu binutils not installed");
+        return None;
+    }
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/asm/htif_selftest.S");
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("ft-sim-elf-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let obj = dir.join("selftest.o");
+    let elf = dir.join("selftest.elf");
+    let st = Command::new("riscv64-linux-gnu-as")
+        .args(["-march=rv64im_zicsr", "-mabi=lp64", "-o"])
+        .arg(&obj)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success(), "as failed");
+    let st = Command::new("riscv64-linux-gnu-ld")
+        .args([
+            "-static",
+            "-nostdlib",
+            "-N",
+            "--no-relax",
+            "-Ttext=0x80000000",
+            "-e",
+            "_start",
+            "-o",
+        ])
+        .arg(&elf)
+        .arg(&obj)
+        .status()
+        .unwrap();
+    assert!(st.success(), "ld failed");
+    let bytes = std::fs::read(&elf).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    Some(bytes)
+}
+
+fn run_to_exit(m: &mut Machine) -> u64 {
+    loop {
+        match m.run(ExecPoint::at(m.point().count + 1_000_000)).unwrap() {
+            Stop::Halted(code) => return code,
+            Stop::Reached => assert!(m.point().count < 10_000_000, "no exit"),
+            other => panic!("unexpected stop {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn gnu_built_selftest_passes_through_tohost() {
+    let Some(elf) = build_selftest() else { return };
+    let mut m = Machine::from_elf(MachineConfig::default(), &elf).unwrap();
+    assert_eq!(run_to_exit(&mut m), 0, "tohost = 1 means pass");
+}
+
+#[test]
+fn gnu_built_selftest_reports_a_failing_check() {
+    let Some(elf) = build_selftest() else { return };
+    let mut scratch = Ram::new(MachineConfig::default().ram_size);
+    let img = ft_sim::loader::load_elf(&elf, &mut scratch).unwrap();
+    let data = img.symbol("data").expect("data symbol");
+    let mut m = Machine::from_elf(MachineConfig::default(), &elf).unwrap();
+    m.ram_mut().write(data, &0xdead_u64.to_le_bytes()).unwrap();
+    assert_eq!(run_to_exit(&mut m), 5, "check 5 compares the data word");
+}
+
+#[test]
+fn gnu_built_selftest_replicates() {
+    let Some(elf) = build_selftest() else { return };
+    let m = Machine::from_elf(MachineConfig::default(), &elf).unwrap();
+    let mut sim = PairSim::with_machine(PairConfig::default(), m);
+    assert!(sim.run_until(10_000, |s| s.primary.exit_code().is_some()
+        && s.backup.replayed_seq() == s.primary.last_seq()));
+    assert_eq!(sim.primary.exit_code(), Some(0));
+    assert_eq!(sim.backup.exit_code(), Some(0));
+    assert_eq!(
+        sim.primary.source_mut().digest(),
+        sim.backup.source_mut().digest()
+    );
+    assert!(sim.errors().is_empty(), "{:?}", sim.errors());
+}
