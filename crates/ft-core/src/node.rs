@@ -370,6 +370,8 @@ pub struct Node<S, W> {
     pub(crate) released_below: OutputSeq,
     pub(crate) watermark_sent: OutputSeq,
     pub(crate) replayed: u64,
+    pub(crate) acked_replayed: u64,
+    pub(crate) local_reads: bool,
     pub(crate) ack_due: bool,
     pub(crate) arbitration: Option<Arbitration>,
     pub(crate) commands: VecDeque<Command>,
@@ -425,6 +427,8 @@ impl<S: EventSource, W: World> Node<S, W> {
             released_below: OutputSeq(0),
             watermark_sent: OutputSeq(0),
             replayed: 0,
+            acked_replayed: 0,
+            local_reads: false,
             ack_due: false,
             arbitration: None,
             commands: VecDeque::new(),
@@ -588,7 +592,7 @@ impl<S: EventSource, W: World> Node<S, W> {
         }
         self.detector.heard(now);
         self.stats.acks += 1;
-        self.gate.on_ack(ack.received);
+        self.gate.on_ack(ack.received, ack.replayed);
         self.replayed = self.replayed.max(ack.replayed);
         self.lag.replayed(ack.replayed);
         self.release_gated(now);
@@ -662,8 +666,13 @@ impl<S: EventSource, W: World> Node<S, W> {
                 if self.phase != Phase::Replaying {
                     return None;
                 }
-                if self.ack_due || self.heartbeat.due(now) {
+                // Ack what arrived; also when replay caught up with what arrived, so
+                // the primary's lag measure (and replay-gated writes) move on without
+                // waiting for the next heartbeat.
+                let caught_up = self.inbox.is_empty() && self.replayed > self.acked_replayed;
+                if self.ack_due || caught_up || self.heartbeat.due(now) {
                     self.ack_due = false;
+                    self.acked_replayed = self.replayed;
                     self.heartbeat.sent(now);
                     self.stats.acks += 1;
                     return Some(Transmit::Ack(Ack {

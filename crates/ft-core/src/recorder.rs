@@ -21,12 +21,17 @@ impl<S: EventSource, W: World> Node<S, W> {
         if self.outbox.is_empty() {
             self.outbox_since = now;
         }
+        // Heartbeats carry no guest progress: a paused primary produces only them, and
+        // counting them would keep it paused by their own round trip.
+        let progress = !matches!(event, Event::Heartbeat { .. });
         self.outbox.push_back(Record {
             seq,
             point: self.source.point(),
             event,
         });
-        self.lag.produced(seq, now);
+        if progress {
+            self.lag.produced(seq, now);
+        }
         self.heartbeat.sent(now);
         self.stats.records += 1;
         seq
@@ -149,9 +154,18 @@ impl<S: EventSource, W: World> Node<S, W> {
                     None
                 };
                 self.pending_io.insert(req.id, req.clone());
+                if req.kind == IoKind::LocalRead {
+                    self.local_reads = true;
+                }
                 match (req.kind, r) {
                     (IoKind::SharedWrite, Some(r)) if self.cfg.enforce_output_rule => {
-                        self.gate.hold(r, Gated::Write(req));
+                        if self.local_reads {
+                            // The backup reads this disk itself when it replays earlier
+                            // read completions: the write must not overtake them.
+                            self.gate.hold_until_replayed(r, Gated::Write(req));
+                        } else {
+                            self.gate.hold(r, Gated::Write(req));
+                        }
                         self.flush_now = true;
                     }
                     _ => self.world.start_io(&req, now),

@@ -23,6 +23,7 @@ pub mod guests;
 pub mod loader;
 pub mod machine;
 pub mod memory;
+pub mod progen;
 pub mod world;
 
 pub use cluster::{PairConfig, PairSim, Side};
