@@ -3,14 +3,11 @@
 //! Without `/dev/kvm` the test prints a skip line, unless `FT_REQUIRE_KVM=1` (set by
 //! `.ci/run` on machines that have KVM), which turns the absence into a failure.
 
-use std::path::Path;
+mod common;
 
 #[test]
 fn probe_reports_host_capabilities() {
-    let required = std::env::var("FT_REQUIRE_KVM").is_ok_and(|v| v == "1");
-    if !Path::new("/dev/kvm").exists() {
-        assert!(!required, "FT_REQUIRE_KVM=1 but /dev/kvm is absent");
-        eprintln!("SKIP probe_reports_host_capabilities: no /dev/kvm on this host");
+    if !common::kvm_or_skip("probe_reports_host_capabilities") {
         return;
     }
     let caps = match ft_kvm::probe() {

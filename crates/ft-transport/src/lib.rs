@@ -24,10 +24,12 @@
 //! assert!(primary.bytes_sent() > 0);
 //! ```
 
+pub mod arbiter;
 pub mod fault;
 pub mod frame;
 pub mod memory;
 pub mod runtime;
+pub mod tcp;
 
 pub use fault::{Delay, Direction, FaultHandle, FaultPlan, FaultStats, Faults, FaultyLink};
 pub use frame::{BackupEnd, FrameLink, PrimaryEnd, Traffic};
