@@ -16,6 +16,9 @@ fn probe_reports_host_capabilities() {
     };
     eprintln!("KVM capabilities: {caps:#?}");
     assert_eq!(caps.api_version, 12);
-    assert!(caps.user_memory, "KVM without user memory cannot run any guest");
+    assert!(
+        caps.user_memory,
+        "KVM without user memory cannot run any guest"
+    );
     assert!(caps.nr_memslots > 0);
 }

@@ -1,0 +1,441 @@
+//! The KVM machine's devices: their guest-visible registers and state, mirroring
+//! ft-sim's device set (console, clock, RNG, timer, block device with DMA, network,
+//! interrupt status, exit) on MMIO, plus two ports for the guest kernel.
+//!
+//! The model is pure and deterministic: what comes from outside (clock and RNG values,
+//! timer expiries, disk data, packets) enters only through
+//! [`ft_core::EventSource::supply_input`] and [`ft_core::EventSource::inject`]. Device
+//! ids and I/O operation codes equal ft-sim's, so `ft_sim::SimWorld` serves as the host
+//! half of these devices too.
+//!
+//! # Memory map (guest-physical, identity-mapped, reachable from CPL3)
+//!
+//! | base | device | registers (byte offsets; 64-bit unless noted) |
+//! |---|---|---|
+//! | `0x3000_0000` | console | `0x0` TX (a byte; a line goes out at `\n` or 256 bytes), `0x8` FLUSH |
+//! | `0x3000_1000` | clock | `0x0` NOW: nanoseconds (read: a logged input) |
+//! | `0x3000_2000` | RNG | `0x0` VALUE: 64 random bits (read: a logged input) |
+//! | `0x3000_3000` | timer | `0x0` ARM (write a delay in ns: an I/O), `0x8` STATUS (expiries pending), `0x10` ACK; vector `0x20` |
+//! | `0x3000_4000` | block | `0x0` SECTOR, `0x8` DMA_ADDR, `0x10` COUNT (512 B sectors), `0x18` CMD (1 read, 2 write), `0x20` STATUS (bit0 busy, bit1 done, bit2 error), `0x28` ACK; vector `0x21` |
+//! | `0x3000_5000` | network | `0x0` RX_LEN, `0x8` RX_ADDR, `0x10` RX_POP, `0x18` TX_ADDR, `0x20` TX_LEN, `0x28` TX_SEND, `0x30` ACK, `0x38` RX_COUNT; vector `0x22` |
+//! | `0x3000_6000` | interrupt status | `0x0` PENDING: a bit per device id with its line raised |
+//! | `0x3000_7000` | exit | `0x0` EXIT: write a code to end the run |
+//!
+//! Ports (CPL0 only on hosts that force IOPL 0 at CPL3): `0x3f8` console byte,
+//! `0xf4` exit code (32-bit).
+//!
+//! # Interrupts
+//!
+//! No in-kernel irqchip: the machine plays a tiny fixed-priority controller. A raised
+//! line is injected (`KVM_INTERRUPT`) only at a deterministic exit where the vCPU is ready
+//! for it; the vector then stays *in service* until the guest acknowledges the device,
+//! so a line is never injected twice for one event.
+
+use bytes::Bytes;
+use ft_core::{DeviceId, InputRequest};
+use serde::{Deserialize, Serialize};
+
+/// Device base addresses.
+pub mod map {
+    /// Console.
+    pub const UART: u64 = 0x3000_0000;
+    /// Clock.
+    pub const CLOCK: u64 = 0x3000_1000;
+    /// RNG.
+    pub const RNG: u64 = 0x3000_2000;
+    /// Timer.
+    pub const TIMER: u64 = 0x3000_3000;
+    /// Block device.
+    pub const BLOCK: u64 = 0x3000_4000;
+    /// Network device.
+    pub const NET: u64 = 0x3000_5000;
+    /// Interrupt status.
+    pub const PIC: u64 = 0x3000_6000;
+    /// Exit device.
+    pub const EXIT: u64 = 0x3000_7000;
+    /// Size of each device's window.
+    pub const WINDOW: u64 = 0x1000;
+}
+
+/// I/O ports.
+pub mod port {
+    /// Console byte.
+    pub const CONSOLE: u16 = 0x3f8;
+    /// Exit with a 32-bit code.
+    pub const EXIT: u16 = 0xf4;
+}
+
+/// Device ids in log records (equal to ft-sim's).
+pub mod id {
+    use ft_core::DeviceId;
+    /// Console.
+    pub const UART: DeviceId = DeviceId(0);
+    /// Clock.
+    pub const CLOCK: DeviceId = DeviceId(1);
+    /// RNG.
+    pub const RNG: DeviceId = DeviceId(2);
+    /// Timer.
+    pub const TIMER: DeviceId = DeviceId(3);
+    /// Block device.
+    pub const BLOCK: DeviceId = DeviceId(4);
+    /// Network device.
+    pub const NET: DeviceId = DeviceId(5);
+}
+
+/// Register offsets (equal to ft-sim's).
+pub mod reg {
+    /// Console: transmit a byte.
+    pub const UART_TX: u64 = 0x0;
+    /// Console: send the partial line.
+    pub const UART_FLUSH: u64 = 0x8;
+    /// Timer: arm with a delay in nanoseconds.
+    pub const TIMER_ARM: u64 = 0x0;
+    /// Timer: expiries not yet acknowledged.
+    pub const TIMER_STATUS: u64 = 0x8;
+    /// Timer: acknowledge one expiry.
+    pub const TIMER_ACK: u64 = 0x10;
+    /// Block: first sector.
+    pub const BLK_SECTOR: u64 = 0x0;
+    /// Block: guest address for DMA.
+    pub const BLK_DMA: u64 = 0x8;
+    /// Block: sector count.
+    pub const BLK_COUNT: u64 = 0x10;
+    /// Block: command.
+    pub const BLK_CMD: u64 = 0x18;
+    /// Block: status.
+    pub const BLK_STATUS: u64 = 0x20;
+    /// Block: acknowledge.
+    pub const BLK_ACK: u64 = 0x28;
+    /// Net: length of the head packet.
+    pub const NET_RX_LEN: u64 = 0x0;
+    /// Net: where RX_POP copies the head packet.
+    pub const NET_RX_ADDR: u64 = 0x8;
+    /// Net: copy the head packet to RX_ADDR and drop it.
+    pub const NET_RX_POP: u64 = 0x10;
+    /// Net: address of the packet to send.
+    pub const NET_TX_ADDR: u64 = 0x18;
+    /// Net: length of the packet to send.
+    pub const NET_TX_LEN: u64 = 0x20;
+    /// Net: send.
+    pub const NET_TX_SEND: u64 = 0x28;
+    /// Net: acknowledge the interrupt.
+    pub const NET_ACK: u64 = 0x30;
+    /// Net: packets queued.
+    pub const NET_RX_COUNT: u64 = 0x38;
+}
+
+/// Interrupt vectors.
+pub mod vector {
+    /// Timer.
+    pub const TIMER: u8 = 0x20;
+    /// Block device.
+    pub const BLOCK: u8 = 0x21;
+    /// Network device.
+    pub const NET: u8 = 0x22;
+    /// System call gate (`int 0x80`).
+    pub const SYSCALL: u8 = 0x80;
+}
+
+/// I/O operation codes in [`ft_core::IoRequest::op`] (equal to ft-sim's).
+pub mod op {
+    /// Timer arm.
+    pub const TIMER_ARM: u32 = 1;
+    /// Disk read.
+    pub const DISK_READ: u32 = 2;
+    /// Disk write.
+    pub const DISK_WRITE: u32 = 3;
+}
+
+/// Block status bits.
+pub mod blk_status {
+    /// A command is in flight.
+    pub const BUSY: u64 = 1;
+    /// The last command completed.
+    pub const DONE: u64 = 2;
+    /// The last command failed.
+    pub const ERROR: u64 = 4;
+}
+
+/// Block command: read.
+pub const BLK_CMD_READ: u64 = 1;
+/// Block command: write.
+pub const BLK_CMD_WRITE: u64 = 2;
+/// Sector size.
+pub const SECTOR_SIZE: u64 = 512;
+/// Largest transfer of one command, in sectors.
+pub const MAX_SECTORS: u64 = 64;
+/// Packets the network device queues; later ones are dropped.
+pub const NET_RX_QUEUE: usize = 32;
+/// Largest packet.
+pub const NET_MTU: u64 = 2048;
+/// Bytes the console buffers before it sends a line anyway.
+pub const UART_LINE_MAX: usize = 256;
+
+/// The answer to a device read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadResult {
+    /// A deterministic value.
+    Value(u64),
+    /// A nondeterministic register: the value must come from the outside world.
+    Input(InputRequest),
+}
+
+/// What a device write asks the machine to do at this exit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing beyond the register update.
+    None,
+    /// The console line is complete: an output.
+    UartLine,
+    /// Arm the timer with a delay: an asynchronous I/O.
+    TimerArm(u64),
+    /// A block command (needs guest memory for the DMA buffer).
+    BlockCmd(u64),
+    /// Copy the head received packet into guest memory.
+    NetRxPop,
+    /// Send the packet at TX_ADDR: an output.
+    NetTxSend,
+    /// The guest ends with a code.
+    Exit(u64),
+}
+
+/// Guest-visible state of all devices, and the interrupt controller.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Devices {
+    pub(crate) uart_line: Vec<u8>,
+    pub(crate) timer_pending: u64,
+    pub(crate) blk_sector: u64,
+    pub(crate) blk_dma: u64,
+    pub(crate) blk_count: u64,
+    pub(crate) blk_status: u64,
+    pub(crate) blk_irq: bool,
+    /// The block I/O in flight: (io id, DMA address, length).
+    pub(crate) blk_inflight: Option<(u64, u64, u64)>,
+    pub(crate) net_rx: std::collections::VecDeque<Bytes>,
+    pub(crate) net_rx_addr: u64,
+    pub(crate) net_tx_addr: u64,
+    pub(crate) net_tx_len: u64,
+    pub(crate) net_irq: bool,
+    pub(crate) net_dropped: u64,
+    pub(crate) timers_inflight: std::collections::BTreeSet<u64>,
+    pub(crate) next_io: u64,
+    /// The vector injected and not yet acknowledged by the guest.
+    pub(crate) in_service: Option<u8>,
+}
+
+impl Devices {
+    /// Bit per device id whose line is raised.
+    pub fn pending_mask(&self) -> u64 {
+        (u64::from(self.timer_pending > 0) << id::TIMER.0)
+            | (u64::from(self.blk_irq) << id::BLOCK.0)
+            | (u64::from(self.net_irq) << id::NET.0)
+    }
+
+    /// The vector to inject next, if a line is raised and none is in service. Fixed
+    /// priority: timer, block, network.
+    pub fn next_vector(&self) -> Option<u8> {
+        if self.in_service.is_some() {
+            return None;
+        }
+        if self.timer_pending > 0 {
+            Some(vector::TIMER)
+        } else if self.blk_irq {
+            Some(vector::BLOCK)
+        } else if self.net_irq {
+            Some(vector::NET)
+        } else {
+            None
+        }
+    }
+
+    /// Record that `v` was injected.
+    pub fn mark_injected(&mut self, v: u8) {
+        self.in_service = Some(v);
+    }
+
+    fn end_of_interrupt(&mut self, v: u8) {
+        if self.in_service == Some(v) {
+            self.in_service = None;
+        }
+    }
+
+    /// Packets dropped because the receive queue was full.
+    pub fn net_dropped(&self) -> u64 {
+        self.net_dropped
+    }
+
+    /// A new deterministic I/O id.
+    pub(crate) fn new_io(&mut self) -> u64 {
+        let id = self.next_io;
+        self.next_io += 1;
+        id
+    }
+
+    /// Take the buffered console line.
+    pub(crate) fn take_line(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.uart_line)
+    }
+
+    fn input(device: DeviceId, offset: u64, size: u8) -> ReadResult {
+        ReadResult::Input(InputRequest {
+            device,
+            offset,
+            size,
+        })
+    }
+
+    /// An MMIO read of `len` bytes at `addr`.
+    pub fn mmio_read(&mut self, addr: u64, len: u8) -> ReadResult {
+        let base = addr & !(map::WINDOW - 1);
+        let off = addr - base;
+        let v = match (base, off) {
+            (map::CLOCK, 0) => return Self::input(id::CLOCK, off, len),
+            (map::RNG, 0) => return Self::input(id::RNG, off, len),
+            (map::TIMER, reg::TIMER_STATUS) => self.timer_pending,
+            (map::BLOCK, reg::BLK_SECTOR) => self.blk_sector,
+            (map::BLOCK, reg::BLK_DMA) => self.blk_dma,
+            (map::BLOCK, reg::BLK_COUNT) => self.blk_count,
+            (map::BLOCK, reg::BLK_STATUS) => self.blk_status,
+            (map::NET, reg::NET_RX_LEN) => self.net_rx.front().map_or(0, |p| p.len() as u64),
+            (map::NET, reg::NET_RX_COUNT) => self.net_rx.len() as u64,
+            (map::PIC, 0) => self.pending_mask(),
+            // Unmapped addresses read as zero, as on a bus with nothing behind it.
+            _ => 0,
+        };
+        ReadResult::Value(v)
+    }
+
+    /// An MMIO write of `value` (`len` bytes) at `addr`.
+    pub fn mmio_write(&mut self, addr: u64, _len: u8, value: u64) -> Action {
+        let base = addr & !(map::WINDOW - 1);
+        let off = addr - base;
+        match (base, off) {
+            (map::UART, reg::UART_TX) => self.console_byte(value as u8),
+            (map::UART, reg::UART_FLUSH) if !self.uart_line.is_empty() => Action::UartLine,
+            (map::TIMER, reg::TIMER_ARM) => Action::TimerArm(value),
+            (map::TIMER, reg::TIMER_ACK) => {
+                self.timer_pending = self.timer_pending.saturating_sub(1);
+                self.end_of_interrupt(vector::TIMER);
+                Action::None
+            }
+            (map::BLOCK, reg::BLK_SECTOR) => {
+                self.blk_sector = value;
+                Action::None
+            }
+            (map::BLOCK, reg::BLK_DMA) => {
+                self.blk_dma = value;
+                Action::None
+            }
+            (map::BLOCK, reg::BLK_COUNT) => {
+                self.blk_count = value;
+                Action::None
+            }
+            (map::BLOCK, reg::BLK_CMD) => Action::BlockCmd(value),
+            (map::BLOCK, reg::BLK_ACK) => {
+                self.blk_irq = false;
+                self.blk_status &= !(blk_status::DONE | blk_status::ERROR);
+                self.end_of_interrupt(vector::BLOCK);
+                Action::None
+            }
+            (map::NET, reg::NET_RX_ADDR) => {
+                self.net_rx_addr = value;
+                Action::None
+            }
+            (map::NET, reg::NET_RX_POP) => Action::NetRxPop,
+            (map::NET, reg::NET_TX_ADDR) => {
+                self.net_tx_addr = value;
+                Action::None
+            }
+            (map::NET, reg::NET_TX_LEN) => {
+                self.net_tx_len = value;
+                Action::None
+            }
+            (map::NET, reg::NET_TX_SEND) => Action::NetTxSend,
+            (map::NET, reg::NET_ACK) => {
+                self.net_irq = false;
+                self.end_of_interrupt(vector::NET);
+                Action::None
+            }
+            (map::EXIT, 0) => Action::Exit(value),
+            // Writes to nothing are ignored.
+            _ => Action::None,
+        }
+    }
+
+    fn console_byte(&mut self, b: u8) -> Action {
+        self.uart_line.push(b);
+        if b == b'\n' || self.uart_line.len() >= UART_LINE_MAX {
+            Action::UartLine
+        } else {
+            Action::None
+        }
+    }
+
+    /// An `in` from `port`.
+    pub fn pio_read(&mut self, port: u16, _len: u8) -> ReadResult {
+        match port {
+            // The console is always ready to transmit.
+            p if p == port::CONSOLE + 5 => ReadResult::Value(0x60),
+            _ => ReadResult::Value(0),
+        }
+    }
+
+    /// An `out` to `port`.
+    pub fn pio_write(&mut self, port: u16, _len: u8, value: u64) -> Action {
+        match port {
+            port::CONSOLE => self.console_byte(value as u8),
+            port::EXIT => Action::Exit(value),
+            _ => Action::None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_buffers_lines() {
+        let mut d = Devices::default();
+        assert_eq!(d.mmio_write(map::UART, 1, u64::from(b'h')), Action::None);
+        assert_eq!(d.pio_write(port::CONSOLE, 1, u64::from(b'i')), Action::None);
+        assert_eq!(
+            d.mmio_write(map::UART, 1, u64::from(b'\n')),
+            Action::UartLine
+        );
+        assert_eq!(d.take_line(), b"hi\n");
+        assert_eq!(
+            d.mmio_write(map::UART + reg::UART_FLUSH, 8, 0),
+            Action::None
+        );
+    }
+
+    #[test]
+    fn clock_and_rng_are_inputs() {
+        let mut d = Devices::default();
+        assert!(
+            matches!(d.mmio_read(map::CLOCK, 8), ReadResult::Input(r) if r.device == id::CLOCK)
+        );
+        assert!(matches!(d.mmio_read(map::RNG, 8), ReadResult::Input(r) if r.device == id::RNG));
+        assert_eq!(d.mmio_read(0x1234_0000, 8), ReadResult::Value(0));
+    }
+
+    #[test]
+    fn interrupt_stays_in_service_until_acknowledged() {
+        let mut d = Devices {
+            timer_pending: 2,
+            net_irq: true,
+            ..Devices::default()
+        };
+        assert_eq!(d.next_vector(), Some(vector::TIMER));
+        d.mark_injected(vector::TIMER);
+        assert_eq!(d.next_vector(), None);
+        d.mmio_write(map::TIMER + reg::TIMER_ACK, 8, 0);
+        assert_eq!(d.next_vector(), Some(vector::TIMER));
+        d.mark_injected(vector::TIMER);
+        d.mmio_write(map::TIMER + reg::TIMER_ACK, 8, 0);
+        assert_eq!(d.next_vector(), Some(vector::NET));
+        assert_eq!(d.mmio_read(map::PIC, 8), ReadResult::Value(1 << id::NET.0));
+        assert_eq!(d.pio_write(port::EXIT, 4, 3), Action::Exit(3));
+    }
+}

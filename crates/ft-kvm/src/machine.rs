@@ -1,0 +1,749 @@
+//! [`KvmMachine`]: a KVM VM behind [`ft_core::EventSource`], with **deterministic-exit
+//! delivery** of asynchronous events.
+//!
+//! # Execution points: the landmark design
+//!
+//! A KVM guest has no instruction counter here (no PMU), so the machine counts
+//! something else that is exact: **deterministic exits**. Every MMIO access, port access
+//! and `hlt` the guest executes leaves the guest (KVM cannot complete it alone: there is
+//! no in-kernel device behind these addresses), and nothing else is counted. The
+//! execution point is `ExecPoint { count: deterministic exits so far, sub: 0 }`.
+//! Exits that the guest did not cause (a signal interrupting `KVM_RUN`, an interrupt
+//! window opening, host scheduling) are re-entered without counting and without
+//! injecting anything.
+//!
+//! `run(until)` enters the guest and handles exits until the count reaches
+//! `until.count` or a [`Stop`] happens (an input read, an output, an I/O start, `hlt`,
+//! the guest's exit). Asynchronous events (interrupts, packets, I/O completions with
+//! their DMA data) are applied by `inject` at the machine's point, which is always a
+//! deterministic-exit boundary; the vector reaches the vCPU (`KVM_INTERRUPT`) at the
+//! next entry, and only if the exit reported the vCPU ready for it
+//! (`ready_for_interrupt_injection` and IF); otherwise the line stays raised and is
+//! retried at each later deterministic exit (interrupts are never injected at an exit
+//! the guest did not cause, so `request_interrupt_window` is not used).
+//!
+//! ## Why it is exact
+//!
+//! * Between two deterministic exits the guest runs without any outside influence: no
+//!   device can be touched without an exit, and no interrupt is injected except at a
+//!   deterministic exit. Its state at the k-th exit is therefore a function of its
+//!   state at the (k-1)-th exit and of what the machine gave it there (a read value, an
+//!   injected vector, DMA data written into its memory).
+//! * By induction, the state at the k-th exit is a function of the initial state and
+//!   the inputs applied at exits before k. The primary logs each input with the exit
+//!   count at which it applied it; the backup applies it at the same count, so both
+//!   pass through the same states. Injection itself is decided by the same function
+//!   on both sides (the line state and the ready flag the exit reported).
+//! * The remaining nondeterminism is instructions KVM cannot trap on this host
+//!   (`rdtsc`, `rdrand`, `rdseed`, `cpuid`); guests must not let them reach their state,
+//!   and if one does, the periodic state digest (all registers and all of RAM) differs
+//!   and replay halts with a divergence instead of drifting silently.
+//!
+//! ## What it costs
+//!
+//! An asynchronous event waits until the guest's next deterministic exit after the
+//! primary saw it: a CPL3 loop that computes for 10 ms without touching a device delays
+//! a timer interrupt by up to 10 ms. The benchmark measures this latency for its
+//! workload. Every exit also costs one extra `KVM_RUN` with `immediate_exit` to
+//! complete the instruction before the machine reports its state (so digests and
+//! snapshots at a point see RIP past the instruction).
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ft_core::digest::StateHasher;
+use ft_core::{
+    AsyncEvent, EventSource, ExecPoint, InputRequest, IoId, IoKind, IoRequest, RawOutput,
+    SourceError, SourceResult, Stop,
+};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::arch::x86_64::{KERNEL_BASE, KERNEL_STACK_TOP, MIN_MEMORY, USER_BASE};
+use crate::devices::{self, blk_status, id, op, Action, Devices, ReadResult};
+use crate::exit::ExitEvent;
+use crate::guest::{self, GuestImage};
+use crate::vm::{Vm, VmError};
+
+/// Errors of building or restoring a machine.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum MachineError {
+    /// The VM could not be created or driven.
+    #[error("vm: {0}")]
+    Vm(#[from] VmError),
+    /// The guest could not be built.
+    #[error("guest: {0}")]
+    Guest(#[from] guest::GuestError),
+    /// The configuration is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// Result alias of this module.
+pub type Result<T, E = MachineError> = std::result::Result<T, E>;
+
+/// How the block device's disk is attached (as in ft-sim).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DiskMode {
+    /// One disk both sides reach; writes are outputs, performed by the live side.
+    Shared {
+        /// The backup reads the disk itself instead of getting read data in the log.
+        backup_reads_disk: bool,
+    },
+    /// Each side writes its own copy; writes are not outputs.
+    Private {
+        /// The backup reads its own copy instead of getting read data in the log.
+        backup_reads_disk: bool,
+    },
+}
+
+/// Configuration of a KVM machine. Both sides of a pair must use the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineConfig {
+    /// Guest RAM in bytes (at least [`MIN_MEMORY`], a multiple of 4 KiB).
+    pub mem_size: usize,
+    /// Disk attachment.
+    pub disk: DiskMode,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        MachineConfig {
+            mem_size: 8 << 20,
+            disk: DiskMode::Shared {
+                backup_reads_disk: false,
+            },
+        }
+    }
+}
+
+impl MachineConfig {
+    /// Top of the workload's stack.
+    pub fn user_stack_top(&self) -> u64 {
+        self.mem_size as u64 - 0x1000
+    }
+}
+
+/// The vCPU loop's state between calls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum RunState {
+    /// At a deterministic-exit boundary (or the start), the vCPU state consistent.
+    Boundary,
+    /// A read exit waits for the value of a nondeterministic register.
+    AwaitingInput(InputRequest),
+    /// The guest executed `hlt`; it waits for an interrupt.
+    Idle,
+    /// The guest ended.
+    Exited(u64),
+    /// The backend failed; the machine is unusable.
+    Failed(String),
+}
+
+/// Counters of the machine, for benchmarks and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MachineStats {
+    /// `KVM_RUN` calls that entered the guest.
+    pub entries: u64,
+    /// Exits not caused by the guest (not counted as points).
+    pub async_exits: u64,
+    /// Interrupts injected.
+    pub injections: u64,
+    /// Sum of the wall time from raising a line to injecting its vector.
+    pub delivery_total: Duration,
+    /// Largest such time.
+    pub delivery_max: Duration,
+    /// Sum of the deterministic exits from raising a line to injecting it.
+    pub delivery_exits: u64,
+}
+
+/// An x86-64 KVM guest behind [`EventSource`]. See the module docs.
+pub struct KvmMachine {
+    vm: Vm,
+    cfg: MachineConfig,
+    dev: Devices,
+    count: u64,
+    state: RunState,
+    /// At a deterministic boundary: injection allowed.
+    at_boundary: bool,
+    /// The last deterministic exit reported the vCPU ready for an interrupt.
+    ready: bool,
+    /// RFLAGS.IF at the last deterministic exit.
+    if_flag: bool,
+    raised: Option<(Instant, u64)>,
+    stats: MachineStats,
+}
+
+impl std::fmt::Debug for KvmMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvmMachine")
+            .field("count", &self.count)
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+const SNAPSHOT_MAGIC: &[u8; 8] = b"FTKVMSNP";
+const SNAPSHOT_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotMeta {
+    cfg: MachineConfig,
+    dev: Devices,
+    count: u64,
+    state: RunState,
+    at_boundary: bool,
+    ready: bool,
+    if_flag: bool,
+    vcpu: crate::vm::VcpuState,
+}
+
+impl KvmMachine {
+    /// A new VM running `image`: the kernel at [`KERNEL_BASE`], the workload at
+    /// [`USER_BASE`], the vCPU in 64-bit mode at the kernel's entry.
+    pub fn new(cfg: MachineConfig, image: &GuestImage) -> Result<KvmMachine> {
+        if cfg.mem_size < MIN_MEMORY {
+            return Err(MachineError::Config(format!(
+                "memory {:#x} is below the layout's minimum {MIN_MEMORY:#x}",
+                cfg.mem_size
+            )));
+        }
+        let mut vm = Vm::new(cfg.mem_size)?;
+        vm.setup_long_mode(KERNEL_BASE, KERNEL_STACK_TOP)?;
+        vm.memory_mut()
+            .write(KERNEL_BASE, &image.kernel)
+            .map_err(VmError::from)?;
+        vm.memory_mut()
+            .write(USER_BASE, &image.user)
+            .map_err(VmError::from)?;
+        Ok(KvmMachine {
+            vm,
+            cfg,
+            dev: Devices::default(),
+            count: 0,
+            state: RunState::Boundary,
+            at_boundary: true,
+            ready: false,
+            if_flag: false,
+            raised: None,
+            stats: MachineStats::default(),
+        })
+    }
+
+    /// A new VM running the project's kernel and `workload` (CPL3 code for
+    /// [`USER_BASE`]).
+    pub fn with_workload(cfg: MachineConfig, workload: Vec<u8>) -> Result<KvmMachine> {
+        let kernel = guest::kernel(cfg.user_stack_top())?;
+        Self::new(
+            cfg,
+            &GuestImage {
+                kernel,
+                user: workload,
+            },
+        )
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MachineConfig {
+        &self.cfg
+    }
+
+    /// The VM (memory, registers).
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    /// The devices.
+    pub fn devices(&self) -> &Devices {
+        &self.dev
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &MachineStats {
+        &self.stats
+    }
+
+    /// The guest's exit code, once it ended.
+    pub fn exit_code(&self) -> Option<u64> {
+        match self.state {
+            RunState::Exited(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    fn fail(&mut self, e: impl std::fmt::Display) -> SourceError {
+        let msg = e.to_string();
+        self.state = RunState::Failed(msg.clone());
+        SourceError::Backend(msg)
+    }
+
+    /// After a deterministic exit: the point advanced, the vCPU state is complete.
+    fn boundary(&mut self) {
+        self.count += 1;
+        self.at_boundary = true;
+        self.ready = self.vm.ready_for_interrupt();
+        self.if_flag = self.vm.if_flag();
+    }
+
+    fn maybe_inject(&mut self) -> SourceResult<()> {
+        if !self.at_boundary {
+            return Ok(());
+        }
+        let ready = match self.state {
+            RunState::Boundary => self.ready,
+            // A halted vCPU with IF set takes an interrupt (that is what wakes it).
+            RunState::Idle => self.ready || self.if_flag,
+            _ => false,
+        };
+        if !ready {
+            return Ok(());
+        }
+        if let Some(v) = self.dev.next_vector() {
+            self.vm.inject_interrupt(v).map_err(|e| self.fail(e))?;
+            self.dev.mark_injected(v);
+            self.stats.injections += 1;
+            if let Some((t, c)) = self.raised.take() {
+                let d = t.elapsed();
+                self.stats.delivery_total += d;
+                self.stats.delivery_max = self.stats.delivery_max.max(d);
+                self.stats.delivery_exits += self.count - c;
+            }
+            self.state = RunState::Boundary;
+            self.ready = false;
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, ev: ExitEvent) -> SourceResult<Option<Stop>> {
+        let action = match ev {
+            ExitEvent::MmioRead { addr, len } => {
+                let r = self.dev.mmio_read(addr, len);
+                return self.read_result(r);
+            }
+            ExitEvent::PioIn { port, len } => {
+                let r = self.dev.pio_read(port, len);
+                return self.read_result(r);
+            }
+            ExitEvent::MmioWrite { addr, len, value } => self.dev.mmio_write(addr, len, value),
+            ExitEvent::PioOut { port, len, value } => self.dev.pio_write(port, len, value),
+            ExitEvent::Hlt => {
+                self.boundary();
+                self.state = RunState::Idle;
+                return Ok(Some(Stop::Idle));
+            }
+            other => return Err(self.fail(format!("{other:?} is not a deterministic exit"))),
+        };
+        self.vm.complete(0).map_err(|e| self.fail(e))?;
+        self.boundary();
+        self.perform(action)
+    }
+
+    fn read_result(&mut self, r: ReadResult) -> SourceResult<Option<Stop>> {
+        match r {
+            ReadResult::Value(v) => {
+                self.vm.complete(v).map_err(|e| self.fail(e))?;
+                self.boundary();
+                Ok(None)
+            }
+            ReadResult::Input(req) => {
+                self.state = RunState::AwaitingInput(req.clone());
+                Ok(Some(Stop::Input(req)))
+            }
+        }
+    }
+
+    fn perform(&mut self, action: Action) -> SourceResult<Option<Stop>> {
+        Ok(match action {
+            Action::None => None,
+            Action::UartLine => Some(Stop::Output(RawOutput {
+                device: id::UART,
+                data: Bytes::from(self.dev.take_line()),
+            })),
+            Action::TimerArm(delay) => {
+                let io = IoId(self.dev.new_io());
+                self.dev.timers_inflight.insert(io.0);
+                Some(Stop::IoStart(IoRequest {
+                    id: io,
+                    device: id::TIMER,
+                    kind: IoKind::Request,
+                    op: op::TIMER_ARM,
+                    offset: delay,
+                    len: 0,
+                    data: Bytes::new(),
+                }))
+            }
+            Action::BlockCmd(cmd) => self.block_command(cmd),
+            Action::NetRxPop => {
+                if let Some(pkt) = self.dev.net_rx.pop_front() {
+                    // A bad target drops the packet, as a NIC would.
+                    let _ = self.vm.memory_mut().write(self.dev.net_rx_addr, &pkt);
+                }
+                None
+            }
+            Action::NetTxSend => {
+                let len = self.dev.net_tx_len.min(devices::NET_MTU) as usize;
+                let mut buf = vec![0u8; len];
+                if self
+                    .vm
+                    .memory()
+                    .read(self.dev.net_tx_addr, &mut buf)
+                    .is_err()
+                {
+                    return Ok(None);
+                }
+                Some(Stop::Output(RawOutput {
+                    device: id::NET,
+                    data: Bytes::from(buf),
+                }))
+            }
+            Action::Exit(code) => {
+                self.state = RunState::Exited(code);
+                Some(Stop::Halted(code))
+            }
+        })
+    }
+
+    fn block_command(&mut self, cmd: u64) -> Option<Stop> {
+        let d = &mut self.dev;
+        let len = d.blk_count.saturating_mul(devices::SECTOR_SIZE);
+        let valid = (cmd == devices::BLK_CMD_READ || cmd == devices::BLK_CMD_WRITE)
+            && d.blk_inflight.is_none()
+            && d.blk_count > 0
+            && d.blk_count <= devices::MAX_SECTORS
+            && self.vm.memory().contains(d.blk_dma, len);
+        if !valid {
+            d.blk_status |= blk_status::ERROR | blk_status::DONE;
+            d.blk_irq = true;
+            self.note_raised();
+            return None;
+        }
+        let (shared, local_reads) = match self.cfg.disk {
+            DiskMode::Shared { backup_reads_disk } => (true, backup_reads_disk),
+            DiskMode::Private { backup_reads_disk } => (false, backup_reads_disk),
+        };
+        let offset = d.blk_sector.saturating_mul(devices::SECTOR_SIZE);
+        let dma = d.blk_dma;
+        let (kind, opc, data) = if cmd == devices::BLK_CMD_READ {
+            let kind = if local_reads {
+                IoKind::LocalRead
+            } else {
+                IoKind::Request
+            };
+            (kind, op::DISK_READ, Bytes::new())
+        } else {
+            let mut buf = vec![0u8; len as usize];
+            // In range: checked above.
+            let _ = self.vm.memory().read(dma, &mut buf);
+            let kind = if shared {
+                IoKind::SharedWrite
+            } else {
+                IoKind::PrivateWrite
+            };
+            (kind, op::DISK_WRITE, Bytes::from(buf))
+        };
+        self.dev.blk_status = blk_status::BUSY;
+        let io = IoId(self.dev.new_io());
+        self.dev.blk_inflight = Some((io.0, dma, len));
+        Some(Stop::IoStart(IoRequest {
+            id: io,
+            device: id::BLOCK,
+            kind,
+            op: opc,
+            offset,
+            len: len as u32,
+            data,
+        }))
+    }
+
+    fn note_raised(&mut self) {
+        if self.raised.is_none() {
+            self.raised = Some((Instant::now(), self.count));
+        }
+    }
+
+    fn complete_io(&mut self, io: IoId, status: u32, data: Option<&Bytes>) -> SourceResult<()> {
+        if self.dev.timers_inflight.remove(&io.0) {
+            self.dev.timer_pending += 1;
+            return Ok(());
+        }
+        match self.dev.blk_inflight {
+            Some((blk_io, dma, len)) if blk_io == io.0 => {
+                self.dev.blk_inflight = None;
+                let mut st = blk_status::DONE;
+                if status != 0 {
+                    st |= blk_status::ERROR;
+                } else if let Some(data) = data {
+                    // The bounce buffer lands in guest memory now, all at once.
+                    if data.len() as u64 != len || self.vm.memory_mut().write(dma, data).is_err() {
+                        st |= blk_status::ERROR;
+                    }
+                }
+                self.dev.blk_status = st;
+                self.dev.blk_irq = true;
+                Ok(())
+            }
+            _ => Err(SourceError::BadEvent(format!(
+                "completion for I/O {} which is not in flight",
+                io.0
+            ))),
+        }
+    }
+
+    fn hash_vcpu(&self, h: &mut StateHasher) -> crate::vm::Result<()> {
+        let r = self.vm.regs()?;
+        for v in [
+            r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rsp, r.rbp, r.r8, r.r9, r.r10, r.r11,
+            r.r12, r.r13, r.r14, r.r15, r.rip, r.rflags,
+        ] {
+            h.write_u64(v);
+        }
+        let s = self.vm.sregs()?;
+        for seg in [&s.cs, &s.ds, &s.es, &s.fs, &s.gs, &s.ss, &s.tr, &s.ldt] {
+            h.write_u64(seg.base);
+            h.write_u64(u64::from(seg.limit));
+            h.write_u64(u64::from(seg.selector));
+            h.write_bytes(&[seg.type_, seg.present, seg.dpl, seg.db, seg.s, seg.l, seg.g]);
+        }
+        for t in [&s.gdt, &s.idt] {
+            h.write_u64(t.base);
+            h.write_u64(u64::from(t.limit));
+        }
+        for v in [s.cr0, s.cr2, s.cr3, s.cr4, s.efer] {
+            h.write_u64(v);
+        }
+        let f = self.vm.fpu()?;
+        h.write_u64(u64::from(f.fcw) | u64::from(f.fsw) << 16 | u64::from(f.ftwx) << 32);
+        h.write_u64(u64::from(f.mxcsr));
+        for x in f.fpr.iter().chain(f.xmm.iter()) {
+            h.write_bytes(x);
+        }
+        Ok(())
+    }
+
+    /// Digest of the vCPU registers only (for tests that look for the first
+    /// difference).
+    pub fn vcpu_digest(&self) -> u64 {
+        let mut h = StateHasher::new();
+        if let Err(e) = self.hash_vcpu(&mut h) {
+            h.write_bytes(e.to_string().as_bytes());
+        }
+        h.finish()
+    }
+}
+
+impl EventSource for KvmMachine {
+    fn point(&self) -> ExecPoint {
+        ExecPoint::at(self.count)
+    }
+
+    fn run(&mut self, until: ExecPoint) -> SourceResult<Stop> {
+        let here = self.point();
+        if until < here {
+            return Err(SourceError::Backwards {
+                current: here,
+                target: until,
+            });
+        }
+        if until == here {
+            return Ok(Stop::Reached);
+        }
+        match &self.state {
+            RunState::Exited(c) => return Ok(Stop::Halted(*c)),
+            RunState::AwaitingInput(req) => return Ok(Stop::Input(req.clone())),
+            RunState::Failed(m) => return Err(SourceError::Backend(m.clone())),
+            RunState::Idle => {
+                self.maybe_inject()?;
+                if self.state == RunState::Idle {
+                    return Ok(Stop::Idle);
+                }
+            }
+            RunState::Boundary => self.maybe_inject()?,
+        }
+        loop {
+            self.at_boundary = false;
+            self.stats.entries += 1;
+            let ev = self.vm.run().map_err(|e| self.fail(e))?;
+            if !ev.is_deterministic() {
+                match ev {
+                    ExitEvent::Interrupted | ExitEvent::IrqWindowOpen => {
+                        self.stats.async_exits += 1;
+                        continue;
+                    }
+                    ExitEvent::Shutdown => {
+                        return Err(self.fail("the guest triple-faulted (shutdown exit)"))
+                    }
+                    other => return Err(self.fail(format!("unexpected exit {other:?}"))),
+                }
+            }
+            let stop = self.handle(ev)?;
+            match stop {
+                Some(Stop::Idle) if self.count >= until.count => return Ok(Stop::Reached),
+                Some(s) => return Ok(s),
+                None if self.count >= until.count => return Ok(Stop::Reached),
+                None => self.maybe_inject()?,
+            }
+        }
+    }
+
+    fn supply_input(&mut self, data: &[u8]) -> SourceResult<()> {
+        let RunState::AwaitingInput(req) = &self.state else {
+            return Err(SourceError::UnexpectedInput("no read is pending".into()));
+        };
+        if data.len() != usize::from(req.size) && data.len() != 8 {
+            return Err(SourceError::UnexpectedInput(format!(
+                "{} bytes for a {}-byte read",
+                data.len(),
+                req.size
+            )));
+        }
+        let mut b = [0u8; 8];
+        let n = data.len().min(8);
+        b[..n].copy_from_slice(&data[..n]);
+        self.vm
+            .complete(u64::from_le_bytes(b))
+            .map_err(|e| self.fail(e))?;
+        self.state = RunState::Boundary;
+        self.boundary();
+        Ok(())
+    }
+
+    fn inject(&mut self, event: &AsyncEvent) -> SourceResult<()> {
+        match event {
+            AsyncEvent::Interrupt { device } => match *device {
+                id::TIMER => self.dev.timer_pending += 1,
+                id::NET => self.dev.net_irq = true,
+                id::BLOCK => self.dev.blk_irq = true,
+                other => {
+                    return Err(SourceError::BadEvent(format!(
+                        "device {} has no interrupt line",
+                        other.0
+                    )))
+                }
+            },
+            AsyncEvent::DeviceInput { device, data } => {
+                if *device != id::NET {
+                    return Err(SourceError::BadEvent(format!(
+                        "device {} takes no unsolicited input",
+                        device.0
+                    )));
+                }
+                if self.dev.net_rx.len() >= devices::NET_RX_QUEUE
+                    || data.len() as u64 > devices::NET_MTU
+                {
+                    self.dev.net_dropped += 1;
+                } else {
+                    self.dev.net_rx.push_back(data.clone());
+                }
+                self.dev.net_irq = true;
+            }
+            AsyncEvent::IoComplete { io, status, data } => {
+                self.complete_io(*io, *status, data.as_ref())?;
+            }
+        }
+        self.note_raised();
+        Ok(())
+    }
+
+    fn digest(&mut self) -> u64 {
+        let mut h = StateHasher::new();
+        h.write_u64(self.count);
+        h.write_bytes(&postcard::to_stdvec(&self.dev).unwrap_or_default());
+        h.write_bytes(&postcard::to_stdvec(&self.state).unwrap_or_default());
+        h.write_u64(u64::from(self.ready) | u64::from(self.if_flag) << 1);
+        if let Err(e) = self.hash_vcpu(&mut h) {
+            h.write_bytes(e.to_string().as_bytes());
+        }
+        h.write_bytes(self.vm.memory().as_slice());
+        h.finish()
+    }
+
+    fn snapshot(&self) -> SourceResult<Vec<u8>> {
+        if matches!(self.state, RunState::AwaitingInput(_) | RunState::Failed(_)) {
+            return Err(SourceError::Snapshot(format!(
+                "cannot snapshot in state {:?}",
+                self.state
+            )));
+        }
+        let vcpu = self
+            .vm
+            .state()
+            .map_err(|e| SourceError::Snapshot(e.to_string()))?;
+        let meta = SnapshotMeta {
+            cfg: self.cfg,
+            dev: self.dev.clone(),
+            count: self.count,
+            state: self.state.clone(),
+            at_boundary: self.at_boundary,
+            ready: self.ready,
+            if_flag: self.if_flag,
+            vcpu,
+        };
+        let meta = postcard::to_stdvec(&meta).map_err(|e| SourceError::Snapshot(e.to_string()))?;
+        let ram = self.vm.memory().as_slice();
+        let mut out = Vec::with_capacity(32 + meta.len() + ram.len());
+        out.extend_from_slice(SNAPSHOT_MAGIC);
+        out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        out.extend_from_slice(&[0u8; 4]); // checksum, filled below
+        out.extend_from_slice(&(meta.len() as u64).to_le_bytes());
+        out.extend_from_slice(&meta);
+        out.extend_from_slice(&(ram.len() as u64).to_le_bytes());
+        out.extend_from_slice(ram);
+        let crc = crc32fast::hash(&out[16..]);
+        out[12..16].copy_from_slice(&crc.to_le_bytes());
+        Ok(out)
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> SourceResult<()> {
+        let bad = |m: &str| SourceError::Snapshot(m.to_string());
+        if snapshot.len() < 24 || &snapshot[0..8] != SNAPSHOT_MAGIC {
+            return Err(bad("not a KVM machine snapshot (bad magic)"));
+        }
+        let version = u32::from_le_bytes([snapshot[8], snapshot[9], snapshot[10], snapshot[11]]);
+        if version != SNAPSHOT_VERSION {
+            return Err(SourceError::Snapshot(format!(
+                "snapshot version {version}, this build reads {SNAPSHOT_VERSION}"
+            )));
+        }
+        let crc = u32::from_le_bytes([snapshot[12], snapshot[13], snapshot[14], snapshot[15]]);
+        if crc32fast::hash(&snapshot[16..]) != crc {
+            return Err(bad("snapshot checksum mismatch"));
+        }
+        let (meta_len, rest) = split_len(&snapshot[16..]).ok_or_else(|| bad("truncated"))?;
+        if rest.len() < meta_len {
+            return Err(bad("truncated snapshot metadata"));
+        }
+        let (meta, rest) = rest.split_at(meta_len);
+        let meta: SnapshotMeta =
+            postcard::from_bytes(meta).map_err(|e| SourceError::Snapshot(e.to_string()))?;
+        let (ram_len, ram) = split_len(rest).ok_or_else(|| bad("truncated"))?;
+        if ram.len() != ram_len || ram_len != self.vm.memory().size() {
+            return Err(bad(
+                "snapshot RAM size does not match this machine's memory (use the same configuration)",
+            ));
+        }
+        self.vm
+            .set_state(&meta.vcpu)
+            .map_err(|e| SourceError::Snapshot(e.to_string()))?;
+        self.vm.memory_mut().as_mut_slice().copy_from_slice(ram);
+        self.cfg = meta.cfg;
+        self.dev = meta.dev;
+        self.count = meta.count;
+        self.state = meta.state;
+        self.at_boundary = meta.at_boundary;
+        self.ready = meta.ready;
+        self.if_flag = meta.if_flag;
+        self.raised = None;
+        Ok(())
+    }
+}
+
+fn split_len(b: &[u8]) -> Option<(usize, &[u8])> {
+    if b.len() < 8 {
+        return None;
+    }
+    let (l, rest) = b.split_at(8);
+    let mut a = [0u8; 8];
+    a.copy_from_slice(l);
+    usize::try_from(u64::from_le_bytes(a))
+        .ok()
+        .map(|n| (n, rest))
+}
