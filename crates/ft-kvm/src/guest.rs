@@ -129,6 +129,23 @@ const EXC_WITH_ERROR: [u8; 10] = [8, 10, 11, 12, 13, 14, 17, 21, 29, 30];
 
 /// Build the kernel; the workload's stack starts at `user_stack_top`.
 pub fn kernel(user_stack_top: u64) -> Result<Vec<u8>> {
+    kernel_entering(user_stack_top, WorkloadPrivilege::User)
+}
+
+/// The privilege level the kernel enters the workload at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkloadPrivilege {
+    /// CPL3 (user segments), as for every ordinary workload.
+    User,
+    /// CPL0 (kernel segments): the workload runs as guest-kernel code. Its device I/O,
+    /// `ud2` system calls and interrupts work as at CPL3 (same-privilege frames). Used by
+    /// the mid-stream delivery tests, because on software-nested hosts single-stepping
+    /// works at CPL0 only.
+    Kernel,
+}
+
+/// Build the kernel, entering the workload at `privilege`.
+pub fn kernel_entering(user_stack_top: u64, privilege: WorkloadPrivilege) -> Result<Vec<u8>> {
     let mut a = CodeAssembler::new(64)?;
     let mut entry = a.create_label();
     let mut banner = a.create_label();
@@ -159,11 +176,15 @@ pub fn kernel(user_stack_top: u64) -> Result<Vec<u8>> {
     a.jmp(bloop)?;
     a.set_label(&mut bdone)?;
     // Into the workload: SS, RSP, RFLAGS (IF), CS, RIP.
-    a.push(i32::from(sel::USER_DS))?;
+    let (stack_sel, code_sel) = match privilege {
+        WorkloadPrivilege::User => (sel::USER_DS, sel::USER_CS),
+        WorkloadPrivilege::Kernel => (sel::KERNEL_DS, sel::KERNEL_CS),
+    };
+    a.push(i32::from(stack_sel))?;
     a.mov(rax, user_stack_top)?;
     a.push(rax)?;
     a.push(0x202i32)?;
-    a.push(i32::from(sel::USER_CS))?;
+    a.push(i32::from(code_sel))?;
     a.mov(rax, USER_BASE)?;
     a.push(rax)?;
     a.iretq()?;

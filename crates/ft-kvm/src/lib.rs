@@ -4,7 +4,7 @@
 //! (`kvm-ioctls`, `kvm-bindings`): the same engine that protects ft-sim machines
 //! records, replays and fails over KVM VMs.
 //!
-//! * [`probe`]: what the host's KVM offers, asked, never assumed;
+//! * [`probe`](mod@probe): what the host's KVM offers, asked, never assumed;
 //! * [`arch::x86_64`]: GDT, TSS, identity page tables and control registers for 64-bit
 //!   mode from the first instruction (Firecracker's layout);
 //! * [`memory`]: the guest's RAM, one documented `mmap`;
@@ -17,6 +17,9 @@
 //!   random ones for property tests;
 //! * [`machine`]: [`machine::KvmMachine`], the [`ft_core::EventSource`] with
 //!   deterministic-exit delivery, and the argument why it is exact;
+//! * [`midstream`]: exact mid-stream delivery by single-step landmarks where the host
+//!   can debug the guest, the probe that finds out at which CPLs it can, and the
+//!   argument why it is exact;
 //! * [`pair`]: an in-process pair on virtual time for tests, demos and benchmarks.
 //!
 //! The VM modules exist on Linux/x86-64 only; the layout, devices and guest builders
@@ -28,6 +31,8 @@ pub mod exit;
 pub mod machine;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub mod memory;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub mod midstream;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub mod vm;
 

@@ -47,6 +47,17 @@
 //! workload. Every exit also costs one extra `KVM_RUN` with `immediate_exit` to
 //! complete the instruction before the machine reports its state (so digests and
 //! snapshots at a point see RIP past the instruction).
+//!
+//! ## Exact mid-stream delivery (opt-in)
+//!
+//! Where the host can single-step the guest (probed, see [`crate::midstream`]),
+//! [`KvmMachine::enable_midstream`] makes every single-step debug exit a landmark too:
+//! the point becomes `{count, sub}` with `sub` the debug exits since the last
+//! deterministic exit, injection is allowed at every landmark, and the primary
+//! ([`KvmMachine::set_preempt_quantum`]) returns from `run` at landmarks so that events
+//! are delivered mid-stream. `run(until)` with `until.sub > 0` on a replay stops at exactly
+//! that landmark, or fails with [`MachineError::LandmarkUnreachable`]. The exactness
+//! argument is in [`crate::midstream`].
 
 use std::time::{Duration, Instant};
 
@@ -77,6 +88,21 @@ pub enum MachineError {
     /// The configuration is unusable.
     #[error("configuration: {0}")]
     Config(String),
+    /// Mid-stream delivery was asked for on a host that cannot single-step the guest.
+    #[error("mid-stream delivery needs single-step, which this host does not offer ({0})")]
+    NoSingleStep(String),
+    /// A replay ran to a mid-stream point that the execution does not contain: the guest
+    /// made its next deterministic exit after `steps` landmarks, before `target`.
+    #[error("mid-stream landmark {target} is unreachable: the guest made a deterministic exit after {steps} single-steps")]
+    LandmarkUnreachable {
+        /// The point asked for.
+        target: ExecPoint,
+        /// Single-step landmarks seen in that epoch.
+        steps: u64,
+    },
+    /// A mid-stream point was asked for on a machine without mid-stream delivery.
+    #[error("mid-stream point {0} asked for, but mid-stream delivery is off")]
+    MidStreamOff(ExecPoint),
 }
 
 /// Result alias of this module.
@@ -154,6 +180,12 @@ pub struct MachineStats {
     pub delivery_max: Duration,
     /// Sum of the deterministic exits from raising a line to injecting it.
     pub delivery_exits: u64,
+    /// Single-step landmarks (debug exits) passed.
+    pub steps: u64,
+    /// Times `run` returned early at a landmark (the primary's preemption).
+    pub preemptions: u64,
+    /// Interrupts injected at a mid-stream landmark (not at a deterministic exit).
+    pub midstream_injections: u64,
 }
 
 /// An x86-64 KVM guest behind [`EventSource`]. See the module docs.
@@ -171,6 +203,14 @@ pub struct KvmMachine {
     if_flag: bool,
     raised: Option<(Instant, u64)>,
     stats: MachineStats,
+    /// Mid-stream delivery: the vCPU single-steps, every debug exit is a landmark.
+    midstream: bool,
+    /// Single-step landmarks since the last deterministic exit (the point's `sub`).
+    steps: u64,
+    /// The last stop was a single-step landmark, not a deterministic exit.
+    at_landmark: bool,
+    /// The primary's preemption: return from `run` every this many landmarks.
+    preempt: Option<u64>,
 }
 
 impl std::fmt::Debug for KvmMachine {
@@ -183,7 +223,8 @@ impl std::fmt::Debug for KvmMachine {
 }
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"FTKVMSNP";
-const SNAPSHOT_VERSION: u32 = 1;
+/// 2: mid-stream state (`midstream`, `steps`, `at_landmark`) and the XSAVE area.
+const SNAPSHOT_VERSION: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotMeta {
@@ -194,6 +235,9 @@ struct SnapshotMeta {
     at_boundary: bool,
     ready: bool,
     if_flag: bool,
+    midstream: bool,
+    steps: u64,
+    at_landmark: bool,
     vcpu: crate::vm::VcpuState,
 }
 
@@ -226,6 +270,10 @@ impl KvmMachine {
             if_flag: false,
             raised: None,
             stats: MachineStats::default(),
+            midstream: false,
+            steps: 0,
+            at_landmark: false,
+            preempt: None,
         })
     }
 
@@ -276,8 +324,65 @@ impl KvmMachine {
         SourceError::Backend(msg)
     }
 
+    /// A new VM running the project's kernel and `workload` entered at `privilege`
+    /// (CPL0 workloads are what mid-stream delivery is for on PVM hosts).
+    pub fn with_workload_at(
+        cfg: MachineConfig,
+        workload: Vec<u8>,
+        privilege: guest::WorkloadPrivilege,
+    ) -> Result<KvmMachine> {
+        let kernel = guest::kernel_entering(cfg.user_stack_top(), privilege)?;
+        Self::new(
+            cfg,
+            &GuestImage {
+                kernel,
+                user: workload,
+            },
+        )
+    }
+
+    /// Turn on exact mid-stream delivery (see [`crate::midstream`]): from now on the
+    /// vCPU single-steps and every debug exit is a landmark `{count, sub}`. Both sides
+    /// of a pair must enable it at the same point (normally before the first `run`);
+    /// snapshots carry it. Fails where the probe found no single-step at CPL0.
+    pub fn enable_midstream(&mut self) -> Result<()> {
+        let caps = crate::midstream::probe_guest_debug()
+            .map_err(|e| MachineError::NoSingleStep(e.to_string()))?;
+        if !caps.single_step_cpl0 && !caps.single_step_cpl3 {
+            return Err(MachineError::NoSingleStep(format!("{caps:?}")));
+        }
+        self.vm.set_guest_debug(true, None)?;
+        self.midstream = true;
+        Ok(())
+    }
+
+    /// Whether mid-stream delivery is on.
+    pub fn midstream(&self) -> bool {
+        self.midstream
+    }
+
+    /// The primary's preemption: with mid-stream delivery on, `run` returns
+    /// [`Stop::Reached`] early after `quantum` landmarks without a deterministic exit
+    /// (None: never), so that the recorder can deliver ready events mid-stream. Local to
+    /// one side (not in snapshots); it never changes what the guest does.
+    pub fn set_preempt_quantum(&mut self, quantum: Option<u64>) {
+        self.preempt = quantum.filter(|q| *q > 0);
+    }
+
+    /// After a single-step debug exit: a landmark, the vCPU state is complete.
+    fn landmark(&mut self) {
+        self.steps += 1;
+        self.stats.steps += 1;
+        self.at_boundary = true;
+        self.at_landmark = true;
+        self.ready = self.vm.ready_for_interrupt();
+        self.if_flag = self.vm.if_flag();
+    }
+
     /// After a deterministic exit: the point advanced, the vCPU state is complete.
     fn boundary(&mut self) {
+        self.steps = 0;
+        self.at_landmark = false;
         self.count += 1;
         self.at_boundary = true;
         self.ready = self.vm.ready_for_interrupt();
@@ -301,6 +406,9 @@ impl KvmMachine {
             self.vm.inject_interrupt(v).map_err(|e| self.fail(e))?;
             self.dev.mark_injected(v);
             self.stats.injections += 1;
+            if self.at_landmark {
+                self.stats.midstream_injections += 1;
+            }
             if let Some((t, c)) = self.raised.take() {
                 let d = t.elapsed();
                 self.stats.delivery_total += d;
@@ -516,6 +624,9 @@ impl KvmMachine {
         for x in f.fpr.iter().chain(f.xmm.iter()) {
             h.write_bytes(x);
         }
+        if let Some(x) = self.vm.xsave()? {
+            h.write_bytes(&avx_upper_halves(&x));
+        }
         Ok(())
     }
 
@@ -532,7 +643,10 @@ impl KvmMachine {
 
 impl EventSource for KvmMachine {
     fn point(&self) -> ExecPoint {
-        ExecPoint::at(self.count)
+        ExecPoint {
+            count: self.count,
+            sub: self.steps,
+        }
     }
 
     fn run(&mut self, until: ExecPoint) -> SourceResult<Stop> {
@@ -546,6 +660,9 @@ impl EventSource for KvmMachine {
         if until == here {
             return Ok(Stop::Reached);
         }
+        if until.sub > 0 && !self.midstream {
+            return Err(self.fail(MachineError::MidStreamOff(until)));
+        }
         match &self.state {
             RunState::Exited(c) => return Ok(Stop::Halted(*c)),
             RunState::AwaitingInput(req) => return Ok(Stop::Input(req.clone())),
@@ -558,12 +675,26 @@ impl EventSource for KvmMachine {
             }
             RunState::Boundary => self.maybe_inject()?,
         }
+        let mut since_return = 0u64;
         loop {
             self.at_boundary = false;
             self.stats.entries += 1;
             let ev = self.vm.run().map_err(|e| self.fail(e))?;
             if !ev.is_deterministic() {
                 match ev {
+                    ExitEvent::Debug { .. } if self.midstream => {
+                        self.landmark();
+                        since_return += 1;
+                        if self.point() == until {
+                            return Ok(Stop::Reached);
+                        }
+                        if self.preempt.is_some_and(|q| since_return >= q) {
+                            self.stats.preemptions += 1;
+                            return Ok(Stop::Reached);
+                        }
+                        self.maybe_inject()?;
+                        continue;
+                    }
                     ExitEvent::Interrupted | ExitEvent::IrqWindowOpen => {
                         self.stats.async_exits += 1;
                         continue;
@@ -574,11 +705,20 @@ impl EventSource for KvmMachine {
                     other => return Err(self.fail(format!("unexpected exit {other:?}"))),
                 }
             }
+            if until.sub > 0 && self.count == until.count {
+                // The epoch ends before the landmark: this execution does not contain it.
+                let e = MachineError::LandmarkUnreachable {
+                    target: until,
+                    steps: self.steps,
+                };
+                return Err(self.fail(e));
+            }
+            since_return = 0;
             let stop = self.handle(ev)?;
             match stop {
-                Some(Stop::Idle) if self.count >= until.count => return Ok(Stop::Reached),
+                Some(Stop::Idle) if self.point() >= until => return Ok(Stop::Reached),
                 Some(s) => return Ok(s),
-                None if self.count >= until.count => return Ok(Stop::Reached),
+                None if self.point() >= until => return Ok(Stop::Reached),
                 None => self.maybe_inject()?,
             }
         }
@@ -646,6 +786,7 @@ impl EventSource for KvmMachine {
     fn digest(&mut self) -> u64 {
         let mut h = StateHasher::new();
         h.write_u64(self.count);
+        h.write_u64(self.steps);
         h.write_bytes(&postcard::to_stdvec(&self.dev).unwrap_or_default());
         h.write_bytes(&postcard::to_stdvec(&self.state).unwrap_or_default());
         h.write_u64(u64::from(self.ready) | u64::from(self.if_flag) << 1);
@@ -675,6 +816,9 @@ impl EventSource for KvmMachine {
             at_boundary: self.at_boundary,
             ready: self.ready,
             if_flag: self.if_flag,
+            midstream: self.midstream,
+            steps: self.steps,
+            at_landmark: self.at_landmark,
             vcpu,
         };
         let meta = postcard::to_stdvec(&meta).map_err(|e| SourceError::Snapshot(e.to_string()))?;
@@ -731,9 +875,36 @@ impl EventSource for KvmMachine {
         self.at_boundary = meta.at_boundary;
         self.ready = meta.ready;
         self.if_flag = meta.if_flag;
+        self.midstream = meta.midstream;
+        self.steps = meta.steps;
+        self.at_landmark = meta.at_landmark;
+        self.vm
+            .set_guest_debug(self.midstream, None)
+            .map_err(|e| SourceError::Snapshot(e.to_string()))?;
         self.raised = None;
         Ok(())
     }
+}
+
+/// Word offset of XSTATE_BV in the XSAVE area (byte 512).
+const XSTATE_BV_WORD: usize = 128;
+/// Word offset of the YMM_Hi128 component (byte 576, 256 bytes) in the standard format.
+const YMM_HI_WORD: usize = 144;
+
+/// The upper halves of YMM0-15 as the guest sees them: the XSAVE area's YMM_Hi128
+/// component when XSTATE_BV says it is in use, and zeros (its init value) when not, so
+/// that two equal guest states digest alike whatever the area's bookkeeping.
+pub fn avx_upper_halves(xsave: &[u32]) -> Vec<u8> {
+    let in_use = xsave.get(XSTATE_BV_WORD).is_some_and(|bv| bv & 0b100 != 0);
+    let mut out = vec![0u8; 256];
+    if in_use {
+        if let Some(words) = xsave.get(YMM_HI_WORD..YMM_HI_WORD + 64) {
+            for (d, w) in out.chunks_exact_mut(4).zip(words) {
+                d.copy_from_slice(&w.to_le_bytes());
+            }
+        }
+    }
+    out
 }
 
 fn split_len(b: &[u8]) -> Option<(usize, &[u8])> {

@@ -142,6 +142,10 @@ pub struct VcpuState {
     pub xcrs: Option<kvm_bindings::kvm_xcrs>,
     /// MSRs (index, value), without KVM's paravirtual range and the TSC.
     pub msrs: Vec<(u32, u64)>,
+    /// The XSAVE area (`KVM_GET_XSAVE`, 1024 words: x87, SSE, AVX and the XSAVE header),
+    /// absent where the host has no XSAVE. Loaded after the legacy FPU state, so AVX
+    /// upper halves survive a snapshot.
+    pub xsave: Option<Vec<u32>>,
 }
 
 fn to_kvm_segment(s: &Segment) -> kvm_segment {
@@ -189,6 +193,8 @@ pub struct Vm {
     pending: Pending,
     msr_indices: Vec<u32>,
     cpuid: CpuidFilter,
+    /// Guest single-step is enabled (`set_guest_debug`).
+    single_step: bool,
 }
 
 impl std::fmt::Debug for Vm {
@@ -250,6 +256,7 @@ impl Vm {
             cpuid: CpuidFilter {
                 rdrand_hidden: true,
             },
+            single_step: false,
         })
     }
 
@@ -330,6 +337,52 @@ impl Vm {
         Ok(ev)
     }
 
+    /// The current privilege level (CS.DPL of the vCPU's code segment).
+    pub fn cpl(&self) -> Result<u8> {
+        Ok(self.sregs()?.cs.dpl)
+    }
+
+    /// Whether `KVM_GET_XSAVE`/`KVM_SET_XSAVE` may be used with the fixed 4 KiB
+    /// `kvm_xsave`: the host has XSAVE, and the size it needs (`KVM_CAP_XSAVE2`, 0 before
+    /// Linux 5.17) fits the struct. This process never enables dynamic XSTATE features
+    /// (`arch_prctl`), so the size cannot grow afterwards.
+    fn xsave_fits(&self) -> bool {
+        self.kvm.check_extension(kvm_ioctls::Cap::Xsave)
+            && usize::try_from(self.vm.check_extension_int(kvm_ioctls::Cap::Xsave2))
+                .is_ok_and(|n| n <= std::mem::size_of::<kvm_bindings::kvm_xsave>())
+    }
+
+    /// The XSAVE area as 1024 words, or None where the host has no usable XSAVE.
+    pub fn xsave(&self) -> Result<Option<Vec<u32>>> {
+        if !self.xsave_fits() {
+            return Ok(None);
+        }
+        let x = self.vcpu.get_xsave().map_err(kvm_err("KVM_GET_XSAVE"))?;
+        Ok(Some(x.region.to_vec()))
+    }
+
+    /// Load an XSAVE area saved by [`Vm::xsave`].
+    pub fn set_xsave(&self, words: &[u32]) -> Result<()> {
+        if !self.xsave_fits() {
+            return Err(VmError::Kvm {
+                op: "KVM_SET_XSAVE",
+                errno: "the host has no XSAVE area of at most 4 KiB".into(),
+            });
+        }
+        let mut x = kvm_bindings::kvm_xsave::default();
+        if words.len() != x.region.len() {
+            return Err(VmError::Kvm {
+                op: "KVM_SET_XSAVE",
+                errno: format!("XSAVE area of {} words, expected 1024", words.len()),
+            });
+        }
+        x.region.copy_from_slice(words);
+        // SAFETY: `xsave_fits` checked that the size KVM reads (KVM_CAP_XSAVE2, or the
+        // legacy 4 KiB before it existed) is at most the size of `kvm_xsave`, which `x`
+        // is, whole and initialized; no dynamic XSTATE feature is ever enabled here.
+        unsafe { self.vcpu.set_xsave(&x) }.map_err(kvm_err("KVM_SET_XSAVE"))
+    }
+
     /// Whether a read exit is waiting for its value.
     pub fn read_pending(&self) -> bool {
         matches!(self.pending, Pending::MmioRead(_) | Pending::PioIn(_))
@@ -370,12 +423,21 @@ impl Vm {
         }
         self.pending = Pending::None;
         self.vcpu.set_kvm_immediate_exit(1);
-        let r = self.vcpu.run().map(|x| format!("{x:?}"));
+        let r = self.vcpu.run().map(|x| {
+            (
+                matches!(x, kvm_ioctls::VcpuExit::Debug(_)),
+                format!("{x:?}"),
+            )
+        });
         self.vcpu.set_kvm_immediate_exit(0);
         match r {
             Err(e) if e.errno() == libc::EINTR => Ok(()),
+            // Single-stepping: KVM finishes the instruction and reports its step trap
+            // before it looks at `immediate_exit`. The guest ran nothing further (the
+            // trap follows the completed instruction); the state is just as consistent.
+            Ok((true, _)) if self.single_step => Ok(()),
+            Ok((_, x)) => Err(VmError::CompletionRan(x)),
             Err(e) => Err(kvm_err("KVM_RUN (completion)")(e)),
-            Ok(x) => Err(VmError::CompletionRan(x)),
         }
     }
 
@@ -441,7 +503,7 @@ impl Vm {
 
     /// Enable single-step and/or hardware breakpoint 0 at `bp` (None: disable guest
     /// debugging).
-    pub fn set_guest_debug(&self, single_step: bool, bp: Option<u64>) -> Result<()> {
+    pub fn set_guest_debug(&mut self, single_step: bool, bp: Option<u64>) -> Result<()> {
         let mut dbg = kvm_guest_debug::default();
         if single_step || bp.is_some() {
             dbg.control = KVM_GUESTDBG_ENABLE;
@@ -457,7 +519,9 @@ impl Vm {
         }
         self.vcpu
             .set_guest_debug(&dbg)
-            .map_err(kvm_err("KVM_SET_GUEST_DEBUG"))
+            .map_err(kvm_err("KVM_SET_GUEST_DEBUG"))?;
+        self.single_step = single_step;
+        Ok(())
     }
 
     fn read_msrs(&self) -> Result<Vec<(u32, u64)>> {
@@ -534,6 +598,7 @@ impl Vm {
                 .mp_state,
             xcrs,
             msrs: self.read_msrs()?,
+            xsave: self.xsave()?,
         })
     }
 
@@ -550,6 +615,10 @@ impl Vm {
             .map_err(kvm_err("KVM_SET_FPU"))?;
         if let Some(x) = &st.xcrs {
             self.vcpu.set_xcrs(x).map_err(kvm_err("KVM_SET_XCRS"))?;
+        }
+        // After the XCRs (XCR0 decides which components the area may hold).
+        if let Some(x) = &st.xsave {
+            self.set_xsave(x)?;
         }
         self.vcpu
             .set_debug_regs(&st.debugregs)

@@ -22,3 +22,21 @@ fn probe_reports_host_capabilities() {
     );
     assert!(caps.nr_memslots > 0);
 }
+
+#[test]
+fn probe_reports_guest_debug_support_per_cpl() {
+    if !common::kvm_or_skip("probe_reports_guest_debug_support_per_cpl") {
+        return;
+    }
+    let d = match ft_kvm::midstream::probe_guest_debug() {
+        Ok(d) => d,
+        Err(e) => panic!("guest-debug probe failed: {e}"),
+    };
+    eprintln!("guest debug support: {d:#?}");
+    // Mid-stream delivery needs single-step somewhere; this project's hosts (hardware
+    // KVM, or kvm_pvm) offer it at CPL0 at least.
+    assert!(
+        d.single_step_cpl0,
+        "single-step at CPL0 is expected on every host this project runs on"
+    );
+}

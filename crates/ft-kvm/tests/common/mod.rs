@@ -55,6 +55,16 @@ pub fn kvm_pair(
     let mcfg = MachineConfig::default();
     let pm = KvmMachine::with_workload(mcfg, workload.to_vec()).expect("primary VM");
     let bm = KvmMachine::with_workload(mcfg, workload.to_vec()).expect("backup VM");
+    kvm_pair_of(pm, bm, seed, interrupts)
+}
+
+/// A pair over two machines the caller built alike (as [`kvm_pair`] does otherwise).
+pub fn kvm_pair_of(
+    pm: KvmMachine,
+    bm: KvmMachine,
+    seed: u64,
+    interrupts: &[Nanos],
+) -> (LocalPair<KvmMachine, SimWorld>, OutputSink) {
     let sink = OutputSink::new();
     let disk = Disk::new(64 * 1024);
     let wcfg = SimWorldConfig {
