@@ -1,0 +1,466 @@
+//! The client bridge: external clients reach the guest's network device over TCP.
+//!
+//! A node binds its client address at start. It **serves** while it owns the service:
+//! a primary from the start, a backup once it went live (its world's announce moves
+//! the [`Network`] to it). A client that connects to a node that does not serve gets
+//! `hello serving=0` and is closed; it tries the other address. This is the honest
+//! stand-in for VMware FT's gratuitous ARP: the client knows both addresses and fails
+//! over itself (see [`crate::wire`] for the protocol and [`crate::client`] for the
+//! client).
+//!
+//! While serving, each request payload becomes one packet on the guest's network
+//! device (through the [`Network`] that [`ft_sim::SimWorld`] polls), and every guest output —
+//! network replies and console lines, each with its deterministic sequence number —
+//! goes to every connected client.
+//!
+//! Two host-side memories make a failover seamless for a client without the guest
+//! knowing:
+//!
+//! * **History.** The bridge keeps the last [`HISTORY`] guest outputs: those released
+//!   while serving and, on a backup, those it produced while replaying (the same bytes
+//!   the primary produced: replay is deterministic). A client connecting gets the
+//!   history, then `synced`. Outputs the engine re-sends at go-live (possible repeats)
+//!   are among them, and so are outputs the dead primary released that the client
+//!   may have lost in the dying connection — the retransmission a guest TCP stack
+//!   would do.
+//! * **Received payloads.** The bridge taps the machine's packet injection
+//!   ([`TappedMachine`]) and remembers the payloads the guest's network device took
+//!   in, whether live or replayed. A request the client re-sends after a failover
+//!   (`retry = 1`) whose payload the guest already took in is dropped: the guest
+//!   answers it (or answered it) once. This is the stand-in for TCP's dedupe of
+//!   retransmitted segments, so a request is processed exactly once.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::io::{self, BufReader, BufWriter, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+use ft_core::{
+    AsyncEvent, EventSource, ExecPoint, InputRequest, IoRequest, Nanos, Output, SourceResult, Stop,
+    World,
+};
+use ft_sim::devices::id;
+use ft_sim::{Machine, Network};
+use parking_lot::Mutex;
+
+use crate::progress::Log;
+use crate::wire::{self, Frame};
+
+/// Outputs kept for clients that connect later.
+pub const HISTORY: usize = 1 << 16;
+/// Received payloads remembered for retry dedupe.
+pub const RECEIVED: usize = 1 << 16;
+
+/// Errors of the client bridge.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// The client address could not be bound.
+    #[error("client address {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+/// Result alias of this module.
+pub type Result<T, E = BridgeError> = std::result::Result<T, E>;
+
+#[derive(Debug, Default)]
+struct Shared {
+    history: BTreeMap<u64, (Output, bool)>,
+    clients: Vec<(u64, Sender<Arc<[u8]>>)>,
+    next_client: u64,
+    received: HashSet<Bytes>,
+    received_order: VecDeque<Bytes>,
+    retries_dropped: u64,
+    writers: Vec<JoinHandle<()>>,
+    closed: bool,
+}
+
+/// The node's client bridge. See the module docs.
+#[derive(Debug)]
+pub struct Bridge {
+    shared: Mutex<Shared>,
+    network: Network,
+    side: &'static str,
+    node: u64,
+    log: Log,
+    addr: SocketAddr,
+}
+
+impl Bridge {
+    /// Bind `addr` and start accepting clients. The bridge serves while `network` is
+    /// owned by `side`.
+    pub fn bind(
+        addr: &str,
+        network: Network,
+        side: &'static str,
+        node: u64,
+        log: Log,
+    ) -> Result<Arc<Bridge>> {
+        let bind_err = |source| BridgeError::Bind {
+            addr: addr.to_string(),
+            source,
+        };
+        let listener = TcpListener::bind(addr).map_err(bind_err)?;
+        let local = listener.local_addr().map_err(bind_err)?;
+        let bridge = Arc::new(Bridge {
+            shared: Mutex::new(Shared::default()),
+            network,
+            side,
+            node,
+            log,
+            addr: local,
+        });
+        let b = bridge.clone();
+        std::thread::Builder::new()
+            .name("ft-bridge-accept".into())
+            .spawn(move || b.accept_loop(listener))
+            .map_err(bind_err)?;
+        Ok(bridge)
+    }
+
+    /// The bound client address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Whether requests reach the guest through this node now.
+    pub fn serving(&self) -> bool {
+        self.network.owner() == self.side
+    }
+
+    /// Retried requests dropped because the guest already had them.
+    pub fn retries_dropped(&self) -> u64 {
+        self.shared.lock().retries_dropped
+    }
+
+    fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            if self.shared.lock().closed {
+                return;
+            }
+            let b = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("ft-bridge-client".into())
+                .spawn(move || b.serve_client(stream));
+            if let Err(e) = spawned {
+                self.log
+                    .line(format_args!("client bridge: cannot serve a client: {e}"));
+            }
+        }
+    }
+
+    fn serve_client(self: Arc<Self>, stream: TcpStream) {
+        let peer = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "?".into());
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+        if !self.serving() {
+            let mut s = &stream;
+            let _ = wire::write_frame(
+                &mut s,
+                &Frame::Hello {
+                    serving: false,
+                    node: self.node,
+                },
+            );
+            let _ = stream.shutdown(Shutdown::Both);
+            return;
+        }
+        let Ok(write_half) = stream.try_clone() else {
+            return;
+        };
+        let (tx, rx) = crossbeam_channel::unbounded::<Arc<[u8]>>();
+        let (client, sent) = {
+            let mut sh = self.shared.lock();
+            if sh.closed {
+                return;
+            }
+            let hello = Frame::Hello {
+                serving: true,
+                node: self.node,
+            };
+            let _ = tx.send(hello.encode().into());
+            let sent = sh.history.len() as u64;
+            for (o, repeat) in sh.history.values() {
+                let _ = tx.send(output_frame(o, *repeat).encode().into());
+            }
+            let _ = tx.send(Frame::Synced { outputs: sent }.encode().into());
+            sh.next_client += 1;
+            let client = sh.next_client;
+            sh.clients.push((client, tx));
+            let writer = std::thread::Builder::new()
+                .name("ft-bridge-writer".into())
+                .spawn(move || write_loop(write_half, rx));
+            if let Ok(w) = writer {
+                sh.writers.push(w);
+            }
+            (client, sent)
+        };
+        self.log.line(format_args!(
+            "client {client} connected from {peer}; sent {sent} outputs of history"
+        ));
+        let mut reader = BufReader::new(&stream);
+        let mut requests = 0u64;
+        loop {
+            match wire::read_frame(&mut reader) {
+                Ok(Some(Frame::Request { retry, payload })) => {
+                    requests += 1;
+                    if !self.serving() {
+                        continue;
+                    }
+                    if retry {
+                        let mut sh = self.shared.lock();
+                        if sh.received.contains(&payload) {
+                            sh.retries_dropped += 1;
+                            continue;
+                        }
+                    }
+                    self.network.send(payload);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        self.shared.lock().clients.retain(|(c, _)| *c != client);
+        self.log.line(format_args!(
+            "client {client} left after {requests} requests"
+        ));
+    }
+
+    /// A guest output reached the world: keep it and send it to every client.
+    fn output(&self, o: &Output, possible_repeat: bool) {
+        let frame: Arc<[u8]> = output_frame(o, possible_repeat).encode().into();
+        let mut sh = self.shared.lock();
+        remember_output(&mut sh, o, possible_repeat);
+        sh.clients.retain(|(_, tx)| tx.send(frame.clone()).is_ok());
+    }
+
+    /// A guest output produced while replaying: kept for the history only.
+    fn replayed(&self, o: &Output) {
+        let mut sh = self.shared.lock();
+        remember_output(&mut sh, o, false);
+    }
+
+    /// The guest's network device took in `payload`.
+    fn guest_received(&self, payload: &Bytes) {
+        let mut sh = self.shared.lock();
+        if sh.received.insert(payload.clone()) {
+            sh.received_order.push_back(payload.clone());
+            if sh.received_order.len() > RECEIVED {
+                if let Some(old) = sh.received_order.pop_front() {
+                    sh.received.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Stop taking clients and flush what was queued for them (at most `limit`).
+    pub fn finish(&self, limit: Duration) {
+        let writers = {
+            let mut sh = self.shared.lock();
+            sh.closed = true;
+            sh.clients.clear();
+            std::mem::take(&mut sh.writers)
+        };
+        let deadline = Instant::now() + limit;
+        for w in writers {
+            while !w.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if w.is_finished() {
+                let _ = w.join();
+            }
+        }
+    }
+}
+
+fn remember_output(sh: &mut Shared, o: &Output, possible_repeat: bool) {
+    sh.history
+        .entry(o.seq.0)
+        .or_insert_with(|| (o.clone(), possible_repeat));
+    while sh.history.len() > HISTORY {
+        sh.history.pop_first();
+    }
+}
+
+fn output_frame(o: &Output, possible_repeat: bool) -> Frame {
+    Frame::Output {
+        seq: o.seq.0,
+        device: o.device.0,
+        possible_repeat,
+        data: o.data.clone(),
+    }
+}
+
+fn write_loop(stream: TcpStream, rx: Receiver<Arc<[u8]>>) {
+    let mut w = BufWriter::new(&stream);
+    while let Ok(frame) = rx.recv() {
+        if w.write_all(&frame).is_err() {
+            return;
+        }
+        // Batch what is already queued, then flush.
+        while let Ok(more) = rx.try_recv() {
+            if w.write_all(&more).is_err() {
+                return;
+            }
+        }
+        if w.flush().is_err() {
+            return;
+        }
+    }
+    let _ = w.flush();
+    drop(w);
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+/// A [`World`] that hands guest outputs to the client bridge instead of a sink, and
+/// reports the first new output after going live.
+#[derive(Debug)]
+pub struct BridgeWorld<W> {
+    inner: W,
+    bridge: Arc<Bridge>,
+    log: Log,
+    live_since: Option<Nanos>,
+    first_new_reported: bool,
+}
+
+impl<W> BridgeWorld<W> {
+    /// Wrap `inner`.
+    pub fn new(inner: W, bridge: Arc<Bridge>, log: Log) -> BridgeWorld<W> {
+        BridgeWorld {
+            inner,
+            bridge,
+            log,
+            live_since: None,
+            first_new_reported: false,
+        }
+    }
+
+    /// The wrapped world.
+    pub fn inner(&self) -> &W {
+        &self.inner
+    }
+}
+
+impl<W: World> World for BridgeWorld<W> {
+    fn input(&mut self, req: &InputRequest, now: Nanos) -> Bytes {
+        self.inner.input(req, now)
+    }
+
+    fn poll(&mut self, now: Nanos, out: &mut Vec<AsyncEvent>) {
+        self.inner.poll(now, out)
+    }
+
+    fn next_deadline(&self) -> Option<Nanos> {
+        self.inner.next_deadline()
+    }
+
+    fn start_io(&mut self, req: &IoRequest, now: Nanos) {
+        self.inner.start_io(req, now)
+    }
+
+    fn emit(&mut self, output: &Output, possible_repeat: bool, now: Nanos) {
+        if let Some(live) = self.live_since {
+            if !possible_repeat && !self.first_new_reported {
+                self.first_new_reported = true;
+                self.log.line(format_args!(
+                    "first new output as the new primary: #{} ({:.3} ms after going live)",
+                    output.seq.0,
+                    now.saturating_sub(live) as f64 / 1e6
+                ));
+            }
+        }
+        self.bridge.output(output, possible_repeat);
+    }
+
+    fn replayed_output(&mut self, output: &Output) {
+        self.bridge.replayed(output);
+    }
+
+    fn apply_private_write(&mut self, req: &IoRequest) {
+        self.inner.apply_private_write(req)
+    }
+
+    fn read_local(&mut self, req: &IoRequest) -> Bytes {
+        self.inner.read_local(req)
+    }
+
+    fn go_live(&mut self, now: Nanos) {
+        self.live_since = Some(now);
+        self.inner.go_live(now)
+    }
+
+    fn announce(&mut self, now: Nanos) {
+        self.inner.announce(now)
+    }
+}
+
+/// The sim machine with its packet injection tapped for the bridge's received set.
+#[derive(Debug)]
+pub struct TappedMachine {
+    inner: Machine,
+    bridge: Arc<Bridge>,
+}
+
+impl TappedMachine {
+    /// Wrap `machine`.
+    pub fn new(machine: Machine, bridge: Arc<Bridge>) -> TappedMachine {
+        TappedMachine {
+            inner: machine,
+            bridge,
+        }
+    }
+
+    /// The machine.
+    pub fn machine(&self) -> &Machine {
+        &self.inner
+    }
+}
+
+impl EventSource for TappedMachine {
+    fn point(&self) -> ExecPoint {
+        self.inner.point()
+    }
+
+    fn run(&mut self, until: ExecPoint) -> SourceResult<Stop> {
+        self.inner.run(until)
+    }
+
+    fn supply_input(&mut self, data: &[u8]) -> SourceResult<()> {
+        self.inner.supply_input(data)
+    }
+
+    fn inject(&mut self, event: &AsyncEvent) -> SourceResult<()> {
+        let dropped = self.inner.net_dropped();
+        self.inner.inject(event)?;
+        if let AsyncEvent::DeviceInput { device, data } = event {
+            if *device == id::NET && self.inner.net_dropped() == dropped {
+                self.bridge.guest_received(data);
+            }
+        }
+        Ok(())
+    }
+
+    fn digest(&mut self) -> u64 {
+        self.inner.digest()
+    }
+
+    fn snapshot(&self) -> SourceResult<Vec<u8>> {
+        self.inner.snapshot()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> SourceResult<()> {
+        self.inner.restore(snapshot)
+    }
+}

@@ -1,0 +1,87 @@
+//! The log channel between the two processes: the one place where the link is made.
+//!
+//! It is [`ft_transport::tcp`]: the primary listens on `--listen` and waits for its
+//! backup; the backup connects to `--peer`. Both hold the pre-shared key from
+//! `--key-file`; a peer without it, or of another pair or generation, is refused. A
+//! lost connection is replaced and resumed without losing or duplicating records (the
+//! link's own lines, prefixed `ft-tcp`, report refusals and reconnects).
+
+use std::time::Duration;
+
+use ft_core::PairId;
+use ft_transport::tcp::{PreSharedKey, PrimaryListener, TcpConfig, TcpError, TcpHandle, TcpLink};
+use ft_transport::FrameLink;
+
+use crate::progress::Log;
+
+/// Errors of making the link.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The TCP channel failed (key file, bind, connect, handshake).
+    #[error("log channel: {0}")]
+    Tcp(#[from] TcpError),
+}
+
+/// Result alias of this module.
+pub type Result<T, E = LinkError> = std::result::Result<T, E>;
+
+/// The link as the runtime uses it.
+pub type Link = Box<dyn FrameLink + Send>;
+
+/// What both ends need to make the link.
+#[derive(Debug, Clone)]
+pub struct LinkOptions {
+    /// The protected pair (the link refuses a peer of another pair).
+    pub pair: PairId,
+    /// The pre-shared key's file.
+    pub key_file: std::path::PathBuf,
+    /// How long the backup keeps trying to reach the primary at start.
+    pub connect_timeout: Duration,
+}
+
+/// An open link, and a handle on its counters.
+pub struct Opened {
+    /// The link.
+    pub link: Link,
+    /// Its counters and state, for progress lines.
+    pub handle: TcpHandle,
+}
+
+fn config(opts: &LinkOptions) -> Result<TcpConfig> {
+    let key = PreSharedKey::from_file(&opts.key_file)?;
+    Ok(TcpConfig::new(key, opts.pair))
+}
+
+/// Primary: listen on `addr` and wait for the backup to connect and authenticate.
+pub fn open_primary(addr: &str, opts: &LinkOptions, log: &Log) -> Result<Opened> {
+    let mut listener = PrimaryListener::bind(addr, config(opts)?)?;
+    log.line(format_args!(
+        "log channel: waiting for the backup on {}",
+        listener.local_addr()
+    ));
+    let link = listener.accept(None)?;
+    let handle = link.handle();
+    log.line(format_args!(
+        "log channel: backup connected from {} and authenticated",
+        handle
+            .peer_addr()
+            .map_or_else(|| "?".to_string(), |a| a.to_string())
+    ));
+    Ok(Opened {
+        link: Box::new(link),
+        handle,
+    })
+}
+
+/// Backup: connect to the primary at `addr`, retrying until `opts.connect_timeout`.
+pub fn open_backup(addr: &str, opts: &LinkOptions, log: &Log) -> Result<Opened> {
+    let link = TcpLink::connect(addr, config(opts)?, opts.connect_timeout)?;
+    let handle = link.handle();
+    log.line(format_args!(
+        "log channel: connected to the primary at {addr} and authenticated"
+    ));
+    Ok(Opened {
+        link: Box::new(link),
+        handle,
+    })
+}

@@ -1,0 +1,416 @@
+//! One side of a protected pair as a process: flags, setup, the run, the exit code.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, ValueEnum};
+use ft_core::{Arbiter, Config, HaltReason, Nanos, Node, NodeId, Notice, PairId};
+use ft_sim::{
+    Disk, DiskMode, Machine, MachineConfig, Network, OutputSink, SimWorld, SimWorldConfig,
+};
+use ft_transport::{
+    nanos_since, run_backup, run_primary, BackupEnd, Control, Exit, PrimaryEnd, RuntimeConfig,
+};
+
+use crate::bridge::{Bridge, BridgeWorld, TappedMachine};
+use crate::link::{self, LinkOptions};
+use crate::progress::{BackupProgress, Log, PrimaryProgress};
+use ft_transport::tcp::TcpHandle;
+
+/// Exit code: the guest ended (code 0 from the guest) and this side is done.
+pub const EXIT_DONE: i32 = 0;
+/// Exit code: setup failed (bad flags, unreachable address, bad image).
+pub const EXIT_SETUP: i32 = 1;
+/// Exit code: this side lost the arbiter and halted.
+pub const EXIT_LOST: i32 = 3;
+/// Exit code: replay diverged or the machine failed.
+pub const EXIT_FAILED: i32 = 4;
+/// Exit code: the guest ended with a nonzero code.
+pub const EXIT_GUEST_ERROR: i32 = 5;
+
+/// Errors of setting a node up.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A flag is missing or wrong.
+    #[error("{0}")]
+    Usage(String),
+    /// The guest image does not load.
+    #[error("guest image: {0}")]
+    Image(String),
+    /// The arbiter spec is wrong.
+    #[error("arbiter: {0}")]
+    Arbiter(#[from] ft_transport::arbiter::SpecError),
+    /// The client bridge could not start.
+    #[error(transparent)]
+    Bridge(#[from] crate::bridge::BridgeError),
+    /// The log channel could not be made.
+    #[error(transparent)]
+    Link(#[from] link::LinkError),
+}
+
+/// Result alias of this module.
+pub type Result<T, E = NodeError> = std::result::Result<T, E>;
+
+/// Which side to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    /// Runs the guest, records and ships the log, serves clients.
+    Primary,
+    /// Replays the log; goes live and serves clients when the primary dies.
+    Backup,
+}
+
+/// Run one side of a protected pair: the sim service guest (or an image), replicated
+/// over the TCP log channel, with a file or etcd arbiter and a client bridge.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ft-node", version, long_about = None)]
+pub struct NodeArgs {
+    /// Which side this process is.
+    #[arg(long, value_enum)]
+    pub role: RoleArg,
+    /// Primary: where the log channel listens for the backup.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Backup: the primary's log channel address.
+    #[arg(long)]
+    pub peer: Option<String>,
+    /// Where clients connect (TCP) to reach the guest service.
+    #[arg(long)]
+    pub client_listen: String,
+    /// The split-brain arbiter: file:DIR (shared storage) or etcd:http://HOST:PORT[,...].
+    #[arg(long)]
+    pub arbiter: String,
+    /// The pre-shared key of the log channel (at least 16 bytes; trailing whitespace
+    /// is ignored).
+    #[arg(long)]
+    pub key_file: PathBuf,
+    /// A guest image (ELF, or raw code for the start of RAM); default: the built-in
+    /// service guest.
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Heartbeat period, both ways, in milliseconds.
+    #[arg(long, default_value_t = 10)]
+    pub heartbeat_ms: u64,
+    /// Silence after which the peer is declared dead, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub timeout_ms: u64,
+    /// The protected VM's id (the arbiter's key, with the generation).
+    #[arg(long, default_value_t = 1)]
+    pub vm: u64,
+    /// The pairing generation (a new backup after a failover needs a new one).
+    #[arg(long, default_value_t = 1)]
+    pub generation: u64,
+    /// This side's node id (default: 1 for a primary, 2 for a backup).
+    #[arg(long)]
+    pub node_id: Option<u64>,
+    /// Also treat a lost log connection as the peer's death (at once, instead of
+    /// waiting for the timeout); the arbiter still decides.
+    #[arg(long)]
+    pub disconnect_is_failure: bool,
+    /// Period of the traffic progress lines, in milliseconds (0: none).
+    #[arg(long, default_value_t = 1000)]
+    pub progress_ms: u64,
+    /// Log a state digest every this many guest instructions.
+    #[arg(long, default_value_t = 5000)]
+    pub digest_interval: u64,
+    /// Timeout of one arbiter request (etcd), in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub arbiter_timeout_ms: u64,
+    /// Backup: how long to keep trying to reach the primary at start, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    pub connect_timeout_ms: u64,
+    /// Seed of the primary's entropy source (default: from the clock).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl NodeArgs {
+    fn side(&self) -> &'static str {
+        match self.role {
+            RoleArg::Primary => "primary",
+            RoleArg::Backup => "backup",
+        }
+    }
+
+    fn node_id(&self) -> u64 {
+        self.node_id.unwrap_or(match self.role {
+            RoleArg::Primary => 1,
+            RoleArg::Backup => 2,
+        })
+    }
+}
+
+fn load_machine(args: &NodeArgs) -> Result<Machine> {
+    let cfg = MachineConfig {
+        // Each process has its own disk copy; both sides write it.
+        disk: DiskMode::Private {
+            backup_reads_disk: false,
+        },
+        ..MachineConfig::default()
+    };
+    match &args.image {
+        None => {
+            let image = ft_sim::guests::service().map_err(|e| NodeError::Image(e.to_string()))?;
+            Machine::from_raw(cfg, &image).map_err(|e| NodeError::Image(e.to_string()))
+        }
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .map_err(|e| NodeError::Image(format!("{}: {e}", path.display())))?;
+            let m = if bytes.starts_with(b"\x7fELF") {
+                Machine::from_elf(cfg, &bytes)
+            } else {
+                Machine::from_raw(cfg, &bytes)
+            };
+            m.map_err(|e| NodeError::Image(format!("{}: {e}", path.display())))
+        }
+    }
+}
+
+fn ms(n: Nanos) -> f64 {
+    n as f64 / 1e6
+}
+
+/// Print one engine notice as a progress line.
+fn report(log: &Log, t: Nanos, n: &Notice) {
+    let at = format!("(engine t={:.3} ms)", ms(t));
+    match n {
+        Notice::PeerSuspected { last_heard } => log.line(format_args!(
+            "PEER DECLARED DEAD: silent for {:.3} ms {at}",
+            ms(t.saturating_sub(*last_heard))
+        )),
+        Notice::Drained { replayed, point } => log.line(format_args!(
+            "drained the log: {replayed} records replayed, at instruction {} {at}",
+            point.count
+        )),
+        Notice::ArbiterUnreachable { attempt, error } => log.line(format_args!(
+            "no arbiter verdict (attempt {attempt}); waiting, not live: {error}"
+        )),
+        Notice::ArbiterWon { token } => {
+            log.line(format_args!("arbiter: WON (fencing token {token}) {at}"))
+        }
+        Notice::ArbiterLost { winner } => log.line(format_args!(
+            "arbiter: LOST to node {}; halting {at}",
+            winner.0
+        )),
+        Notice::WentAlone { released } => log.line(format_args!(
+            "ALONE: the backup is gone; running unprotected, released {released} held outputs {at}"
+        )),
+        Notice::WentLive {
+            reissued_io,
+            resent_outputs,
+            point,
+        } => log.line(format_args!(
+            "LIVE at instruction {}: re-issued {reissued_io} pending I/O, re-sent {resent_outputs} outputs; serving clients {at}",
+            point.count
+        )),
+        Notice::Diverged(d) => log.line(format_args!("DIVERGED: {d}")),
+        Notice::GuestExited { code } => log.line(format_args!("guest exited with code {code}")),
+    }
+}
+
+/// Report the link's connection events (lost, replaced, refused peers) as they
+/// happen, from a thread that ends with the process.
+fn watch_link(handle: TcpHandle, log: Log) {
+    let spawned = std::thread::Builder::new()
+        .name("ft-node-link-watch".into())
+        .spawn(move || {
+            let mut last = handle.stats();
+            loop {
+                std::thread::sleep(Duration::from_millis(20));
+                let now = handle.stats();
+                if now.disconnects > last.disconnects {
+                    log.line(format_args!(
+                        "log channel: connection lost ({} so far)",
+                        now.disconnects
+                    ));
+                }
+                if now.reconnects > last.reconnects {
+                    log.line(format_args!(
+                        "log channel: reconnected and resumed ({} reconnects, {} frames resent)",
+                        now.reconnects, now.frames_resent
+                    ));
+                }
+                if now.refused > last.refused {
+                    log.line(format_args!(
+                        "log channel: refused {} connection(s): {} failed authentication, {} foreign, {} wrong pair, {} version",
+                        now.refused - last.refused,
+                        now.auth_failures - last.auth_failures,
+                        now.foreign - last.foreign,
+                        now.peer_mismatches - last.peer_mismatches,
+                        now.version_mismatches - last.version_mismatches
+                    ));
+                }
+                if now.mac_failures > last.mac_failures {
+                    log.line(format_args!(
+                        "log channel: {} frame(s) failed authentication; connection dropped",
+                        now.mac_failures - last.mac_failures
+                    ));
+                }
+                last = now;
+            }
+        });
+    let _ = spawned;
+}
+
+/// Run a node until it is done; the process exit code.
+pub fn run(args: &NodeArgs) -> Result<i32> {
+    let side = args.side();
+    let log = Log::new(side);
+    let me = args.node_id();
+    let pair = PairId {
+        vm: args.vm,
+        generation: args.generation,
+    };
+    log.line(format_args!(
+        "ft-node {side} (node {me}) protecting vm {} generation {}; heartbeat {} ms, timeout {} ms; arbiter {}",
+        args.vm, args.generation, args.heartbeat_ms, args.timeout_ms, args.arbiter
+    ));
+    let machine = load_machine(args)?;
+    let arbiter: Arc<dyn Arbiter> = ft_transport::arbiter::parse_spec(
+        &args.arbiter,
+        Duration::from_millis(args.arbiter_timeout_ms.max(1)),
+    )?;
+
+    // The service address belongs to the primary until a backup announces itself.
+    let network = Network::new("primary");
+    let bridge = Bridge::bind(&args.client_listen, network.clone(), side, me, log.clone())?;
+    log.line(format_args!(
+        "clients: {} ({})",
+        bridge.local_addr(),
+        if bridge.serving() {
+            "serving"
+        } else {
+            "not serving until live"
+        }
+    ));
+
+    let link_opts = LinkOptions {
+        pair,
+        key_file: args.key_file.clone(),
+        connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+    };
+    let opened = match args.role {
+        RoleArg::Primary => {
+            let addr = args
+                .listen
+                .as_deref()
+                .ok_or_else(|| NodeError::Usage("a primary needs --listen ADDR".into()))?;
+            link::open_primary(addr, &link_opts, &log)?
+        }
+        RoleArg::Backup => {
+            let addr = args
+                .peer
+                .as_deref()
+                .ok_or_else(|| NodeError::Usage("a backup needs --peer ADDR".into()))?;
+            link::open_backup(addr, &link_opts, &log)?
+        }
+    };
+
+    watch_link(opened.handle.clone(), log.clone());
+    let link = opened.link;
+    let epoch = Instant::now();
+    let unix_at_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let seed = args.seed.unwrap_or(unix_at_epoch % 1_000_000_007);
+    let world = SimWorld::new(
+        side,
+        SimWorldConfig {
+            seed,
+            // The guest's wall clock is the host's: continuous across a failover.
+            clock_base: unix_at_epoch,
+            ..SimWorldConfig::default()
+        },
+        Disk::new(64 * 1024),
+        OutputSink::new(),
+        args.role == RoleArg::Primary,
+    )
+    .with_network(network);
+    let world = BridgeWorld::new(world, bridge.clone(), log.clone());
+    let source = TappedMachine::new(machine, bridge.clone());
+    let cfg = Config {
+        pair,
+        node: NodeId(me),
+        heartbeat_interval: args.heartbeat_ms.saturating_mul(1_000_000),
+        peer_timeout: args.timeout_ms.saturating_mul(1_000_000),
+        digest_interval: args.digest_interval,
+        ..Config::default()
+    };
+    let rcfg = RuntimeConfig {
+        disconnect_is_failure: args.disconnect_is_failure,
+        ..RuntimeConfig::default()
+    };
+    let every = Duration::from_millis(args.progress_ms);
+    let notice_log = log.clone();
+    let on_notice = move |t: Nanos, n: &Notice| report(&notice_log, t, n);
+    log.line(match args.role {
+        RoleArg::Primary => "running: recording and shipping the log",
+        RoleArg::Backup => "running: replaying the log",
+    });
+    let (exit, stats, errors) = match args.role {
+        RoleArg::Primary => {
+            let node = Node::primary(cfg, source, world, nanos_since(epoch));
+            let chan = PrimaryProgress::new(PrimaryEnd::new(link), log.clone(), every);
+            let r = run_primary(node, chan, arbiter, epoch, rcfg, Control::new(), on_notice);
+            (r.exit, r.node.stats().clone(), r.errors)
+        }
+        RoleArg::Backup => {
+            let node = Node::backup(cfg, source, world, nanos_since(epoch));
+            let chan = BackupProgress::new(BackupEnd::new(link), log.clone(), every);
+            let r = run_backup(node, chan, arbiter, epoch, rcfg, Control::new(), on_notice);
+            (r.exit, r.node.stats().clone(), r.errors)
+        }
+    };
+    for e in &errors {
+        log.line(format_args!("runtime: {e}"));
+    }
+    log.line(format_args!(
+        "stats: {} records, {} replayed, {} outputs, {} released, {} digests checked, {} retried requests dropped",
+        stats.records,
+        stats.replayed,
+        stats.outputs,
+        stats.released,
+        stats.digests_checked,
+        bridge.retries_dropped()
+    ));
+    let t = opened.handle.stats();
+    log.line(format_args!(
+        "log channel: {} connections ({} reconnects), {} refused ({} failed authentication), {} frames rejected, {} frames sent ({} resent), {} received",
+        t.connections,
+        t.reconnects,
+        t.refused,
+        t.auth_failures,
+        t.mac_failures + t.stream_errors,
+        t.frames_sent,
+        t.frames_resent,
+        t.frames_received
+    ));
+    let code = match exit {
+        Exit::Finished(0) => EXIT_DONE,
+        Exit::Finished(c) => {
+            log.line(format_args!("guest ended with code {c}"));
+            EXIT_GUEST_ERROR
+        }
+        Exit::Halted(HaltReason::LostArbitration { winner }) => {
+            log.line(format_args!("HALTED: node {} is live", winner.0));
+            EXIT_LOST
+        }
+        Exit::Halted(reason) => {
+            log.line(format_args!("HALTED: {reason:?}"));
+            EXIT_FAILED
+        }
+        Exit::Crashed | Exit::Stopped => EXIT_FAILED,
+    };
+    bridge.finish(Duration::from_secs(2));
+    log.line(format_args!("exit {code}"));
+    Ok(code)
+}
+
+/// A free-standing check that `addr` parses as a socket address (for the client).
+pub fn parse_addr(addr: &str) -> std::result::Result<SocketAddr, String> {
+    addr.parse()
+        .map_err(|e| format!("bad address {addr:?}: {e}"))
+}

@@ -1,0 +1,431 @@
+//! Two `ft-node` processes on loopback with a client driving load: `kill -9` the
+//! primary (the backup goes live), `kill -9` the backup (the primary goes on alone),
+//! or cut the log channel (exactly one side goes live, decided by the file arbiter);
+//! in every case the client sees every answer exactly once, with no gap, and the
+//! service's counter continues by +1.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ft_core::{NodeId, PairId};
+use ft_node::client::{self, ClientConfig, ClientReport, ClientStatus};
+use ft_node::node::{EXIT_DONE, EXIT_LOST};
+use ft_node::progress::Log;
+use ft_node::testkit::{start_pair, Pair, PairOptions};
+use ft_transport::arbiter::{EtcdArbiter, FileArbiter};
+use rand::{Rng, SeedableRng};
+
+/// The process tests share two cores: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const REQUESTS: u64 = 600;
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn seed(test: &str) -> rand_chacha::ChaCha8Rng {
+    let s = std::env::var("FT_TEST_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                % 1_000_000
+        });
+    println!("{test}: seed {s} (rerun with FT_TEST_SEED={s})");
+    rand_chacha::ChaCha8Rng::seed_from_u64(s)
+}
+
+fn options(dir: &std::path::Path, proxy: bool) -> PairOptions {
+    PairOptions {
+        bin: env!("CARGO_BIN_EXE_ft-node").into(),
+        dir: dir.to_path_buf(),
+        heartbeat_ms: 10,
+        timeout_ms: 150,
+        backup_timeout_ms: None,
+        proxy,
+        arbiter: None,
+        extra: vec!["--progress-ms".into(), "500".into()],
+        echo: true,
+    }
+}
+
+fn start_client(addrs: Vec<SocketAddr>) -> (JoinHandle<ClientReport>, Arc<ClientStatus>) {
+    let status = Arc::new(ClientStatus::default());
+    let s = status.clone();
+    let cfg = ClientConfig {
+        addrs,
+        requests: REQUESTS,
+        // Back to back: up to 8 requests in flight when a node dies.
+        window: 8,
+        gap: Duration::ZERO,
+        quit: true,
+        limit: LIMIT,
+    };
+    let h = std::thread::spawn(move || {
+        let log = Log::new("client");
+        client::run(&cfg, &s, Some(&log)).unwrap()
+    });
+    (h, status)
+}
+
+/// Wait until the client has `k` answers, then a random sub-request moment more.
+fn wait_answers(status: &ClientStatus, k: u64, rng: &mut impl Rng) {
+    let deadline = Instant::now() + LIMIT;
+    while status.answered() < k {
+        assert!(
+            Instant::now() < deadline,
+            "client stuck at {} answers",
+            status.answered()
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    std::thread::sleep(Duration::from_micros(rng.gen_range(0..3000)));
+}
+
+fn holder(dir: &std::path::Path) -> Option<NodeId> {
+    FileArbiter::new(dir.join("arbiter"))
+        .read_claim(PairId {
+            vm: 1,
+            generation: 1,
+        })
+        .unwrap()
+        .map(|c| c.holder)
+}
+
+fn finish_client(h: JoinHandle<ClientReport>) -> ClientReport {
+    let report = h.join().expect("client thread");
+    match report.verify(REQUESTS, true) {
+        Ok(s) => println!("client verified: {s}"),
+        Err(e) => panic!("client verification failed: {e}"),
+    }
+    report
+}
+
+fn code(p: &mut ft_node::testkit::NodeProc) -> Option<i32> {
+    p.wait_exit(Duration::from_secs(20)).and_then(|s| s.code())
+}
+
+/// Wait for `p` to end with `expected`; on anything else, fail with its last lines.
+fn expect_code(p: &mut ft_node::testkit::NodeProc, expected: i32, what: &str) {
+    let got = code(p);
+    assert_eq!(
+        got,
+        Some(expected),
+        "{what}; its last lines:\n{}",
+        p.tail(40)
+    );
+}
+
+/// Kill the primary; `etcd` replaces the file arbiter with that etcd.
+fn kill_primary(test: &str, etcd: Option<&str>) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut rng = seed(test);
+    let dir = tempfile::tempdir().unwrap();
+    let opts = PairOptions {
+        arbiter: etcd.map(|url| format!("etcd:{url}")),
+        ..options(dir.path(), false)
+    };
+    let Pair {
+        mut primary,
+        mut backup,
+        client_addrs,
+        ..
+    } = start_pair(&opts).unwrap();
+    let (h, status) = start_client(client_addrs);
+    let k = rng.gen_range(REQUESTS / 5..REQUESTS * 4 / 5);
+    wait_answers(&status, k, &mut rng);
+    let killed = primary.kill9().unwrap();
+    println!("killed the primary after {} answers", status.answered());
+
+    let detected = backup.wait_for("PEER DECLARED DEAD", LIMIT).unwrap();
+    let live = backup.wait_for("LIVE at", LIMIT).unwrap();
+    let report = finish_client(h);
+    expect_code(&mut backup, EXIT_DONE, "backup did not end cleanly");
+    assert!(backup.printed("arbiter: WON"));
+    let pair = PairId {
+        vm: 1,
+        generation: 1,
+    };
+    let winner = match etcd {
+        None => holder(dir.path()),
+        Some(url) => EtcdArbiter::new(&[url], Duration::from_secs(1))
+            .unwrap()
+            .holder(pair)
+            .unwrap()
+            .map(|(n, _)| n),
+    };
+    assert_eq!(winner, Some(NodeId(2)));
+    assert_eq!(report.connections.len(), 2, "the client failed over once");
+    assert_eq!(report.connections[1].2, 2, "to the backup");
+    println!(
+        "kill -> detection {:.3} ms, detection -> live {:.3} ms",
+        detected.unix_us.saturating_sub(killed) as f64 / 1e3,
+        live.unix_us.saturating_sub(detected.unix_us) as f64 / 1e3
+    );
+}
+
+#[test]
+fn kill_primary_backup_goes_live_exactly_once() {
+    kill_primary("kill_primary", None);
+}
+
+/// The same with the etcd arbiter (skipped without etcd unless `FT_REQUIRE_ETCD=1`).
+#[test]
+fn kill_primary_with_etcd_arbiter() {
+    let Some(bin) = ft_node::testkit::etcd_binary() else {
+        if std::env::var("FT_REQUIRE_ETCD").as_deref() == Ok("1") {
+            panic!("etcd not installed but FT_REQUIRE_ETCD=1: apt-get install -y etcd-server");
+        }
+        println!("SKIP kill_primary_with_etcd_arbiter: etcd not installed");
+        return;
+    };
+    let etcd = ft_node::testkit::EtcdServer::start(&bin).unwrap();
+    kill_primary("kill_primary_etcd", Some(etcd.url()));
+}
+
+#[test]
+fn kill_backup_primary_goes_on_alone() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut rng = seed("kill_backup");
+    let dir = tempfile::tempdir().unwrap();
+    let Pair {
+        mut primary,
+        mut backup,
+        client_addrs,
+        ..
+    } = start_pair(&options(dir.path(), false)).unwrap();
+    let (h, status) = start_client(client_addrs);
+    let k = rng.gen_range(REQUESTS / 5..REQUESTS * 4 / 5);
+    wait_answers(&status, k, &mut rng);
+    backup.kill9().unwrap();
+    println!("killed the backup after {} answers", status.answered());
+
+    primary.wait_for("PEER DECLARED DEAD", LIMIT).unwrap();
+    primary.wait_for("ALONE", LIMIT).unwrap();
+    let report = finish_client(h);
+    expect_code(&mut primary, EXIT_DONE, "primary did not end cleanly");
+    assert_eq!(holder(dir.path()), Some(NodeId(1)));
+    assert_eq!(
+        report.connections.len(),
+        1,
+        "the client never had to fail over"
+    );
+    assert_eq!(report.repeats, 0);
+}
+
+/// Cut the log channel; `backup_timeout_ms` gives the backup a head start.
+fn network_cut(test: &str, backup_timeout_ms: Option<u64>) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut rng = seed(test);
+    let dir = tempfile::tempdir().unwrap();
+    let opts = PairOptions {
+        backup_timeout_ms,
+        ..options(dir.path(), true)
+    };
+    let Pair {
+        mut primary,
+        mut backup,
+        client_addrs,
+        proxy,
+    } = start_pair(&opts).unwrap();
+    let proxy = proxy.unwrap();
+    let (h, status) = start_client(client_addrs);
+    let k = rng.gen_range(REQUESTS / 5..REQUESTS * 4 / 5);
+    wait_answers(&status, k, &mut rng);
+    proxy.cut();
+    println!("cut the log channel after {} answers", status.answered());
+
+    // Both sides suspect the other; the arbiter picks one.
+    let deadline = Instant::now() + LIMIT;
+    let winner = loop {
+        if primary.printed("arbiter: WON") {
+            break 1;
+        }
+        if backup.printed("arbiter: WON") {
+            break 2;
+        }
+        assert!(Instant::now() < deadline, "nobody won the arbiter");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    println!("node {winner} won the arbiter");
+    let (w, l) = if winner == 1 {
+        (&mut primary, &mut backup)
+    } else {
+        (&mut backup, &mut primary)
+    };
+    expect_code(l, EXIT_LOST, "the loser must halt");
+    assert!(l.printed("arbiter: LOST"));
+    assert!(
+        !l.printed("LIVE at") && !l.printed("ALONE"),
+        "the loser went live"
+    );
+    let report = finish_client(h);
+    expect_code(w, EXIT_DONE, "the winner did not end cleanly");
+    assert!(w.printed(if winner == 1 { "ALONE" } else { "LIVE at" }));
+    assert_eq!(holder(dir.path()), Some(NodeId(winner)));
+    let expected_connections = if winner == 1 { 1 } else { 2 };
+    assert_eq!(report.connections.len(), expected_connections);
+}
+
+/// Equal timeouts: the two sides race to the arbiter (the primary, whose silence
+/// started one round trip earlier, usually wins).
+#[test]
+fn network_cut_exactly_one_side_goes_live() {
+    network_cut("network_cut", None);
+}
+
+/// The backup suspects first: it usually wins and goes live while the primary still
+/// runs, gating every output; the primary then loses the arbiter and halts, and the
+/// client fails over.
+#[test]
+fn network_cut_backup_first_exactly_one_side_goes_live() {
+    network_cut("network_cut_backup_first", Some(50));
+}
+
+/// A backup with the wrong key is refused before any record flows and exits; the
+/// right one then pairs (guest from `--image`), and the `ft-client` binary verifies a
+/// run with no failure.
+#[test]
+fn wrong_key_is_refused_then_the_pair_serves_ft_client() {
+    use ft_node::testkit::NodeProc;
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_ft-node"));
+    let key = ft_node::testkit::write_key(dir.path()).unwrap();
+    let wrong = dir.path().join("wrong-key");
+    std::fs::write(&wrong, "another key, also 40 bytes, but wrong!!\n").unwrap();
+    std::fs::create_dir(dir.path().join("arbiter")).unwrap();
+    let arb = format!("file:{}", dir.path().join("arbiter").display());
+    // The guest from an image file (raw code), as an operator would give it.
+    let image = dir.path().join("service.bin");
+    std::fs::write(&image, ft_sim::guests::service().unwrap()).unwrap();
+    let image = image.display().to_string();
+    let args = |role: &str, key: &std::path::Path, link: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "--role",
+            role,
+            "--client-listen",
+            "127.0.0.1:0",
+            "--arbiter",
+            &arb,
+            "--key-file",
+            &key.display().to_string(),
+            "--image",
+            &image,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(link.iter().map(|s| s.to_string()));
+        v
+    };
+    let mut primary = NodeProc::spawn(
+        bin,
+        "primary",
+        &args("primary", &key, &["--listen", "127.0.0.1:0"]),
+        true,
+    )
+    .unwrap();
+    let line = primary
+        .wait_for("waiting for the backup on ", LIMIT)
+        .unwrap();
+    let log_addr = line.msg.rsplit(' ').next().unwrap().to_string();
+    let pclient = primary.wait_for("clients: ", LIMIT).unwrap();
+    let pclient = pclient.msg.split_whitespace().nth(1).unwrap().to_string();
+
+    let mut intruder = NodeProc::spawn(
+        bin,
+        "intruder",
+        &args("backup", &wrong, &["--peer", &log_addr]),
+        true,
+    )
+    .unwrap();
+    let status = intruder
+        .wait_exit(LIMIT)
+        .expect("the intruder must give up");
+    assert_eq!(status.code(), Some(ft_node::node::EXIT_SETUP));
+    assert!(
+        intruder.printed("authentication failed"),
+        "{}",
+        intruder.tail(5)
+    );
+    assert!(
+        !primary.printed("running:"),
+        "the primary started with an intruder"
+    );
+
+    let mut backup = NodeProc::spawn(
+        bin,
+        "backup",
+        &args("backup", &key, &["--peer", &log_addr]),
+        true,
+    )
+    .unwrap();
+    let bclient = backup.wait_for("clients: ", LIMIT).unwrap();
+    let bclient = bclient.msg.split_whitespace().nth(1).unwrap().to_string();
+    backup.wait_for("log channel up", LIMIT).unwrap();
+    let mut client = NodeProc::spawn(
+        std::path::Path::new(env!("CARGO_BIN_EXE_ft-client")),
+        "client",
+        &[
+            "--addr".into(),
+            pclient,
+            "--addr".into(),
+            bclient,
+            "--requests".into(),
+            "200".into(),
+        ],
+        true,
+    )
+    .unwrap();
+    assert_eq!(client.wait_exit(LIMIT).and_then(|s| s.code()), Some(0));
+    assert!(client.printed("verified: "));
+    expect_code(&mut primary, EXIT_DONE, "primary did not end as expected");
+    expect_code(&mut backup, EXIT_DONE, "backup did not end as expected");
+    assert_eq!(holder(dir.path()), None, "nobody needed the arbiter");
+}
+
+/// The shared storage is gone when the primary dies: the backup keeps waiting (and
+/// says so), never goes live on its own; when the storage is back, it goes live and
+/// the client gets everything exactly once.
+#[test]
+fn unreachable_arbiter_backup_waits_then_goes_live() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut rng = seed("unreachable_arbiter");
+    let dir = tempfile::tempdir().unwrap();
+    let Pair {
+        mut primary,
+        mut backup,
+        client_addrs,
+        ..
+    } = start_pair(&options(dir.path(), false)).unwrap();
+    let (h, status) = start_client(client_addrs);
+    let k = rng.gen_range(REQUESTS / 5..REQUESTS * 4 / 5);
+    wait_answers(&status, k, &mut rng);
+    let mount = dir.path().join("arbiter");
+    let away = dir.path().join("arbiter-unmounted");
+    std::fs::rename(&mount, &away).unwrap();
+    primary.kill9().unwrap();
+    backup.wait_for("PEER DECLARED DEAD", LIMIT).unwrap();
+    let deadline = Instant::now() + LIMIT;
+    while backup
+        .lines()
+        .iter()
+        .filter(|l| l.contains("arbiter unreachable"))
+        .count()
+        < 4
+    {
+        assert!(Instant::now() < deadline, "{}", backup.tail(10));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!backup.printed("LIVE at"), "went live without the arbiter");
+    std::fs::rename(&away, &mount).unwrap();
+    backup.wait_for("LIVE at", LIMIT).unwrap();
+    finish_client(h);
+    expect_code(&mut backup, EXIT_DONE, "backup did not end cleanly");
+    assert_eq!(holder(dir.path()), Some(NodeId(2)));
+}

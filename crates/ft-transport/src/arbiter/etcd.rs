@@ -1,0 +1,379 @@
+//! The etcd arbiter: a compare-and-swap transaction on one key per pair generation.
+//!
+//! The claim of `(vm, generation)` is the key `<prefix>/vm/<vm>/generation/<gen>`
+//! (prefix `ft/arbiter` by default), its value `holder <node id>`. One transaction
+//! claims it:
+//!
+//! ```text
+//! compare: create_revision(key) == 0          (the key does not exist)
+//! success: put(key, "holder <me>")             -> Won, token = the txn's revision
+//! failure: range(key)                          -> the holder: Won again if it is me
+//! ```
+//!
+//! etcd runs a transaction atomically at one revision of its replicated store, so
+//! exactly one claimant's compare succeeds, whichever endpoint each side talks to. The
+//! fencing token is the key's `create_revision` (the revision of the winning put):
+//! etcd revisions only grow, across all keys, so a later winner of any pair always
+//! carries a larger token.
+//!
+//! # Client
+//!
+//! The requests go to etcd's v3 HTTP JSON gateway (`POST /v3/kv/txn`, keys and values
+//! base64-encoded, present since etcd 3.3) through [`ureq`], a small, well-kept
+//! blocking HTTP client, built without its TLS stack, with a short global timeout;
+//! [`serde_json`] and [`base64`] do the encoding. The gRPC client crates need `protoc`
+//! or a large async stack (tokio, tonic) for what is one request here; the arbiter is
+//! asked only at failover, from the runtime's thread, which may block. Only `http://`
+//! endpoints are accepted (a TLS etcd needs ureq's `rustls` feature: future work).
+//!
+//! Endpoints are tried in order; the first that answers decides. If none answers (no
+//! connection, a timeout, HTTP 5xx such as etcd's "no leader"), the claim is
+//! [`ArbiterError::Unreachable`]: the engine keeps waiting and retries with backoff.
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use ft_core::arbiter::{Arbiter, ArbiterError, Decision, NodeId, PairId};
+use serde_json::{json, Value};
+
+/// Largest answer read from etcd.
+const MAX_ANSWER_BYTES: u64 = 1 << 20;
+
+/// Errors of the etcd arbiter.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EtcdError {
+    /// No endpoint was given.
+    #[error("no etcd endpoint given")]
+    NoEndpoint,
+    /// An endpoint is not an `http://` URL.
+    #[error("unsupported etcd endpoint {0:?}: expected http://HOST:PORT (this build has no TLS)")]
+    BadEndpoint(String),
+    /// No answer: connection refused, timeout, name not found.
+    #[error("etcd at {endpoint} unreachable: {detail}")]
+    Unreachable {
+        /// The endpoint.
+        endpoint: String,
+        /// What failed.
+        detail: String,
+    },
+    /// An HTTP error status.
+    #[error("etcd at {endpoint} answered HTTP {status}: {body}")]
+    Status {
+        /// The endpoint.
+        endpoint: String,
+        /// The status code.
+        status: u16,
+        /// The start of the body.
+        body: String,
+    },
+    /// An answer that is not what the API promises.
+    #[error("etcd at {endpoint}: unusable answer: {detail}")]
+    BadAnswer {
+        /// The endpoint.
+        endpoint: String,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+impl From<EtcdError> for ArbiterError {
+    fn from(e: EtcdError) -> Self {
+        match &e {
+            EtcdError::Unreachable { .. } => ArbiterError::Unreachable(e.to_string()),
+            // 5xx: etcd is there but cannot decide now (no leader, overloaded).
+            EtcdError::Status { status, .. } if *status >= 500 => {
+                ArbiterError::Unreachable(e.to_string())
+            }
+            _ => ArbiterError::Failed(e.to_string()),
+        }
+    }
+}
+
+/// Result alias of this module.
+pub type Result<T, E = EtcdError> = std::result::Result<T, E>;
+
+/// The etcd arbiter. See the module docs.
+#[derive(Debug, Clone)]
+pub struct EtcdArbiter {
+    endpoints: Vec<String>,
+    prefix: String,
+    agent: ureq::Agent,
+}
+
+impl EtcdArbiter {
+    /// An arbiter talking to the etcd client URLs `endpoints` (`http://HOST:PORT`),
+    /// tried in order; `timeout` bounds each request, connection included.
+    pub fn new(endpoints: &[&str], timeout: Duration) -> Result<EtcdArbiter> {
+        if endpoints.is_empty() {
+            return Err(EtcdError::NoEndpoint);
+        }
+        let mut eps = Vec::with_capacity(endpoints.len());
+        for e in endpoints {
+            let trimmed = e.trim().trim_end_matches('/');
+            let host = trimmed
+                .strip_prefix("http://")
+                .ok_or_else(|| EtcdError::BadEndpoint((*e).to_string()))?;
+            if host.is_empty() || host.contains('/') {
+                return Err(EtcdError::BadEndpoint((*e).to_string()));
+            }
+            eps.push(trimmed.to_string());
+        }
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .timeout_connect(Some(timeout))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Ok(EtcdArbiter {
+            endpoints: eps,
+            prefix: "ft/arbiter".into(),
+            agent,
+        })
+    }
+
+    /// Use `prefix` instead of `ft/arbiter` for the keys.
+    pub fn with_prefix(mut self, prefix: &str) -> EtcdArbiter {
+        self.prefix = prefix.trim_end_matches('/').to_string();
+        self
+    }
+
+    /// The endpoints, in the order they are tried.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// The key of `pair`'s claim.
+    pub fn key(&self, pair: PairId) -> String {
+        format!(
+            "{}/vm/{}/generation/{}",
+            self.prefix, pair.vm, pair.generation
+        )
+    }
+
+    /// The test-and-set, with this module's error type.
+    pub fn claim(&self, pair: PairId, me: NodeId) -> Result<Decision> {
+        let key = B64.encode(self.key(pair));
+        let value = B64.encode(format!("holder {}", me.0));
+        let body = json!({
+            "compare": [{
+                "key": key,
+                "result": "EQUAL",
+                "target": "CREATE",
+                "create_revision": "0",
+            }],
+            "success": [{ "request_put": { "key": key, "value": value } }],
+            "failure": [{ "request_range": { "key": key } }],
+        });
+        self.on_any_endpoint("/v3/kv/txn", &body, |endpoint, answer| {
+            decide_txn(endpoint, answer, me)
+        })
+    }
+
+    /// The holder of `pair` and its token, if the pair was claimed.
+    pub fn holder(&self, pair: PairId) -> Result<Option<(NodeId, u64)>> {
+        let body = json!({ "key": B64.encode(self.key(pair)) });
+        self.on_any_endpoint("/v3/kv/range", &body, |endpoint, answer| {
+            match answer
+                .get("kvs")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+            {
+                None | Some([]) => Ok(None),
+                Some([kv, ..]) => read_kv(endpoint, kv).map(Some),
+            }
+        })
+    }
+
+    fn on_any_endpoint<T>(
+        &self,
+        path: &str,
+        body: &Value,
+        decide: impl Fn(&str, &Value) -> Result<T>,
+    ) -> Result<T> {
+        let mut last = EtcdError::NoEndpoint;
+        for endpoint in &self.endpoints {
+            match self.post(endpoint, path, body) {
+                Ok(answer) => return decide(endpoint, &answer),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn post(&self, endpoint: &str, path: &str, body: &Value) -> Result<Value> {
+        let unreachable = |detail: String| EtcdError::Unreachable {
+            endpoint: endpoint.to_string(),
+            detail,
+        };
+        let mut resp = self
+            .agent
+            .post(format!("{endpoint}{path}"))
+            .header("content-type", "application/json")
+            .send(body.to_string())
+            .map_err(|e| unreachable(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER_BYTES)
+            .read_to_string()
+            .map_err(|e| unreachable(format!("reading the answer: {e}")))?;
+        if !(200..300).contains(&status) {
+            return Err(EtcdError::Status {
+                endpoint: endpoint.to_string(),
+                status,
+                body: text.chars().take(200).collect(),
+            });
+        }
+        serde_json::from_str(&text).map_err(|e| EtcdError::BadAnswer {
+            endpoint: endpoint.to_string(),
+            detail: format!("not JSON: {e}"),
+        })
+    }
+}
+
+/// An int64 of the gateway's JSON: a string (proto3 JSON mapping) or a number.
+fn int(v: Option<&Value>) -> Option<u64> {
+    match v? {
+        Value::String(s) => s.parse().ok(),
+        Value::Number(n) => n.as_u64(),
+        _ => None,
+    }
+}
+
+fn bad(endpoint: &str, detail: impl Into<String>) -> EtcdError {
+    EtcdError::BadAnswer {
+        endpoint: endpoint.to_string(),
+        detail: detail.into(),
+    }
+}
+
+/// The outcome of the claim transaction.
+fn decide_txn(endpoint: &str, answer: &Value, me: NodeId) -> Result<Decision> {
+    // proto3 JSON omits `false`: an absent `succeeded` means the compare failed.
+    if answer.get("succeeded").and_then(Value::as_bool) == Some(true) {
+        let token = int(answer.pointer("/header/revision"))
+            .ok_or_else(|| bad(endpoint, "no header.revision"))?;
+        return Ok(Decision::Won { token });
+    }
+    let kv = answer
+        .pointer("/responses/0/response_range/kvs/0")
+        .ok_or_else(|| bad(endpoint, "compare failed but the range holds no key"))?;
+    let (holder, token) = read_kv(endpoint, kv)?;
+    Ok(if holder == me {
+        Decision::Won { token }
+    } else {
+        Decision::Lost { holder }
+    })
+}
+
+/// The holder and token in one key-value of a range answer.
+fn read_kv(endpoint: &str, kv: &Value) -> Result<(NodeId, u64)> {
+    let token = int(kv.get("create_revision"))
+        .ok_or_else(|| bad(endpoint, "key without create_revision"))?;
+    let raw = kv
+        .get("value")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad(endpoint, "key without value"))?;
+    let bytes = B64
+        .decode(raw)
+        .map_err(|e| bad(endpoint, format!("value not base64: {e}")))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let holder = text
+        .strip_prefix("holder ")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| bad(endpoint, format!("value {text:?} is not a claim")))?;
+    Ok((NodeId(holder), token))
+}
+
+impl Arbiter for EtcdArbiter {
+    fn test_and_set(&self, pair: PairId, me: NodeId) -> ft_core::arbiter::Result<Decision> {
+        self.claim(pair, me).map_err(ArbiterError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_checked() {
+        let t = Duration::from_millis(50);
+        assert_eq!(
+            EtcdArbiter::new(&[], t).map(|_| ()),
+            Err(EtcdError::NoEndpoint)
+        );
+        assert!(matches!(
+            EtcdArbiter::new(&["https://a:1"], t),
+            Err(EtcdError::BadEndpoint(_))
+        ));
+        assert!(matches!(
+            EtcdArbiter::new(&["http://a:1/x"], t),
+            Err(EtcdError::BadEndpoint(_))
+        ));
+        let a = EtcdArbiter::new(&["http://a:1/", "http://b:2"], t)
+            .unwrap()
+            .with_prefix("x/");
+        assert_eq!(a.endpoints(), ["http://a:1", "http://b:2"]);
+        let pair = PairId {
+            vm: 4,
+            generation: 5,
+        };
+        assert_eq!(a.key(pair), "x/vm/4/generation/5");
+    }
+
+    #[test]
+    fn answers_decode() {
+        let won = json!({"header": {"revision": "7"}, "succeeded": true, "responses": []});
+        assert_eq!(
+            decide_txn("e", &won, NodeId(1)),
+            Ok(Decision::Won { token: 7 })
+        );
+        let held = json!({"header": {"revision": "9"}, "responses": [{"response_range": {
+            "kvs": [{"key": "", "create_revision": "7", "value": B64.encode("holder 2")}]}}]});
+        assert_eq!(
+            decide_txn("e", &held, NodeId(1)),
+            Ok(Decision::Lost { holder: NodeId(2) })
+        );
+        assert_eq!(
+            decide_txn("e", &held, NodeId(2)),
+            Ok(Decision::Won { token: 7 })
+        );
+        assert!(matches!(
+            decide_txn("e", &json!({}), NodeId(1)),
+            Err(EtcdError::BadAnswer { .. })
+        ));
+        let garbage = json!({"responses": [{"response_range": {
+            "kvs": [{"create_revision": 3, "value": B64.encode("nope")}]}}]});
+        assert!(matches!(
+            decide_txn("e", &garbage, NodeId(1)),
+            Err(EtcdError::BadAnswer { .. })
+        ));
+    }
+
+    #[test]
+    fn unreachable_maps_to_unreachable() {
+        let e = EtcdError::Unreachable {
+            endpoint: "x".into(),
+            detail: "refused".into(),
+        };
+        assert!(matches!(
+            ArbiterError::from(e),
+            ArbiterError::Unreachable(_)
+        ));
+        let s = |status| EtcdError::Status {
+            endpoint: "x".into(),
+            status,
+            body: String::new(),
+        };
+        assert!(matches!(
+            ArbiterError::from(s(503)),
+            ArbiterError::Unreachable(_)
+        ));
+        assert!(matches!(
+            ArbiterError::from(s(400)),
+            ArbiterError::Failed(_)
+        ));
+    }
+}

@@ -1,0 +1,363 @@
+//! The shared-file arbiter: a claim file per pair generation, in a directory both hosts
+//! mount.
+//!
+//! # The primitive: `link(2)` of a fully written temporary file
+//!
+//! A claimant writes its claim (pair, holder node id, fencing token) into a temporary
+//! file with a unique name in the arbiter directory, flushes it to storage
+//! (`fsync`), and then hard-links it to the claim's name
+//! (`ft-claim-vm<VM>-gen<GENERATION>`) with [`std::fs::hard_link`], which is
+//! `link(2)`. The claimant whose link succeeds won; every other link fails with
+//! `EEXIST`, and that claimant reads the holder from the claim file.
+//!
+//! * **Local filesystem.** `link(2)` creates a directory entry under the directory's
+//!   lock, and fails with `EEXIST` if the name exists: of any number of concurrent
+//!   links to the same name, in any number of processes, exactly one succeeds. The
+//!   name appears already pointing to the complete, synced file, so a reader can
+//!   never see a half-written claim (with `O_CREAT|O_EXCL` on the claim itself, a
+//!   reader could open it between the create and the write).
+//! * **NFS.** `LINK` is one NFS procedure that the server carries out with the same
+//!   `link(2)` on its own filesystem, so it is atomic there too, in every NFS version.
+//!   `O_CREAT|O_EXCL` was not: NFSv2 clients emulated it with a `LOOKUP` and a
+//!   `CREATE`, racy between clients (see `open(2)`, which recommends this very link
+//!   scheme). One NFS hazard remains: a `LINK` whose reply is lost is retransmitted and
+//!   then fails with `EEXIST` although it succeeded. So after any failed link the
+//!   claimant checks the temporary file's link count (2 means its link took effect,
+//!   as `open(2)` advises) and, for `EEXIST`, reads the claim: a claim naming itself
+//!   is a win. That is also why re-claiming by the winner wins again.
+//!
+//! The claim is a few lines of text; the directory is synced after the link, and a
+//! win is only answered once the claim is durable, so a storage crash cannot forget
+//! a claim that a side already acted on.
+//!
+//! # Fencing token
+//!
+//! The token is the pair's generation: each pair generation has exactly one winner,
+//! and every new pairing of a VM uses a higher generation, so a resource that refuses
+//! requests carrying a token below the highest it has seen fences off every older
+//! winner.
+//!
+//! # Failures
+//!
+//! A missing, unreadable or unwritable directory (and any other I/O failure) is
+//! [`ArbiterError::Unreachable`]: the engine keeps waiting and retries with backoff,
+//! and never goes live unconfirmed. A claim file that does not parse is
+//! [`ArbiterError::Failed`] (the engine retries that too). A crashed claimant may leave
+//! a temporary file (`.ft-claim-*.tmp`) behind; it is never read and can be deleted.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ft_core::arbiter::{Arbiter, ArbiterError, Decision, NodeId, PairId};
+
+/// The first line of every claim file.
+const MAGIC: &str = "ft-arbiter-claim 1";
+/// Claim files are tiny; anything longer is not one of ours.
+const MAX_CLAIM_BYTES: u64 = 4096;
+
+/// Errors of the file arbiter.
+#[derive(Debug, thiserror::Error)]
+pub enum FileArbiterError {
+    /// An I/O operation on the arbiter directory failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// The error.
+        source: io::Error,
+    },
+    /// The claim file exists but does not hold a valid claim for its pair.
+    #[error("claim file {path} is not a valid claim: {detail}")]
+    Malformed {
+        /// The claim file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+impl From<FileArbiterError> for ArbiterError {
+    fn from(e: FileArbiterError) -> Self {
+        match e {
+            FileArbiterError::Io { .. } => ArbiterError::Unreachable(e.to_string()),
+            FileArbiterError::Malformed { .. } => ArbiterError::Failed(e.to_string()),
+        }
+    }
+}
+
+/// Result alias of this module.
+pub type Result<T, E = FileArbiterError> = std::result::Result<T, E>;
+
+/// What a claim file says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// The pair generation claimed.
+    pub pair: PairId,
+    /// The winner.
+    pub holder: NodeId,
+    /// The fencing token (the generation).
+    pub token: u64,
+}
+
+impl Claim {
+    fn encode(&self) -> String {
+        format!(
+            "{MAGIC}\nvm {}\ngeneration {}\nholder {}\ntoken {}\n",
+            self.pair.vm, self.pair.generation, self.holder.0, self.token
+        )
+    }
+
+    fn decode(text: &str) -> std::result::Result<Claim, String> {
+        let mut lines = text.lines();
+        if lines.next() != Some(MAGIC) {
+            return Err(format!("first line is not {MAGIC:?}"));
+        }
+        let mut field = |name: &str| -> std::result::Result<u64, String> {
+            let line = lines.next().ok_or_else(|| format!("no {name} line"))?;
+            let value = line
+                .strip_prefix(name)
+                .and_then(|v| v.strip_prefix(' '))
+                .ok_or_else(|| format!("expected a {name} line, found {line:?}"))?;
+            value
+                .parse()
+                .map_err(|e| format!("bad {name} {value:?}: {e}"))
+        };
+        let vm = field("vm")?;
+        let generation = field("generation")?;
+        let holder = NodeId(field("holder")?);
+        let token = field("token")?;
+        Ok(Claim {
+            pair: PairId { vm, generation },
+            holder,
+            token,
+        })
+    }
+}
+
+/// The shared-file arbiter. See the module docs for why it is atomic.
+#[derive(Debug, Clone)]
+pub struct FileArbiter {
+    dir: PathBuf,
+}
+
+/// Makes temporary names unique within a process.
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl FileArbiter {
+    /// An arbiter keeping its claims in `dir` (which must exist; a missing directory
+    /// makes every claim [`ArbiterError::Unreachable`] until it appears).
+    pub fn new(dir: impl Into<PathBuf>) -> FileArbiter {
+        FileArbiter { dir: dir.into() }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where the claim of `pair` lives.
+    pub fn claim_path(&self, pair: PairId) -> PathBuf {
+        self.dir
+            .join(format!("ft-claim-vm{}-gen{}", pair.vm, pair.generation))
+    }
+
+    /// The claim of `pair`, if one was made.
+    pub fn read_claim(&self, pair: PairId) -> Result<Option<Claim>> {
+        let path = self.claim_path(pair);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(FileArbiterError::Io {
+                    path,
+                    op: "open claim",
+                    source,
+                })
+            }
+        };
+        let mut text = String::new();
+        if let Err(source) = file.take(MAX_CLAIM_BYTES).read_to_string(&mut text) {
+            return Err(match source.kind() {
+                io::ErrorKind::InvalidData => FileArbiterError::Malformed {
+                    path,
+                    detail: "not UTF-8".into(),
+                },
+                _ => FileArbiterError::Io {
+                    path,
+                    op: "read claim",
+                    source,
+                },
+            });
+        }
+        let claim = Claim::decode(&text).map_err(|detail| FileArbiterError::Malformed {
+            path: path.clone(),
+            detail,
+        })?;
+        if claim.pair != pair {
+            return Err(FileArbiterError::Malformed {
+                path,
+                detail: format!("it claims {:?}", claim.pair),
+            });
+        }
+        Ok(Some(claim))
+    }
+
+    /// The test-and-set, with this module's error type.
+    pub fn claim(&self, pair: PairId, me: NodeId) -> Result<Decision> {
+        // Fast path: the flag is already set (a retry, or the slower side).
+        if let Some(c) = self.read_claim(pair)? {
+            return self.decide(c, me);
+        }
+        let claim = Claim {
+            pair,
+            holder: me,
+            token: pair.generation,
+        };
+        let temp = self.write_temp(&claim)?;
+        let outcome = self.link_claim(&temp, pair, me);
+        // The temporary name was only a vehicle; the claim keeps the inode alive.
+        let _ = fs::remove_file(&temp);
+        outcome
+    }
+
+    fn link_claim(&self, temp: &Path, pair: PairId, me: NodeId) -> Result<Decision> {
+        let target = self.claim_path(pair);
+        let linked = fs::hard_link(temp, &target);
+        if let Err(source) = linked {
+            // NFS: a retransmitted LINK fails although the first one succeeded; the
+            // temporary file's link count tells.
+            if link_count(temp) != Some(2) {
+                if source.kind() != io::ErrorKind::AlreadyExists {
+                    return Err(FileArbiterError::Io {
+                        path: target,
+                        op: "link claim",
+                        source,
+                    });
+                }
+                return match self.read_claim(pair)? {
+                    Some(c) => self.decide(c, me),
+                    // Exists, yet not visible: a stale cache on a network filesystem.
+                    None => Err(FileArbiterError::Io {
+                        path: target,
+                        op: "read claim after EEXIST",
+                        source: io::Error::from(io::ErrorKind::NotFound),
+                    }),
+                };
+            }
+        }
+        self.sync_dir()?;
+        Ok(Decision::Won {
+            token: pair.generation,
+        })
+    }
+
+    /// Won only once the claim is durable; lost to anyone else.
+    fn decide(&self, claim: Claim, me: NodeId) -> Result<Decision> {
+        if claim.holder == me {
+            self.sync_dir()?;
+            Ok(Decision::Won { token: claim.token })
+        } else {
+            Ok(Decision::Lost {
+                holder: claim.holder,
+            })
+        }
+    }
+
+    /// Write `claim` to a fresh, uniquely named file in the directory and flush it.
+    fn write_temp(&self, claim: &Claim) -> Result<PathBuf> {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            let name = format!(
+                ".ft-claim-vm{}-gen{}.node{}.pid{}.{}.{nanos}.tmp",
+                claim.pair.vm,
+                claim.pair.generation,
+                claim.holder.0,
+                std::process::id(),
+                TEMP_COUNTER.fetch_add(1, Ordering::Relaxed),
+            );
+            let path = self.dir.join(name);
+            let mut file = match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 8 => continue,
+                Err(source) => {
+                    return Err(FileArbiterError::Io {
+                        path,
+                        op: "create temporary claim",
+                        source,
+                    })
+                }
+            };
+            let written = file
+                .write_all(claim.encode().as_bytes())
+                .and_then(|()| file.sync_all());
+            if let Err(source) = written {
+                drop(file);
+                let _ = fs::remove_file(&path);
+                return Err(FileArbiterError::Io {
+                    path,
+                    op: "write temporary claim",
+                    source,
+                });
+            }
+            return Ok(path);
+        }
+    }
+
+    fn sync_dir(&self) -> Result<()> {
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| FileArbiterError::Io {
+                path: self.dir.clone(),
+                op: "sync directory",
+                source,
+            })
+    }
+}
+
+#[cfg(unix)]
+fn link_count(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).ok().map(|m| m.nlink())
+}
+
+#[cfg(not(unix))]
+fn link_count(_path: &Path) -> Option<u64> {
+    None
+}
+
+impl Arbiter for FileArbiter {
+    fn test_and_set(&self, pair: PairId, me: NodeId) -> ft_core::arbiter::Result<Decision> {
+        self.claim(pair, me).map_err(ArbiterError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claim_text_round_trips_and_rejects_garbage() {
+        let c = Claim {
+            pair: PairId {
+                vm: 3,
+                generation: 9,
+            },
+            holder: NodeId(42),
+            token: 9,
+        };
+        assert_eq!(Claim::decode(&c.encode()), Ok(c));
+        assert!(Claim::decode("").is_err());
+        assert!(Claim::decode("ft-arbiter-claim 1\nvm x\n").is_err());
+        assert!(Claim::decode("ft-arbiter-claim 1\nvm 1\ngeneration 2\nholder 3\n").is_err());
+        assert!(Claim::decode(&c.encode().replace("holder", "holdr")).is_err());
+    }
+}
