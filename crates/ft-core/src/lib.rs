@@ -34,6 +34,7 @@
 //! ```
 
 pub mod arbiter;
+pub mod device_set;
 pub mod digest;
 pub mod event_source;
 pub mod exec_point;

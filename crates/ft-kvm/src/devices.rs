@@ -35,26 +35,36 @@ use bytes::Bytes;
 use ft_core::{DeviceId, InputRequest};
 use serde::{Deserialize, Serialize};
 
+/// The standard device set's ids, registers, op codes and limits (shared with every
+/// ft backend).
+pub use ft_core::device_set::{
+    blk_status, id, op, reg, BLK_CMD_READ, BLK_CMD_WRITE, MAX_SECTORS, NET_MTU, NET_RX_QUEUE,
+    SECTOR_SIZE, UART_LINE_MAX,
+};
+
 /// Device base addresses.
 pub mod map {
+    use ft_core::device_set::window;
+    /// Base address of the first device window.
+    pub const BASE: u64 = 0x3000_0000;
     /// Console.
-    pub const UART: u64 = 0x3000_0000;
+    pub const UART: u64 = BASE + window::UART;
     /// Clock.
-    pub const CLOCK: u64 = 0x3000_1000;
+    pub const CLOCK: u64 = BASE + window::CLOCK;
     /// RNG.
-    pub const RNG: u64 = 0x3000_2000;
+    pub const RNG: u64 = BASE + window::RNG;
     /// Timer.
-    pub const TIMER: u64 = 0x3000_3000;
+    pub const TIMER: u64 = BASE + window::TIMER;
     /// Block device.
-    pub const BLOCK: u64 = 0x3000_4000;
+    pub const BLOCK: u64 = BASE + window::BLOCK;
     /// Network device.
-    pub const NET: u64 = 0x3000_5000;
+    pub const NET: u64 = BASE + window::NET;
     /// Interrupt status.
-    pub const PIC: u64 = 0x3000_6000;
+    pub const PIC: u64 = BASE + window::PIC;
     /// Exit device.
-    pub const EXIT: u64 = 0x3000_7000;
+    pub const EXIT: u64 = BASE + window::EXIT;
     /// Size of each device's window.
-    pub const WINDOW: u64 = 0x1000;
+    pub const WINDOW: u64 = window::SIZE;
 }
 
 /// I/O ports.
@@ -63,65 +73,6 @@ pub mod port {
     pub const CONSOLE: u16 = 0x3f8;
     /// Exit with a 32-bit code.
     pub const EXIT: u16 = 0xf4;
-}
-
-/// Device ids in log records (equal to ft-sim's).
-pub mod id {
-    use ft_core::DeviceId;
-    /// Console.
-    pub const UART: DeviceId = DeviceId(0);
-    /// Clock.
-    pub const CLOCK: DeviceId = DeviceId(1);
-    /// RNG.
-    pub const RNG: DeviceId = DeviceId(2);
-    /// Timer.
-    pub const TIMER: DeviceId = DeviceId(3);
-    /// Block device.
-    pub const BLOCK: DeviceId = DeviceId(4);
-    /// Network device.
-    pub const NET: DeviceId = DeviceId(5);
-}
-
-/// Register offsets (equal to ft-sim's).
-pub mod reg {
-    /// Console: transmit a byte.
-    pub const UART_TX: u64 = 0x0;
-    /// Console: send the partial line.
-    pub const UART_FLUSH: u64 = 0x8;
-    /// Timer: arm with a delay in nanoseconds.
-    pub const TIMER_ARM: u64 = 0x0;
-    /// Timer: expiries not yet acknowledged.
-    pub const TIMER_STATUS: u64 = 0x8;
-    /// Timer: acknowledge one expiry.
-    pub const TIMER_ACK: u64 = 0x10;
-    /// Block: first sector.
-    pub const BLK_SECTOR: u64 = 0x0;
-    /// Block: guest address for DMA.
-    pub const BLK_DMA: u64 = 0x8;
-    /// Block: sector count.
-    pub const BLK_COUNT: u64 = 0x10;
-    /// Block: command.
-    pub const BLK_CMD: u64 = 0x18;
-    /// Block: status.
-    pub const BLK_STATUS: u64 = 0x20;
-    /// Block: acknowledge.
-    pub const BLK_ACK: u64 = 0x28;
-    /// Net: length of the head packet.
-    pub const NET_RX_LEN: u64 = 0x0;
-    /// Net: where RX_POP copies the head packet.
-    pub const NET_RX_ADDR: u64 = 0x8;
-    /// Net: copy the head packet to RX_ADDR and drop it.
-    pub const NET_RX_POP: u64 = 0x10;
-    /// Net: address of the packet to send.
-    pub const NET_TX_ADDR: u64 = 0x18;
-    /// Net: length of the packet to send.
-    pub const NET_TX_LEN: u64 = 0x20;
-    /// Net: send.
-    pub const NET_TX_SEND: u64 = 0x28;
-    /// Net: acknowledge the interrupt.
-    pub const NET_ACK: u64 = 0x30;
-    /// Net: packets queued.
-    pub const NET_RX_COUNT: u64 = 0x38;
 }
 
 /// Interrupt vectors.
@@ -135,41 +86,6 @@ pub mod vector {
     /// System call gate (`int 0x80`).
     pub const SYSCALL: u8 = 0x80;
 }
-
-/// I/O operation codes in [`ft_core::IoRequest::op`] (equal to ft-sim's).
-pub mod op {
-    /// Timer arm.
-    pub const TIMER_ARM: u32 = 1;
-    /// Disk read.
-    pub const DISK_READ: u32 = 2;
-    /// Disk write.
-    pub const DISK_WRITE: u32 = 3;
-}
-
-/// Block status bits.
-pub mod blk_status {
-    /// A command is in flight.
-    pub const BUSY: u64 = 1;
-    /// The last command completed.
-    pub const DONE: u64 = 2;
-    /// The last command failed.
-    pub const ERROR: u64 = 4;
-}
-
-/// Block command: read.
-pub const BLK_CMD_READ: u64 = 1;
-/// Block command: write.
-pub const BLK_CMD_WRITE: u64 = 2;
-/// Sector size.
-pub const SECTOR_SIZE: u64 = 512;
-/// Largest transfer of one command, in sectors.
-pub const MAX_SECTORS: u64 = 64;
-/// Packets the network device queues; later ones are dropped.
-pub const NET_RX_QUEUE: usize = 32;
-/// Largest packet.
-pub const NET_MTU: u64 = 2048;
-/// Bytes the console buffers before it sends a line anyway.
-pub const UART_LINE_MAX: usize = 256;
 
 /// The answer to a device read.
 #[derive(Debug, Clone, PartialEq, Eq)]

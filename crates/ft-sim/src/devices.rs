@@ -25,123 +25,38 @@ use bytes::Bytes;
 use ft_core::{DeviceId, InputRequest};
 use serde::{Deserialize, Serialize};
 
+/// The standard device set's ids, registers, op codes and limits (shared with every
+/// ft backend).
+pub use ft_core::device_set::{
+    blk_status, id, op, reg, BLK_CMD_READ, BLK_CMD_WRITE, MAX_SECTORS, NET_MTU, NET_RX_QUEUE,
+    SECTOR_SIZE, UART_LINE_MAX,
+};
+
 use crate::cpu::{Mmio, MmioResult};
 
 /// Device base addresses.
 pub mod map {
+    use ft_core::device_set::window;
+    /// Base address of the first device window.
+    pub const BASE: u64 = 0x1000_0000;
     /// Console UART.
-    pub const UART: u64 = 0x1000_0000;
+    pub const UART: u64 = BASE + window::UART;
     /// Wall clock.
-    pub const CLOCK: u64 = 0x1000_1000;
+    pub const CLOCK: u64 = BASE + window::CLOCK;
     /// Random number generator.
-    pub const RNG: u64 = 0x1000_2000;
+    pub const RNG: u64 = BASE + window::RNG;
     /// Timer.
-    pub const TIMER: u64 = 0x1000_3000;
+    pub const TIMER: u64 = BASE + window::TIMER;
     /// Block device.
-    pub const BLOCK: u64 = 0x1000_4000;
+    pub const BLOCK: u64 = BASE + window::BLOCK;
     /// Network device.
-    pub const NET: u64 = 0x1000_5000;
+    pub const NET: u64 = BASE + window::NET;
     /// Interrupt status.
-    pub const PIC: u64 = 0x1000_6000;
+    pub const PIC: u64 = BASE + window::PIC;
     /// Exit device.
-    pub const EXIT: u64 = 0x1000_7000;
+    pub const EXIT: u64 = BASE + window::EXIT;
     /// Size of each device's window.
-    pub const WINDOW: u64 = 0x1000;
-}
-
-/// Device ids used in log records.
-pub mod id {
-    use ft_core::DeviceId;
-    /// Console UART.
-    pub const UART: DeviceId = DeviceId(0);
-    /// Wall clock.
-    pub const CLOCK: DeviceId = DeviceId(1);
-    /// Random number generator.
-    pub const RNG: DeviceId = DeviceId(2);
-    /// Timer.
-    pub const TIMER: DeviceId = DeviceId(3);
-    /// Block device.
-    pub const BLOCK: DeviceId = DeviceId(4);
-    /// Network device.
-    pub const NET: DeviceId = DeviceId(5);
-}
-
-/// Register offsets.
-pub mod reg {
-    /// UART: transmit a byte.
-    pub const UART_TX: u64 = 0x0;
-    /// UART: send the buffered partial line.
-    pub const UART_FLUSH: u64 = 0x8;
-    /// Timer: arm with a delay in nanoseconds.
-    pub const TIMER_ARM: u64 = 0x0;
-    /// Timer: number of expiries not yet acknowledged.
-    pub const TIMER_STATUS: u64 = 0x8;
-    /// Timer: acknowledge one expiry.
-    pub const TIMER_ACK: u64 = 0x10;
-    /// Block: first sector.
-    pub const BLK_SECTOR: u64 = 0x0;
-    /// Block: guest address for DMA.
-    pub const BLK_DMA: u64 = 0x8;
-    /// Block: sector count.
-    pub const BLK_COUNT: u64 = 0x10;
-    /// Block: command (1 read, 2 write).
-    pub const BLK_CMD: u64 = 0x18;
-    /// Block: status (bit0 busy, bit1 done, bit2 error).
-    pub const BLK_STATUS: u64 = 0x20;
-    /// Block: acknowledge completion.
-    pub const BLK_ACK: u64 = 0x28;
-    /// Net: length of the head received packet.
-    pub const NET_RX_LEN: u64 = 0x0;
-    /// Net: guest address to copy the head packet to.
-    pub const NET_RX_ADDR: u64 = 0x8;
-    /// Net: copy the head packet to RX_ADDR and drop it from the queue.
-    pub const NET_RX_POP: u64 = 0x10;
-    /// Net: guest address of the packet to send.
-    pub const NET_TX_ADDR: u64 = 0x18;
-    /// Net: length of the packet to send.
-    pub const NET_TX_LEN: u64 = 0x20;
-    /// Net: send.
-    pub const NET_TX_SEND: u64 = 0x28;
-    /// Net: acknowledge the interrupt.
-    pub const NET_ACK: u64 = 0x30;
-    /// Net: packets queued.
-    pub const NET_RX_COUNT: u64 = 0x38;
-}
-
-/// Block command: read.
-pub const BLK_CMD_READ: u64 = 1;
-/// Block command: write.
-pub const BLK_CMD_WRITE: u64 = 2;
-/// Block device sector size.
-pub const SECTOR_SIZE: u64 = 512;
-/// Largest transfer of one block command, in sectors.
-pub const MAX_SECTORS: u64 = 64;
-/// Most packets the network device queues; later arrivals are dropped (as a NIC
-/// drops them), deterministically since arrival points are logged.
-pub const NET_RX_QUEUE: usize = 32;
-/// Largest packet.
-pub const NET_MTU: u64 = 2048;
-/// Bytes the UART buffers before it sends a line anyway.
-pub const UART_LINE_MAX: usize = 256;
-
-/// Block status bits.
-pub mod blk_status {
-    /// A command is in flight.
-    pub const BUSY: u64 = 1;
-    /// The last command completed.
-    pub const DONE: u64 = 2;
-    /// The last command failed.
-    pub const ERROR: u64 = 4;
-}
-
-/// I/O operation codes in [`ft_core::IoRequest::op`].
-pub mod op {
-    /// Timer arm.
-    pub const TIMER_ARM: u32 = 1;
-    /// Disk read.
-    pub const DISK_READ: u32 = 2;
-    /// Disk write.
-    pub const DISK_WRITE: u32 = 3;
+    pub const WINDOW: u64 = window::SIZE;
 }
 
 /// Something a device access asked the machine to do right after the instruction
