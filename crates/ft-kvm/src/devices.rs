@@ -31,8 +31,8 @@
 //! for it; the vector then stays *in service* until the guest acknowledges the device,
 //! so a line is never injected twice for one event.
 
-use bytes::Bytes;
-use ft_core::{DeviceId, InputRequest};
+use ft_core::device_set::model::{self, DeviceModel, Load, StoreResult};
+use ft_core::InputRequest;
 use serde::{Deserialize, Serialize};
 
 /// The standard device set's ids, registers, op codes and limits (shared with every
@@ -118,23 +118,8 @@ pub enum Action {
 /// Guest-visible state of all devices, and the interrupt controller.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Devices {
-    pub(crate) uart_line: Vec<u8>,
-    pub(crate) timer_pending: u64,
-    pub(crate) blk_sector: u64,
-    pub(crate) blk_dma: u64,
-    pub(crate) blk_count: u64,
-    pub(crate) blk_status: u64,
-    pub(crate) blk_irq: bool,
-    /// The block I/O in flight: (io id, DMA address, length).
-    pub(crate) blk_inflight: Option<(u64, u64, u64)>,
-    pub(crate) net_rx: std::collections::VecDeque<Bytes>,
-    pub(crate) net_rx_addr: u64,
-    pub(crate) net_tx_addr: u64,
-    pub(crate) net_tx_len: u64,
-    pub(crate) net_irq: bool,
-    pub(crate) net_dropped: u64,
-    pub(crate) timers_inflight: std::collections::BTreeSet<u64>,
-    pub(crate) next_io: u64,
+    /// The standard device set's model.
+    pub(crate) model: DeviceModel,
     /// The vector injected and not yet acknowledged by the guest.
     pub(crate) in_service: Option<u8>,
 }
@@ -142,9 +127,7 @@ pub struct Devices {
 impl Devices {
     /// Bit per device id whose line is raised.
     pub fn pending_mask(&self) -> u64 {
-        (u64::from(self.timer_pending > 0) << id::TIMER.0)
-            | (u64::from(self.blk_irq) << id::BLOCK.0)
-            | (u64::from(self.net_irq) << id::NET.0)
+        self.model.pending_mask()
     }
 
     /// The vector to inject next, if a line is raised and none is in service. Fixed
@@ -153,11 +136,11 @@ impl Devices {
         if self.in_service.is_some() {
             return None;
         }
-        if self.timer_pending > 0 {
+        if self.model.timer_pending > 0 {
             Some(vector::TIMER)
-        } else if self.blk_irq {
+        } else if self.model.blk_irq {
             Some(vector::BLOCK)
-        } else if self.net_irq {
+        } else if self.model.net_irq {
             Some(vector::NET)
         } else {
             None
@@ -177,110 +160,46 @@ impl Devices {
 
     /// Packets dropped because the receive queue was full.
     pub fn net_dropped(&self) -> u64 {
-        self.net_dropped
-    }
-
-    /// A new deterministic I/O id.
-    pub(crate) fn new_io(&mut self) -> u64 {
-        let id = self.next_io;
-        self.next_io += 1;
-        id
-    }
-
-    /// Take the buffered console line.
-    pub(crate) fn take_line(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.uart_line)
-    }
-
-    fn input(device: DeviceId, offset: u64, size: u8) -> ReadResult {
-        ReadResult::Input(InputRequest {
-            device,
-            offset,
-            size,
-        })
+        self.model.net_dropped
     }
 
     /// An MMIO read of `len` bytes at `addr`.
     pub fn mmio_read(&mut self, addr: u64, len: u8) -> ReadResult {
-        let base = addr & !(map::WINDOW - 1);
-        let off = addr - base;
-        let v = match (base, off) {
-            (map::CLOCK, 0) => return Self::input(id::CLOCK, off, len),
-            (map::RNG, 0) => return Self::input(id::RNG, off, len),
-            (map::TIMER, reg::TIMER_STATUS) => self.timer_pending,
-            (map::BLOCK, reg::BLK_SECTOR) => self.blk_sector,
-            (map::BLOCK, reg::BLK_DMA) => self.blk_dma,
-            (map::BLOCK, reg::BLK_COUNT) => self.blk_count,
-            (map::BLOCK, reg::BLK_STATUS) => self.blk_status,
-            (map::NET, reg::NET_RX_LEN) => self.net_rx.front().map_or(0, |p| p.len() as u64),
-            (map::NET, reg::NET_RX_COUNT) => self.net_rx.len() as u64,
-            (map::PIC, 0) => self.pending_mask(),
+        match self.model.load(map::BASE, addr, len) {
+            Load::Value(v) => ReadResult::Value(v),
+            Load::Input(req) => ReadResult::Input(req),
             // Unmapped addresses read as zero, as on a bus with nothing behind it.
-            _ => 0,
-        };
-        ReadResult::Value(v)
+            Load::Unmapped => ReadResult::Value(0),
+        }
     }
 
     /// An MMIO write of `value` (`len` bytes) at `addr`.
     pub fn mmio_write(&mut self, addr: u64, _len: u8, value: u64) -> Action {
-        let base = addr & !(map::WINDOW - 1);
-        let off = addr - base;
-        match (base, off) {
-            (map::UART, reg::UART_TX) => self.console_byte(value as u8),
-            (map::UART, reg::UART_FLUSH) if !self.uart_line.is_empty() => Action::UartLine,
-            (map::TIMER, reg::TIMER_ARM) => Action::TimerArm(value),
-            (map::TIMER, reg::TIMER_ACK) => {
-                self.timer_pending = self.timer_pending.saturating_sub(1);
-                self.end_of_interrupt(vector::TIMER);
-                Action::None
-            }
-            (map::BLOCK, reg::BLK_SECTOR) => {
-                self.blk_sector = value;
-                Action::None
-            }
-            (map::BLOCK, reg::BLK_DMA) => {
-                self.blk_dma = value;
-                Action::None
-            }
-            (map::BLOCK, reg::BLK_COUNT) => {
-                self.blk_count = value;
-                Action::None
-            }
-            (map::BLOCK, reg::BLK_CMD) => Action::BlockCmd(value),
-            (map::BLOCK, reg::BLK_ACK) => {
-                self.blk_irq = false;
-                self.blk_status &= !(blk_status::DONE | blk_status::ERROR);
-                self.end_of_interrupt(vector::BLOCK);
-                Action::None
-            }
-            (map::NET, reg::NET_RX_ADDR) => {
-                self.net_rx_addr = value;
-                Action::None
-            }
-            (map::NET, reg::NET_RX_POP) => Action::NetRxPop,
-            (map::NET, reg::NET_TX_ADDR) => {
-                self.net_tx_addr = value;
-                Action::None
-            }
-            (map::NET, reg::NET_TX_LEN) => {
-                self.net_tx_len = value;
-                Action::None
-            }
-            (map::NET, reg::NET_TX_SEND) => Action::NetTxSend,
-            (map::NET, reg::NET_ACK) => {
-                self.net_irq = false;
-                self.end_of_interrupt(vector::NET);
-                Action::None
-            }
-            (map::EXIT, 0) => Action::Exit(value),
+        match self.model.store(map::BASE, addr, value) {
             // Writes to nothing are ignored.
-            _ => Action::None,
+            StoreResult::Done | StoreResult::Unmapped => Action::None,
+            StoreResult::Act(a) => match a {
+                model::Action::UartLine => Action::UartLine,
+                model::Action::TimerArm(d) => Action::TimerArm(d),
+                model::Action::BlockCmd(c) => Action::BlockCmd(c),
+                model::Action::NetRxPop => Action::NetRxPop,
+                model::Action::NetTxSend => Action::NetTxSend,
+                model::Action::Exit(c) => Action::Exit(c),
+                model::Action::Ack(device) => {
+                    let v = match device {
+                        id::TIMER => vector::TIMER,
+                        id::BLOCK => vector::BLOCK,
+                        _ => vector::NET,
+                    };
+                    self.end_of_interrupt(v);
+                    Action::None
+                }
+            },
         }
     }
 
     fn console_byte(&mut self, b: u8) -> Action {
-        self.uart_line.push(b);
-        if b == b'\n' || self.uart_line.len() >= UART_LINE_MAX {
+        if self.model.uart_byte(b) {
             Action::UartLine
         } else {
             Action::None
@@ -319,7 +238,9 @@ mod tests {
             d.mmio_write(map::UART, 1, u64::from(b'\n')),
             Action::UartLine
         );
-        assert_eq!(d.take_line(), b"hi\n");
+        assert!(
+            matches!(d.model.take_uart_line(), ft_core::Stop::Output(o) if o.data.as_ref() == b"hi\n")
+        );
         assert_eq!(
             d.mmio_write(map::UART + reg::UART_FLUSH, 8, 0),
             Action::None
@@ -339,8 +260,11 @@ mod tests {
     #[test]
     fn interrupt_stays_in_service_until_acknowledged() {
         let mut d = Devices {
-            timer_pending: 2,
-            net_irq: true,
+            model: DeviceModel {
+                timer_pending: 2,
+                net_irq: true,
+                ..DeviceModel::default()
+            },
             ..Devices::default()
         };
         assert_eq!(d.next_vector(), Some(vector::TIMER));

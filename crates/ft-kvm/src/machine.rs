@@ -61,17 +61,14 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use ft_core::device_set::model::input_value;
 use ft_core::digest::StateHasher;
-use ft_core::{
-    AsyncEvent, EventSource, ExecPoint, InputRequest, IoId, IoKind, IoRequest, RawOutput,
-    SourceError, SourceResult, Stop,
-};
+use ft_core::{AsyncEvent, EventSource, ExecPoint, InputRequest, SourceError, SourceResult, Stop};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::arch::x86_64::{KERNEL_BASE, KERNEL_STACK_TOP, MIN_MEMORY, USER_BASE};
-use crate::devices::{self, blk_status, id, op, Action, Devices, ReadResult};
+use crate::devices::{Action, Devices, ReadResult};
 use crate::exit::ExitEvent;
 use crate::guest::{self, GuestImage};
 use crate::vm::{Vm, VmError};
@@ -108,20 +105,8 @@ pub enum MachineError {
 /// Result alias of this module.
 pub type Result<T, E = MachineError> = std::result::Result<T, E>;
 
-/// How the block device's disk is attached (as in ft-sim).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum DiskMode {
-    /// One disk both sides reach; writes are outputs, performed by the live side.
-    Shared {
-        /// The backup reads the disk itself instead of getting read data in the log.
-        backup_reads_disk: bool,
-    },
-    /// Each side writes its own copy; writes are not outputs.
-    Private {
-        /// The backup reads its own copy instead of getting read data in the log.
-        backup_reads_disk: bool,
-    },
-}
+/// How the block device's disk is attached (the standard device set's, as in ft-sim).
+pub use ft_core::device_set::model::DiskMode;
 
 /// Configuration of a KVM machine. Both sides of a pair must use the same.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -462,47 +447,23 @@ impl KvmMachine {
     fn perform(&mut self, action: Action) -> SourceResult<Option<Stop>> {
         Ok(match action {
             Action::None => None,
-            Action::UartLine => Some(Stop::Output(RawOutput {
-                device: id::UART,
-                data: Bytes::from(self.dev.take_line()),
-            })),
-            Action::TimerArm(delay) => {
-                let io = IoId(self.dev.new_io());
-                self.dev.timers_inflight.insert(io.0);
-                Some(Stop::IoStart(IoRequest {
-                    id: io,
-                    device: id::TIMER,
-                    kind: IoKind::Request,
-                    op: op::TIMER_ARM,
-                    offset: delay,
-                    len: 0,
-                    data: Bytes::new(),
-                }))
-            }
-            Action::BlockCmd(cmd) => self.block_command(cmd),
-            Action::NetRxPop => {
-                if let Some(pkt) = self.dev.net_rx.pop_front() {
-                    // A bad target drops the packet, as a NIC would.
-                    let _ = self.vm.memory_mut().write(self.dev.net_rx_addr, &pkt);
+            Action::UartLine => Some(self.dev.model.take_uart_line()),
+            Action::TimerArm(delay) => Some(self.dev.model.arm_timer(delay)),
+            Action::BlockCmd(cmd) => {
+                let stop = self
+                    .dev
+                    .model
+                    .block_command(cmd, self.cfg.disk, self.vm.memory());
+                if stop.is_none() {
+                    self.note_raised();
                 }
+                stop
+            }
+            Action::NetRxPop => {
+                self.dev.model.net_rx_pop(self.vm.memory_mut());
                 None
             }
-            Action::NetTxSend => {
-                let len = self.dev.net_tx_len.min(devices::NET_MTU) as usize;
-                let mut buf = vec![0u8; len];
-                if self
-                    .vm
-                    .memory()
-                    .read(self.dev.net_tx_addr, &mut buf)
-                    .is_err()
-                {
-                    return Ok(None);
-                }
-                Some(Stop::Output(RawOutput {
-                    device: id::NET,
-                    data: Bytes::from(buf),
-                }))
-            }
+            Action::NetTxSend => self.dev.model.net_tx_send(self.vm.memory()),
             Action::Exit(code) => {
                 self.state = RunState::Exited(code);
                 Some(Stop::Halted(code))
@@ -510,89 +471,9 @@ impl KvmMachine {
         })
     }
 
-    fn block_command(&mut self, cmd: u64) -> Option<Stop> {
-        let d = &mut self.dev;
-        let len = d.blk_count.saturating_mul(devices::SECTOR_SIZE);
-        let valid = (cmd == devices::BLK_CMD_READ || cmd == devices::BLK_CMD_WRITE)
-            && d.blk_inflight.is_none()
-            && d.blk_count > 0
-            && d.blk_count <= devices::MAX_SECTORS
-            && self.vm.memory().contains(d.blk_dma, len);
-        if !valid {
-            d.blk_status |= blk_status::ERROR | blk_status::DONE;
-            d.blk_irq = true;
-            self.note_raised();
-            return None;
-        }
-        let (shared, local_reads) = match self.cfg.disk {
-            DiskMode::Shared { backup_reads_disk } => (true, backup_reads_disk),
-            DiskMode::Private { backup_reads_disk } => (false, backup_reads_disk),
-        };
-        let offset = d.blk_sector.saturating_mul(devices::SECTOR_SIZE);
-        let dma = d.blk_dma;
-        let (kind, opc, data) = if cmd == devices::BLK_CMD_READ {
-            let kind = if local_reads {
-                IoKind::LocalRead
-            } else {
-                IoKind::Request
-            };
-            (kind, op::DISK_READ, Bytes::new())
-        } else {
-            let mut buf = vec![0u8; len as usize];
-            // In range: checked above.
-            let _ = self.vm.memory().read(dma, &mut buf);
-            let kind = if shared {
-                IoKind::SharedWrite
-            } else {
-                IoKind::PrivateWrite
-            };
-            (kind, op::DISK_WRITE, Bytes::from(buf))
-        };
-        self.dev.blk_status = blk_status::BUSY;
-        let io = IoId(self.dev.new_io());
-        self.dev.blk_inflight = Some((io.0, dma, len));
-        Some(Stop::IoStart(IoRequest {
-            id: io,
-            device: id::BLOCK,
-            kind,
-            op: opc,
-            offset,
-            len: len as u32,
-            data,
-        }))
-    }
-
     fn note_raised(&mut self) {
         if self.raised.is_none() {
             self.raised = Some((Instant::now(), self.count));
-        }
-    }
-
-    fn complete_io(&mut self, io: IoId, status: u32, data: Option<&Bytes>) -> SourceResult<()> {
-        if self.dev.timers_inflight.remove(&io.0) {
-            self.dev.timer_pending += 1;
-            return Ok(());
-        }
-        match self.dev.blk_inflight {
-            Some((blk_io, dma, len)) if blk_io == io.0 => {
-                self.dev.blk_inflight = None;
-                let mut st = blk_status::DONE;
-                if status != 0 {
-                    st |= blk_status::ERROR;
-                } else if let Some(data) = data {
-                    // The bounce buffer lands in guest memory now, all at once.
-                    if data.len() as u64 != len || self.vm.memory_mut().write(dma, data).is_err() {
-                        st |= blk_status::ERROR;
-                    }
-                }
-                self.dev.blk_status = st;
-                self.dev.blk_irq = true;
-                Ok(())
-            }
-            _ => Err(SourceError::BadEvent(format!(
-                "completion for I/O {} which is not in flight",
-                io.0
-            ))),
         }
     }
 
@@ -728,57 +609,15 @@ impl EventSource for KvmMachine {
         let RunState::AwaitingInput(req) = &self.state else {
             return Err(SourceError::UnexpectedInput("no read is pending".into()));
         };
-        if data.len() != usize::from(req.size) && data.len() != 8 {
-            return Err(SourceError::UnexpectedInput(format!(
-                "{} bytes for a {}-byte read",
-                data.len(),
-                req.size
-            )));
-        }
-        let mut b = [0u8; 8];
-        let n = data.len().min(8);
-        b[..n].copy_from_slice(&data[..n]);
-        self.vm
-            .complete(u64::from_le_bytes(b))
-            .map_err(|e| self.fail(e))?;
+        let value = input_value(req.size, data)?;
+        self.vm.complete(value).map_err(|e| self.fail(e))?;
         self.state = RunState::Boundary;
         self.boundary();
         Ok(())
     }
 
     fn inject(&mut self, event: &AsyncEvent) -> SourceResult<()> {
-        match event {
-            AsyncEvent::Interrupt { device } => match *device {
-                id::TIMER => self.dev.timer_pending += 1,
-                id::NET => self.dev.net_irq = true,
-                id::BLOCK => self.dev.blk_irq = true,
-                other => {
-                    return Err(SourceError::BadEvent(format!(
-                        "device {} has no interrupt line",
-                        other.0
-                    )))
-                }
-            },
-            AsyncEvent::DeviceInput { device, data } => {
-                if *device != id::NET {
-                    return Err(SourceError::BadEvent(format!(
-                        "device {} takes no unsolicited input",
-                        device.0
-                    )));
-                }
-                if self.dev.net_rx.len() >= devices::NET_RX_QUEUE
-                    || data.len() as u64 > devices::NET_MTU
-                {
-                    self.dev.net_dropped += 1;
-                } else {
-                    self.dev.net_rx.push_back(data.clone());
-                }
-                self.dev.net_irq = true;
-            }
-            AsyncEvent::IoComplete { io, status, data } => {
-                self.complete_io(*io, *status, data.as_ref())?;
-            }
-        }
+        self.dev.model.inject(event, self.vm.memory_mut())?;
         self.note_raised();
         Ok(())
     }

@@ -6,6 +6,7 @@
 //! on the thread that owns the machine, so there is never a concurrent writer while a
 //! slice is borrowed (see [`GuestMemory::as_slice`]).
 
+use ft_core::device_set::model::ModelError;
 use thiserror::Error;
 
 /// Errors of guest memory.
@@ -154,6 +155,31 @@ impl Drop for GuestMemory {
         unsafe {
             libc::munmap(self.ptr.cast::<libc::c_void>(), self.size);
         }
+    }
+}
+
+impl ft_core::device_set::model::GuestMemory for GuestMemory {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), ModelError> {
+        GuestMemory::read(self, addr, buf).map_err(model_error)
+    }
+
+    fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), ModelError> {
+        GuestMemory::write(self, addr, data).map_err(model_error)
+    }
+
+    fn contains(&self, addr: u64, len: u64) -> bool {
+        GuestMemory::contains(self, addr, len)
+    }
+}
+
+fn model_error(e: MemoryError) -> ModelError {
+    match e {
+        MemoryError::OutOfRange { addr, len, .. } => ModelError::OutOfRange { addr, len },
+        // Not produced by accesses; reported as the whole range being unusable.
+        MemoryError::Map { size, .. } | MemoryError::BadSize(size) => ModelError::OutOfRange {
+            addr: 0,
+            len: size as u64,
+        },
     }
 }
 

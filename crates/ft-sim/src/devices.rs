@@ -21,8 +21,8 @@
 //! | `0x1000_6000` | interrupt status | `0x0` PENDING: bit per device id with an interrupt raised |
 //! | `0x1000_7000` | exit | `0x0` EXIT: write a code to end the run |
 
-use bytes::Bytes;
-use ft_core::{DeviceId, InputRequest};
+use ft_core::device_set::model::{self, DeviceModel, Load, StoreResult};
+use ft_core::InputRequest;
 use serde::{Deserialize, Serialize};
 
 /// The standard device set's ids, registers, op codes and limits (shared with every
@@ -77,24 +77,8 @@ pub(crate) enum Action {
 /// Guest-visible state of all devices.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Devices {
-    pub(crate) uart_line: Vec<u8>,
-    pub(crate) timer_pending: u64,
-    pub(crate) blk_sector: u64,
-    pub(crate) blk_dma: u64,
-    pub(crate) blk_count: u64,
-    pub(crate) blk_status: u64,
-    pub(crate) blk_irq: bool,
-    /// The block I/O in flight, with the guest's DMA target.
-    pub(crate) blk_inflight: Option<(u64, u64, u64)>,
-    pub(crate) net_rx: std::collections::VecDeque<Bytes>,
-    pub(crate) net_rx_addr: u64,
-    pub(crate) net_tx_addr: u64,
-    pub(crate) net_tx_len: u64,
-    pub(crate) net_irq: bool,
-    pub(crate) net_dropped: u64,
-    /// Timer arms in flight.
-    pub(crate) timers_inflight: std::collections::BTreeSet<u64>,
-    pub(crate) next_io: u64,
+    /// The standard device set's model.
+    pub(crate) model: DeviceModel,
     /// A nondeterministic read waiting for its value, and the value once supplied.
     pub(crate) input: Option<(InputRequest, Option<u64>)>,
     pub(crate) action: Option<Action>,
@@ -103,26 +87,11 @@ pub struct Devices {
 impl Devices {
     /// Interrupt lines: (machine external, machine timer).
     pub(crate) fn irq_lines(&self) -> (bool, bool) {
-        (self.blk_irq || self.net_irq, self.timer_pending > 0)
+        let m = &self.model;
+        (m.blk_irq || m.net_irq, m.timer_pending > 0)
     }
 
-    fn pending_mask(&self) -> u64 {
-        (u64::from(self.timer_pending > 0) << id::TIMER.0)
-            | (u64::from(self.blk_irq) << id::BLOCK.0)
-            | (u64::from(self.net_irq) << id::NET.0)
-    }
-
-    fn nondeterministic_read(
-        &mut self,
-        device: DeviceId,
-        offset: u64,
-        size: u8,
-    ) -> MmioResult<u64> {
-        let req = InputRequest {
-            device,
-            offset,
-            size,
-        };
+    fn nondeterministic_read(&mut self, req: InputRequest) -> MmioResult<u64> {
         match self.input.take() {
             Some((pending, Some(v))) if pending == req => MmioResult::Ok(v),
             _ => {
@@ -140,89 +109,26 @@ impl Devices {
 
 impl Mmio for Devices {
     fn load(&mut self, addr: u64, size: u8) -> MmioResult<u64> {
-        let base = addr & !(map::WINDOW - 1);
-        let off = addr - base;
-        match (base, off) {
-            (map::CLOCK, 0) => self.nondeterministic_read(id::CLOCK, off, size),
-            (map::RNG, 0) => self.nondeterministic_read(id::RNG, off, size),
-            (map::TIMER, reg::TIMER_STATUS) => MmioResult::Ok(self.timer_pending),
-            (map::BLOCK, reg::BLK_SECTOR) => MmioResult::Ok(self.blk_sector),
-            (map::BLOCK, reg::BLK_DMA) => MmioResult::Ok(self.blk_dma),
-            (map::BLOCK, reg::BLK_COUNT) => MmioResult::Ok(self.blk_count),
-            (map::BLOCK, reg::BLK_STATUS) => MmioResult::Ok(self.blk_status),
-            (map::NET, reg::NET_RX_LEN) => {
-                MmioResult::Ok(self.net_rx.front().map_or(0, |p| p.len() as u64))
-            }
-            (map::NET, reg::NET_RX_COUNT) => MmioResult::Ok(self.net_rx.len() as u64),
-            (map::PIC, 0) => MmioResult::Ok(self.pending_mask()),
-            (map::UART | map::CLOCK | map::RNG | map::TIMER | map::BLOCK | map::NET, _) => {
-                MmioResult::Ok(0)
-            }
-            _ => MmioResult::Fault,
+        match self.model.load(map::BASE, addr, size) {
+            Load::Value(v) => MmioResult::Ok(v),
+            Load::Input(req) => self.nondeterministic_read(req),
+            Load::Unmapped => MmioResult::Fault,
         }
     }
 
     fn store(&mut self, addr: u64, _size: u8, value: u64) -> MmioResult<()> {
-        let base = addr & !(map::WINDOW - 1);
-        let off = addr - base;
-        match (base, off) {
-            (map::UART, reg::UART_TX) => {
-                self.uart_line.push(value as u8);
-                if value as u8 == b'\n' || self.uart_line.len() >= UART_LINE_MAX {
-                    self.stop(Action::UartLine)
-                } else {
-                    MmioResult::Ok(())
-                }
-            }
-            (map::UART, reg::UART_FLUSH) if !self.uart_line.is_empty() => {
-                self.stop(Action::UartLine)
-            }
-            (map::TIMER, reg::TIMER_ARM) => self.stop(Action::TimerArm(value)),
-            (map::TIMER, reg::TIMER_ACK) => {
-                self.timer_pending = self.timer_pending.saturating_sub(1);
-                self.stop(Action::IrqChanged)
-            }
-            (map::BLOCK, reg::BLK_SECTOR) => {
-                self.blk_sector = value;
-                MmioResult::Ok(())
-            }
-            (map::BLOCK, reg::BLK_DMA) => {
-                self.blk_dma = value;
-                MmioResult::Ok(())
-            }
-            (map::BLOCK, reg::BLK_COUNT) => {
-                self.blk_count = value;
-                MmioResult::Ok(())
-            }
-            (map::BLOCK, reg::BLK_CMD) => self.stop(Action::BlockCmd(value)),
-            (map::BLOCK, reg::BLK_ACK) => {
-                self.blk_irq = false;
-                self.blk_status &= !(blk_status::DONE | blk_status::ERROR);
-                self.stop(Action::IrqChanged)
-            }
-            (map::NET, reg::NET_RX_ADDR) => {
-                self.net_rx_addr = value;
-                MmioResult::Ok(())
-            }
-            (map::NET, reg::NET_RX_POP) => self.stop(Action::NetRxPop),
-            (map::NET, reg::NET_TX_ADDR) => {
-                self.net_tx_addr = value;
-                MmioResult::Ok(())
-            }
-            (map::NET, reg::NET_TX_LEN) => {
-                self.net_tx_len = value;
-                MmioResult::Ok(())
-            }
-            (map::NET, reg::NET_TX_SEND) => self.stop(Action::NetTxSend),
-            (map::NET, reg::NET_ACK) => {
-                self.net_irq = false;
-                self.stop(Action::IrqChanged)
-            }
-            (map::EXIT, 0) => self.stop(Action::Exit(value)),
-            (map::UART | map::CLOCK | map::RNG | map::TIMER | map::BLOCK | map::NET, _) => {
-                MmioResult::Ok(())
-            }
-            _ => MmioResult::Fault,
+        match self.model.store(map::BASE, addr, value) {
+            StoreResult::Done => MmioResult::Ok(()),
+            StoreResult::Unmapped => MmioResult::Fault,
+            StoreResult::Act(a) => self.stop(match a {
+                model::Action::UartLine => Action::UartLine,
+                model::Action::TimerArm(d) => Action::TimerArm(d),
+                model::Action::BlockCmd(c) => Action::BlockCmd(c),
+                model::Action::NetRxPop => Action::NetRxPop,
+                model::Action::NetTxSend => Action::NetTxSend,
+                model::Action::Exit(c) => Action::Exit(c),
+                model::Action::Ack(_) => Action::IrqChanged,
+            }),
         }
     }
 }

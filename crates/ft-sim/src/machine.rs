@@ -1,34 +1,16 @@
 //! The sim machine: CPU, RAM and devices behind [`ft_core::EventSource`].
 
-use bytes::Bytes;
+use ft_core::device_set::model::input_value;
 use ft_core::digest::StateHasher;
-use ft_core::{
-    AsyncEvent, EventSource, ExecPoint, IoId, IoKind, IoRequest, RawOutput, SourceError,
-    SourceResult, Stop,
-};
+use ft_core::{AsyncEvent, EventSource, ExecPoint, SourceError, SourceResult, Stop};
 use serde::{Deserialize, Serialize};
 
 use crate::cpu::{Cpu, StepExit};
-use crate::devices::{self, blk_status, id, op, Action, Devices};
+use crate::devices::{Action, Devices};
 use crate::memory::{Ram, RAM_BASE};
 
-/// How the block device's disk is attached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum DiskMode {
-    /// One disk both sides can reach. Only the live side writes, and its writes are
-    /// outputs under the output rule.
-    Shared {
-        /// The backup reads the shared disk itself instead of receiving read data in
-        /// the log.
-        backup_reads_disk: bool,
-    },
-    /// Each side has its own copy and writes it; writes are not outputs. Reads may come
-    /// from the backup's own copy as well.
-    Private {
-        /// The backup reads its own copy instead of receiving read data in the log.
-        backup_reads_disk: bool,
-    },
-}
+/// How the block device's disk is attached (the standard device set's).
+pub use ft_core::device_set::model::DiskMode;
 
 /// Configuration of a sim machine. Both sides of a pair must use the same.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,7 +122,7 @@ impl Machine {
 
     /// Packets the network device dropped because its queue was full.
     pub fn net_dropped(&self) -> u64 {
-        self.dev.net_dropped
+        self.dev.model.net_dropped
     }
 
     fn update_irqs(&mut self) {
@@ -149,140 +131,29 @@ impl Machine {
         self.cpu.set_mip(crate::cpu::MIP_MTIP, timer);
     }
 
-    fn new_io(&mut self) -> IoId {
-        let id = IoId(self.dev.next_io);
-        self.dev.next_io += 1;
-        id
-    }
-
     /// Carry out a device action at the instruction that triggered it; `Some` if it is
     /// a stop the engine must see.
     fn perform(&mut self, action: Action) -> Option<Stop> {
         match action {
-            Action::UartLine => {
-                let line = std::mem::take(&mut self.dev.uart_line);
-                Some(Stop::Output(RawOutput {
-                    device: id::UART,
-                    data: Bytes::from(line),
-                }))
-            }
-            Action::TimerArm(delay) => {
-                let io = self.new_io();
-                self.dev.timers_inflight.insert(io.0);
-                Some(Stop::IoStart(IoRequest {
-                    id: io,
-                    device: id::TIMER,
-                    kind: IoKind::Request,
-                    op: op::TIMER_ARM,
-                    offset: delay,
-                    len: 0,
-                    data: Bytes::new(),
-                }))
-            }
-            Action::BlockCmd(cmd) => self.block_command(cmd),
-            Action::NetRxPop => {
-                if let Some(pkt) = self.dev.net_rx.pop_front() {
-                    // A bad target address drops the packet, as a NIC would.
-                    let _ = self.ram.write(self.dev.net_rx_addr, &pkt);
+            Action::UartLine => Some(self.dev.model.take_uart_line()),
+            Action::TimerArm(delay) => Some(self.dev.model.arm_timer(delay)),
+            Action::BlockCmd(cmd) => {
+                let stop = self.dev.model.block_command(cmd, self.cfg.disk, &self.ram);
+                if stop.is_none() {
+                    self.update_irqs();
                 }
+                stop
+            }
+            Action::NetRxPop => {
+                self.dev.model.net_rx_pop(&mut self.ram);
                 None
             }
-            Action::NetTxSend => {
-                let len = self.dev.net_tx_len.min(devices::NET_MTU) as usize;
-                let mut buf = vec![0u8; len];
-                if self.ram.read(self.dev.net_tx_addr, &mut buf).is_err() {
-                    return None;
-                }
-                Some(Stop::Output(RawOutput {
-                    device: id::NET,
-                    data: Bytes::from(buf),
-                }))
-            }
+            Action::NetTxSend => self.dev.model.net_tx_send(&self.ram),
             Action::Exit(code) => {
                 self.exited = Some(code);
                 Some(Stop::Halted(code))
             }
             Action::IrqChanged => None,
-        }
-    }
-
-    fn block_command(&mut self, cmd: u64) -> Option<Stop> {
-        let d = &mut self.dev;
-        let len = d.blk_count.saturating_mul(devices::SECTOR_SIZE);
-        let valid = (cmd == devices::BLK_CMD_READ || cmd == devices::BLK_CMD_WRITE)
-            && d.blk_inflight.is_none()
-            && d.blk_count > 0
-            && d.blk_count <= devices::MAX_SECTORS
-            && self.ram.contains(d.blk_dma, len);
-        if !valid {
-            d.blk_status |= blk_status::ERROR | blk_status::DONE;
-            d.blk_irq = true;
-            self.update_irqs();
-            return None;
-        }
-        let (shared, local_reads) = match self.cfg.disk {
-            DiskMode::Shared { backup_reads_disk } => (true, backup_reads_disk),
-            DiskMode::Private { backup_reads_disk } => (false, backup_reads_disk),
-        };
-        let offset = d.blk_sector.saturating_mul(devices::SECTOR_SIZE);
-        let (kind, opc, data) = if cmd == devices::BLK_CMD_READ {
-            let kind = if local_reads {
-                IoKind::LocalRead
-            } else {
-                IoKind::Request
-            };
-            (kind, op::DISK_READ, Bytes::new())
-        } else {
-            let mut buf = vec![0u8; len as usize];
-            // In range: checked above.
-            let _ = self.ram.read(d.blk_dma, &mut buf);
-            let kind = if shared {
-                IoKind::SharedWrite
-            } else {
-                IoKind::PrivateWrite
-            };
-            (kind, op::DISK_WRITE, Bytes::from(buf))
-        };
-        let dma = d.blk_dma;
-        d.blk_status = blk_status::BUSY;
-        let io = self.new_io();
-        self.dev.blk_inflight = Some((io.0, dma, len));
-        Some(Stop::IoStart(IoRequest {
-            id: io,
-            device: id::BLOCK,
-            kind,
-            op: opc,
-            offset,
-            len: len as u32,
-            data,
-        }))
-    }
-
-    fn complete_io(&mut self, io: IoId, status: u32, data: Option<&Bytes>) -> SourceResult<()> {
-        if self.dev.timers_inflight.remove(&io.0) {
-            self.dev.timer_pending += 1;
-            return Ok(());
-        }
-        match self.dev.blk_inflight {
-            Some((blk_io, dma, len)) if blk_io == io.0 => {
-                self.dev.blk_inflight = None;
-                let mut st = blk_status::DONE;
-                if status != 0 {
-                    st |= blk_status::ERROR;
-                } else if let Some(data) = data {
-                    // The bounce buffer lands in guest memory now, all at once.
-                    if data.len() as u64 != len || self.ram.write(dma, data).is_err() {
-                        st |= blk_status::ERROR;
-                    }
-                }
-                self.dev.blk_status = st;
-                self.dev.blk_irq = true;
-                Ok(())
-            }
-            _ => Err(SourceError::BadEvent(format!(
-                "completion for I/O {} which is not in flight",
-                io.0
-            ))),
         }
     }
 }
@@ -356,17 +227,7 @@ impl EventSource for Machine {
     fn supply_input(&mut self, data: &[u8]) -> SourceResult<()> {
         match &mut self.dev.input {
             Some((req, slot @ None)) => {
-                if data.len() != usize::from(req.size) && data.len() != 8 {
-                    return Err(SourceError::UnexpectedInput(format!(
-                        "{} bytes for a {}-byte read",
-                        data.len(),
-                        req.size
-                    )));
-                }
-                let mut b = [0u8; 8];
-                let n = data.len().min(8);
-                b[..n].copy_from_slice(&data[..n]);
-                *slot = Some(u64::from_le_bytes(b));
+                *slot = Some(input_value(req.size, data)?);
                 Ok(())
             }
             _ => Err(SourceError::UnexpectedInput("no read is pending".into())),
@@ -374,38 +235,7 @@ impl EventSource for Machine {
     }
 
     fn inject(&mut self, event: &AsyncEvent) -> SourceResult<()> {
-        match event {
-            AsyncEvent::Interrupt { device } => match *device {
-                id::TIMER => self.dev.timer_pending += 1,
-                id::NET => self.dev.net_irq = true,
-                id::BLOCK => self.dev.blk_irq = true,
-                other => {
-                    return Err(SourceError::BadEvent(format!(
-                        "device {} has no interrupt line",
-                        other.0
-                    )))
-                }
-            },
-            AsyncEvent::DeviceInput { device, data } => {
-                if *device != id::NET {
-                    return Err(SourceError::BadEvent(format!(
-                        "device {} takes no unsolicited input",
-                        device.0
-                    )));
-                }
-                if self.dev.net_rx.len() >= devices::NET_RX_QUEUE
-                    || data.len() as u64 > devices::NET_MTU
-                {
-                    self.dev.net_dropped += 1;
-                } else {
-                    self.dev.net_rx.push_back(data.clone());
-                }
-                self.dev.net_irq = true;
-            }
-            AsyncEvent::IoComplete { io, status, data } => {
-                self.complete_io(*io, *status, data.as_ref())?;
-            }
-        }
+        self.dev.model.inject(event, &mut self.ram)?;
         self.update_irqs();
         Ok(())
     }

@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use ft_core::device_set::model::{GuestMemory, ModelError};
+
 /// Guest-physical address of the first byte of RAM.
 pub const RAM_BASE: u64 = 0x8000_0000;
 
@@ -256,6 +258,26 @@ impl Ram {
         for page in 0..self.page_count() as usize {
             self.mark_page(page);
         }
+    }
+}
+
+impl GuestMemory for Ram {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> std::result::Result<(), ModelError> {
+        Ram::read(self, addr, buf).map_err(model_error)
+    }
+
+    fn write(&mut self, addr: u64, data: &[u8]) -> std::result::Result<(), ModelError> {
+        Ram::write(self, addr, data).map_err(model_error)
+    }
+
+    fn contains(&self, addr: u64, len: u64) -> bool {
+        Ram::contains(self, addr, len)
+    }
+}
+
+fn model_error(e: MemoryError) -> ModelError {
+    match e {
+        MemoryError::OutOfRange { addr, len } => ModelError::OutOfRange { addr, len },
     }
 }
 

@@ -134,3 +134,5 @@ pub const NET_RX_QUEUE: usize = 32;
 pub const NET_MTU: u64 = 2048;
 /// Bytes the UART buffers before it sends a line anyway.
 pub const UART_LINE_MAX: usize = 256;
+
+pub mod model;
