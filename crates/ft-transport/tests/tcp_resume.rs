@@ -212,8 +212,11 @@ fn a_position_the_primary_no_longer_holds_is_refused() {
         ),
         "{e}"
     );
-    let s = ph.stats();
-    assert_eq!((s.resume_refused, s.refused), (2, 2));
+    // The primary counts a refusal after sending it: wait for its thread to get there.
+    wait_for("both refusals counted", || {
+        let s = ph.stats();
+        (s.resume_refused, s.refused) == (2, 2)
+    });
     assert!(matches!(
         ph.last_error(),
         Some(TcpError::ResumeRefused { .. })
