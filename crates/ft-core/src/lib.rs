@@ -48,6 +48,7 @@ pub mod output_gate;
 pub mod record;
 mod recorder;
 mod replayer;
+pub mod snapshot_frame;
 pub mod world;
 
 pub use arbiter::{Arbiter, ArbiterError, Decision, InProcessArbiter, NodeId, PairId};

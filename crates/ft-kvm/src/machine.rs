@@ -63,6 +63,7 @@ use std::time::{Duration, Instant};
 
 use ft_core::device_set::model::input_value;
 use ft_core::digest::StateHasher;
+use ft_core::snapshot_frame;
 use ft_core::{AsyncEvent, EventSource, ExecPoint, InputRequest, SourceError, SourceResult, Stop};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -661,46 +662,23 @@ impl EventSource for KvmMachine {
             vcpu,
         };
         let meta = postcard::to_stdvec(&meta).map_err(|e| SourceError::Snapshot(e.to_string()))?;
-        let ram = self.vm.memory().as_slice();
-        let mut out = Vec::with_capacity(32 + meta.len() + ram.len());
-        out.extend_from_slice(SNAPSHOT_MAGIC);
-        out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-        out.extend_from_slice(&[0u8; 4]); // checksum, filled below
-        out.extend_from_slice(&(meta.len() as u64).to_le_bytes());
-        out.extend_from_slice(&meta);
-        out.extend_from_slice(&(ram.len() as u64).to_le_bytes());
-        out.extend_from_slice(ram);
-        let crc = crc32fast::hash(&out[16..]);
-        out[12..16].copy_from_slice(&crc.to_le_bytes());
-        Ok(out)
+        Ok(snapshot_frame::encode(
+            SNAPSHOT_MAGIC,
+            SNAPSHOT_VERSION,
+            &meta,
+            self.vm.memory().as_slice(),
+        ))
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> SourceResult<()> {
-        let bad = |m: &str| SourceError::Snapshot(m.to_string());
-        if snapshot.len() < 24 || &snapshot[0..8] != SNAPSHOT_MAGIC {
-            return Err(bad("not a KVM machine snapshot (bad magic)"));
-        }
-        let version = u32::from_le_bytes([snapshot[8], snapshot[9], snapshot[10], snapshot[11]]);
-        if version != SNAPSHOT_VERSION {
-            return Err(SourceError::Snapshot(format!(
-                "snapshot version {version}, this build reads {SNAPSHOT_VERSION}"
-            )));
-        }
-        let crc = u32::from_le_bytes([snapshot[12], snapshot[13], snapshot[14], snapshot[15]]);
-        if crc32fast::hash(&snapshot[16..]) != crc {
-            return Err(bad("snapshot checksum mismatch"));
-        }
-        let (meta_len, rest) = split_len(&snapshot[16..]).ok_or_else(|| bad("truncated"))?;
-        if rest.len() < meta_len {
-            return Err(bad("truncated snapshot metadata"));
-        }
-        let (meta, rest) = rest.split_at(meta_len);
+        let (meta, ram) =
+            snapshot_frame::decode(snapshot, SNAPSHOT_MAGIC, SNAPSHOT_VERSION, "KVM machine")?;
         let meta: SnapshotMeta =
             postcard::from_bytes(meta).map_err(|e| SourceError::Snapshot(e.to_string()))?;
-        let (ram_len, ram) = split_len(rest).ok_or_else(|| bad("truncated"))?;
-        if ram.len() != ram_len || ram_len != self.vm.memory().size() {
-            return Err(bad(
-                "snapshot RAM size does not match this machine's memory (use the same configuration)",
+        if ram.len() != self.vm.memory().size() {
+            return Err(SourceError::Snapshot(
+                "snapshot RAM size does not match this machine's memory (use the same configuration)"
+                    .into(),
             ));
         }
         self.vm
@@ -744,16 +722,4 @@ pub fn avx_upper_halves(xsave: &[u32]) -> Vec<u8> {
         }
     }
     out
-}
-
-fn split_len(b: &[u8]) -> Option<(usize, &[u8])> {
-    if b.len() < 8 {
-        return None;
-    }
-    let (l, rest) = b.split_at(8);
-    let mut a = [0u8; 8];
-    a.copy_from_slice(l);
-    usize::try_from(u64::from_le_bytes(a))
-        .ok()
-        .map(|n| (n, rest))
 }
