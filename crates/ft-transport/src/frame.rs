@@ -91,6 +91,52 @@ fn send<L: FrameLink>(link: &mut L, buf: Vec<u8>, traffic: &mut Traffic) -> Resu
     Ok(())
 }
 
+/// The constructor and accessors both channel ends share.
+macro_rules! end_accessors {
+    ($end:ident, $what:literal) => {
+        impl<L: FrameLink> $end<L> {
+            /// Wrap `link`.
+            pub fn new(link: L) -> $end<L> {
+                $end {
+                    link,
+                    inbound: Inbound::default(),
+                    traffic: Traffic::default(),
+                }
+            }
+
+            #[doc = concat!("Bytes of ", $what, " frames sent so far (headers included).")]
+            pub fn bytes_sent(&self) -> u64 {
+                self.traffic.bytes_sent
+            }
+
+            #[doc = concat!("Frames of ", $what, "s sent so far.")]
+            pub fn frames_sent(&self) -> u64 {
+                self.traffic.frames_sent
+            }
+
+            /// All traffic counters.
+            pub fn traffic(&self) -> Traffic {
+                self.traffic
+            }
+
+            /// The link.
+            pub fn link(&self) -> &L {
+                &self.link
+            }
+
+            /// The link, mutably.
+            pub fn link_mut(&mut self) -> &mut L {
+                &mut self.link
+            }
+
+            /// Unwrap the link.
+            pub fn into_link(self) -> L {
+                self.link
+            }
+        }
+    };
+}
+
 /// The primary's end of a log channel over a [`FrameLink`]: sends record frames,
 /// receives ack frames.
 #[derive(Debug)]
@@ -100,46 +146,7 @@ pub struct PrimaryEnd<L> {
     traffic: Traffic,
 }
 
-impl<L: FrameLink> PrimaryEnd<L> {
-    /// Wrap `link`.
-    pub fn new(link: L) -> PrimaryEnd<L> {
-        PrimaryEnd {
-            link,
-            inbound: Inbound::default(),
-            traffic: Traffic::default(),
-        }
-    }
-
-    /// Bytes of record frames sent so far (headers included).
-    pub fn bytes_sent(&self) -> u64 {
-        self.traffic.bytes_sent
-    }
-
-    /// Record frames sent so far.
-    pub fn frames_sent(&self) -> u64 {
-        self.traffic.frames_sent
-    }
-
-    /// All traffic counters.
-    pub fn traffic(&self) -> Traffic {
-        self.traffic
-    }
-
-    /// The link.
-    pub fn link(&self) -> &L {
-        &self.link
-    }
-
-    /// The link, mutably.
-    pub fn link_mut(&mut self) -> &mut L {
-        &mut self.link
-    }
-
-    /// Unwrap the link.
-    pub fn into_link(self) -> L {
-        self.link
-    }
-}
+end_accessors!(PrimaryEnd, "record");
 
 impl<L: FrameLink> LogChannel for PrimaryEnd<L> {
     /// Encode `records` as one frame and send it. An empty batch sends nothing. A batch
@@ -176,46 +183,7 @@ pub struct BackupEnd<L> {
     traffic: Traffic,
 }
 
-impl<L: FrameLink> BackupEnd<L> {
-    /// Wrap `link`.
-    pub fn new(link: L) -> BackupEnd<L> {
-        BackupEnd {
-            link,
-            inbound: Inbound::default(),
-            traffic: Traffic::default(),
-        }
-    }
-
-    /// Bytes of ack frames sent so far (headers included).
-    pub fn bytes_sent(&self) -> u64 {
-        self.traffic.bytes_sent
-    }
-
-    /// Ack frames sent so far.
-    pub fn frames_sent(&self) -> u64 {
-        self.traffic.frames_sent
-    }
-
-    /// All traffic counters.
-    pub fn traffic(&self) -> Traffic {
-        self.traffic
-    }
-
-    /// The link.
-    pub fn link(&self) -> &L {
-        &self.link
-    }
-
-    /// The link, mutably.
-    pub fn link_mut(&mut self) -> &mut L {
-        &mut self.link
-    }
-
-    /// Unwrap the link.
-    pub fn into_link(self) -> L {
-        self.link
-    }
-}
+end_accessors!(BackupEnd, "ack");
 
 impl<L: FrameLink> LogReceiver for BackupEnd<L> {
     /// The next batch. A frame that does not decode, or an ack frame, is
