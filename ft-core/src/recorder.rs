@@ -37,6 +37,17 @@ impl<S: EventSource, W: World> Node<S, W> {
         seq
     }
 
+    /// Log the scheduled state digest at the machine's point (when logging) and move
+    /// the schedule on.
+    fn log_digest(&mut self, now: Nanos) {
+        if self.logging() {
+            let value = self.source.digest();
+            self.log(Event::Digest { value }, now);
+        }
+        self.next_digest =
+            crate::node::next_multiple(self.source.point().count, self.cfg.digest_interval);
+    }
+
     pub(crate) fn record_step(&mut self, now: Nanos) -> Result<StepOutcome> {
         if let Some(code) = self.exited {
             return Ok(StepOutcome::Finished(code));
@@ -73,8 +84,14 @@ impl<S: EventSource, W: World> Node<S, W> {
         self.async_buf = events;
 
         let here = self.source.point();
-        if self.next_digest <= here.count {
-            // Coming from replay (go-live) or a restored snapshot.
+        if self.next_digest == here.count {
+            // The last stop (an input completed, an output or I/O start retired) landed
+            // exactly on the digest point: `run` never passes `next_digest`, so this is
+            // the scheduled digest, taken after the events delivered here.
+            self.log_digest(now);
+        } else if self.next_digest < here.count {
+            // Coming from replay (go-live) or a restored snapshot: the schedule restarts
+            // from here (a side that is live does not log).
             self.next_digest = crate::node::next_multiple(here.count, self.cfg.digest_interval);
         }
         let target = here.plus(slice).min(ExecPoint::at(self.next_digest));
@@ -82,14 +99,7 @@ impl<S: EventSource, W: World> Node<S, W> {
         let outcome = match stop {
             Stop::Reached => {
                 if self.source.point().count >= self.next_digest {
-                    if self.logging() {
-                        let value = self.source.digest();
-                        self.log(Event::Digest { value }, now);
-                    }
-                    self.next_digest = crate::node::next_multiple(
-                        self.source.point().count,
-                        self.cfg.digest_interval,
-                    );
+                    self.log_digest(now);
                 }
                 StepOutcome::Progressed
             }

@@ -7,9 +7,9 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use ft_core::log_codec::{self, Frame, FrameDecoder};
+use ft_core::log_codec::{self, CodecError, Frame, FrameDecoder};
 use ft_core::{
-    Arbiter, Command, Config, InProcessArbiter, Nanos, Node, NodeId, Notice, Output, PairId,
+    Arbiter, Command, Config, InProcessArbiter, Nanos, Node, NodeId, Notice, Output, PairId, Phase,
     Record, Transmit,
 };
 use rand::{Rng, SeedableRng};
@@ -121,6 +121,9 @@ pub struct PairSim {
     held_p: Option<Bytes>,
     dec_b: FrameDecoder,
     dec_p: FrameDecoder,
+    /// The backup's log stream has ended (it suspected the primary) and what was left
+    /// of it has been checked.
+    log_ended: bool,
     primary_up: bool,
     backup_up: bool,
     cut_to_backup: bool,
@@ -170,6 +173,7 @@ impl PairSim {
             held_p: None,
             dec_b: FrameDecoder::new(),
             dec_p: FrameDecoder::new(),
+            log_ended: false,
             primary_up: true,
             backup_up: true,
             cut_to_backup: false,
@@ -350,6 +354,15 @@ impl PairSim {
         }
         if self.backup_up && self.ticks % u64::from(self.cfg.backup_step_every.max(1)) == 0 {
             if let Err(e) = self.backup.step(now) {
+                self.error(Side::Backup, e);
+            }
+        }
+        if self.backup_up && !self.log_ended && self.backup.phase() != &Phase::Replaying {
+            // The backup takes nothing more from the old primary: its log stream ends
+            // here, and a partial frame left in it (the primary fell silent in the
+            // middle of one) is a truncated stream, reported rather than dropped.
+            self.log_ended = true;
+            if let Err(e @ CodecError::Truncated { .. }) = self.dec_b.finish() {
                 self.error(Side::Backup, e);
             }
         }

@@ -4,11 +4,13 @@
 // Test helpers outside #[test] fns may unwrap too.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod prop_support;
+
 use ft_sim::asm::*;
 use ft_sim::cpu::{csr, Cpu, Exception, NoMmio, StepOutcome};
 use ft_sim::memory::{Ram, RAM_BASE};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed};
+use proptest::test_runner::Config;
 
 #[test]
 fn known_encodings() {
@@ -225,13 +227,9 @@ fn li_edge_values() {
     assert_eq!(li_words(A0, 0x1000).unwrap().len(), 1);
 }
 
+/// Scaled by `FT_SOAK`, moved by `FT_SEED_BASE` (see `prop_support`).
 fn config(cases: u32) -> Config {
-    Config {
-        cases,
-        rng_seed: RngSeed::Fixed(0x5EED_0FF7),
-        failure_persistence: None,
-        ..Config::default()
-    }
+    prop_support::soaked_config(cases, 0x5EED_0FF7)
 }
 
 proptest! {

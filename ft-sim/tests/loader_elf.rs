@@ -4,12 +4,14 @@
 // Test helpers outside #[test] fns may unwrap too.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod prop_support;
+
 use ft_sim::asm::*;
 use ft_sim::cpu::{Cpu, NoMmio, StepExit};
 use ft_sim::loader::{load_elf, load_raw, LoaderError};
 use ft_sim::memory::{Ram, RAM_BASE};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed};
+use proptest::test_runner::Config;
 
 const RAM_SIZE: usize = 1 << 20;
 
@@ -390,13 +392,9 @@ fn bad_symbol_tables_give_typed_errors() {
     }
 }
 
+/// Scaled by `FT_SOAK`, moved by `FT_SEED_BASE` (see `prop_support`).
 fn config(cases: u32) -> Config {
-    Config {
-        cases,
-        rng_seed: RngSeed::Fixed(0xE1F_10AD),
-        failure_persistence: None,
-        ..Config::default()
-    }
+    prop_support::soaked_config(cases, 0xE1F_10AD)
 }
 
 proptest! {

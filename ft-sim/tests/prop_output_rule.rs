@@ -32,27 +32,80 @@ fn program_case(seed: u64, enforce: bool) -> Case {
     case
 }
 
+/// Instructions per virtual millisecond that the idle service guest spends on its own
+/// periodic timer, measured once on a full-speed pair between 100 and 200 ms.
+fn service_idle_load_per_ms() -> u64 {
+    static LOAD: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *LOAD.get_or_init(|| {
+        let m = Machine::from_raw(MachineConfig::default(), &guests::service().unwrap()).unwrap();
+        let mut sim = PairSim::with_machine(PairConfig::default(), m);
+        let tick = sim.config().tick;
+        let ticks = 100_000_000 / tick;
+        sim.run_until(ticks, |_| false);
+        let before = sim.primary.source().cpu().instret();
+        sim.run_until(ticks, |_| false);
+        (sim.primary.source().cpu().instret() - before).div_ceil(100)
+    })
+}
+
+/// Run the service guest on `cfg` with a client sending one request at each of
+/// `delays` until every request is answered or `max_ticks` passed. Returns the pair,
+/// the ticks used, and whether every request was answered.
+fn run_service(cfg: PairConfig, delays: &[u64], max_ticks: u64) -> (PairSim, u64, bool) {
+    let m = Machine::from_raw(MachineConfig::default(), &guests::service().unwrap()).unwrap();
+    let mut sim = PairSim::with_machine(cfg, m);
+    let mut client = Client::new(3_000_000);
+    for &d in delays {
+        client.request(&mut sim, d);
+    }
+    let mut ticks = 0;
+    while !client.pending.is_empty() && ticks < max_ticks {
+        client.tick(&mut sim);
+        ticks += 1;
+    }
+    let answered = client.pending.is_empty();
+    (sim, ticks, answered)
+}
+
+/// The service guest behind a random pair, with a client that resends.
+///
+/// The tick budget follows from the case, not a constant. The lag throttle ties the
+/// primary to the backup, which replays at most `slice` instructions per step and
+/// steps once every `backup_step_every` ticks: that is the pair's capacity per tick. A
+/// pair whose capacity is below the guest's own timer load falls behind for good, as
+/// any machine too slow for its timer would, so the case keeps its capacity at least
+/// twice the measured idle load (raising the slice where needed). The work is measured
+/// on a full-speed reference run of the same requests; at least half the capacity is
+/// left for it, so `reference ticks + 2 x work / capacity` bounds the run, and the
+/// budget allows twice that.
 fn service_case(seed: u64, enforce: bool) -> PairSim {
     let mut rng = case_rng(seed);
     let mut cfg = random_config(&mut rng, seed);
     cfg.engine.enforce_output_rule = enforce;
     cfg.link_latency = cfg.link_latency.max(1_000);
-    let m = Machine::from_raw(MachineConfig::default(), &guests::service().unwrap()).unwrap();
-    let mut sim = PairSim::with_machine(cfg, m);
-    let mut client = Client::new(3_000_000);
-    for _ in 0..rng.gen_range(2..=8) {
-        let d = rng.gen_range(0..2_000_000);
-        client.request(&mut sim, d);
-    }
-    for _ in 0..20_000 {
-        if client.pending.is_empty() {
-            break;
-        }
-        client.tick(&mut sim);
-    }
+    let delays: Vec<u64> = (0..rng.gen_range(2..=8))
+        .map(|_| rng.gen_range(0..2_000_000))
+        .collect();
+    let every = u64::from(cfg.backup_step_every.max(1));
+    // Capacity per virtual ms = slice / every * (1 ms / tick) >= 2 x load.
+    let min_slice = (2 * service_idle_load_per_ms() * every * cfg.tick).div_ceil(1_000_000);
+    cfg.engine.slice = cfg.engine.slice.max(min_slice);
+    let mut fast = cfg.clone();
+    fast.engine.slice = 2_000;
+    fast.backup_step_every = 1;
+    let (reference, ref_ticks, ok) = run_service(fast, &delays, 1_000_000);
     assert!(
-        client.pending.is_empty(),
-        "seed {seed:#x}: {}",
+        ok,
+        "seed {seed:#x}: the full-speed reference never answered"
+    );
+    let work = reference.primary.source().cpu().instret();
+    // Ticks to replay `work` instructions at `slice` per `every` ticks.
+    let work_ticks = (work * every).div_ceil(cfg.engine.slice);
+    let budget = 2 * (ref_ticks + 2 * work_ticks);
+    let (sim, ticks, answered) = run_service(cfg, &delays, budget);
+    assert!(
+        answered,
+        "seed {seed:#x}: not every request answered within {ticks} ticks (budget {budget}: {work} instructions of work take {work_ticks} ticks at this capacity; reference {ref_ticks} ticks): {}",
         describe(&sim)
     );
     sim

@@ -17,18 +17,7 @@ use ft_sim::progen::{Family, Params};
 use ft_sim::{Disk, Machine, MachineConfig, PairSim};
 use prop_support::*;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngAlgorithm, RngSeed};
 use rand::Rng;
-
-fn proptest_config(cases: u32, seed: u64) -> Config {
-    Config {
-        cases,
-        rng_algorithm: RngAlgorithm::ChaCha,
-        rng_seed: RngSeed::Fixed(seed),
-        failure_persistence: None,
-        ..Config::default()
-    }
-}
 
 /// Generate, run to the end and check one case.
 fn equivalence_case(seed: u64, family: Family) {
@@ -46,24 +35,24 @@ fn equivalence_case(seed: u64, family: Family) {
     check_equivalence(&mut case);
 }
 
-proptest! {
-    #![proptest_config(proptest_config(400, 0xf7_0001))]
-
-    /// Random instruction streams (traps, U-mode, loops, interrupts) replay exactly.
-    #[test]
-    fn replay_equivalence_stream(seed in any::<u64>()) {
+/// Random instruction streams (traps, U-mode, loops, interrupts) replay exactly. A
+/// failure's minimal input is the case seed: `FT_SEED=<seed>` with `replay_seed`
+/// reruns it alone.
+#[test]
+fn replay_equivalence_stream() {
+    check_prop(400, 0xf7_0001, any::<u64>(), |seed| {
         equivalence_case(seed, Family::Stream);
-    }
+        Ok(())
+    });
 }
 
-proptest! {
-    #![proptest_config(proptest_config(400, 0xf7_0002))]
-
-    /// Structured device programs (every device, DMA races) replay exactly.
-    #[test]
-    fn replay_equivalence_devices(seed in any::<u64>()) {
+/// Structured device programs (every device, DMA races) replay exactly.
+#[test]
+fn replay_equivalence_devices() {
+    check_prop(400, 0xf7_0002, any::<u64>(), |seed| {
         equivalence_case(seed, Family::Devices);
-    }
+        Ok(())
+    });
 }
 
 /// Rerun one seed from `FT_SEED` in both families (a fixed seed without it).
