@@ -79,8 +79,11 @@ fn slow_backup_case(seed: u64) {
         describe(&sim)
     );
     let s = sim.primary.stats().clone();
+    // Without the throttle the lag passes the bound (checked below), so it must have
+    // acted. Which of its two stages did depends on the case: slowed to 1/8 against a
+    // backup at most 8 times slower, the lag may never reach the pause threshold.
     assert!(
-        s.throttled_steps > 0 && s.slowed_steps > 0,
+        s.throttled_steps + s.slowed_steps > 0,
         "seed {seed:#x}: the slow backup never throttled the primary: {s:?}"
     );
     assert!(
@@ -128,7 +131,9 @@ fn slow_backup_throttles_primary_and_bounds_lag() {
     }
 }
 
-fn backpressure_case(seed: u64) {
+/// Runs one case; returns whether the outbox filled (back-pressure reached the
+/// primary's execution).
+fn backpressure_case(seed: u64) -> bool {
     let family = if seed % 2 == 0 {
         Family::Devices
     } else {
@@ -157,12 +162,7 @@ fn backpressure_case(seed: u64) {
         "seed {seed:#x}: {}",
         describe(&case.sim)
     );
-    let s = case.sim.primary.stats().clone();
-    assert!(
-        s.outbox_full_steps > 0,
-        "seed {seed:#x}: the outbox never filled ({s:?}, {} records)",
-        case.sim.trace().records.len()
-    );
+    let filled = case.sim.primary.stats().outbox_full_steps > 0;
     assert!(
         case.sim.trace().max_link_frames <= link_capacity,
         "seed {seed:#x}"
@@ -174,12 +174,25 @@ fn backpressure_case(seed: u64) {
         "seed {seed:#x}: records lost or reordered"
     );
     check_equivalence(&mut case);
+    filled
 }
 
+/// Whether the outbox fills depends on the generated program: one that mostly waits
+/// for interrupts produces records more slowly than the link drains them. So each
+/// case checks that nothing is lost, and the suite checks that back-pressure did
+/// reach the primary in most cases (about 1 case in 8,000 does not, on soaks).
 #[test]
 fn tiny_link_and_outbox_backpressure_loses_nothing() {
+    let (mut ran, mut filled) = (0u64, 0u64);
     for seed in seeds(0xbac, 40) {
-        backpressure_case(seed);
+        ran += 1;
+        filled += u64::from(backpressure_case(seed));
+    }
+    if ran >= 20 {
+        assert!(
+            filled * 10 >= ran * 9,
+            "the outbox filled in only {filled} of {ran} cases"
+        );
     }
 }
 
