@@ -562,79 +562,84 @@ fn bad_bytes_on_the_link_stop_the_backup_cleanly() {
     }
 }
 
+/// One gap-and-duplicates case; returns whether it found a quiet link to inject into.
+fn gap_case(seed: u64) -> bool {
+    let params = random_params(seed, Family::Devices);
+    let mut rng = case_rng(seed ^ 13);
+    let mut case = build_case(seed, &params, 10, 2_000_000, |_| {});
+    let at = rng.gen_range(2..=30);
+    // Inject only when nothing is in flight, so the frame meets a known state.
+    let quiet = case.sim.run_until(400_000, |s| {
+        s.backup.last_seq() >= at && s.backup.last_seq() == s.trace().records.len() as u64
+    });
+    if !quiet {
+        return false;
+    }
+    let recs = case.sim.trace().records.clone();
+    let last = recs.len();
+    let mut dup = Vec::new();
+    log_codec::encode_records(&recs[last.saturating_sub(3)..], &mut dup).unwrap();
+    // A gap: records renumbered to start 5 past the next one.
+    let mut gap_recs: Vec<Record> = recs[last.saturating_sub(2)..].to_vec();
+    let first = last as u64 + 5;
+    for (i, r) in gap_recs.iter_mut().enumerate() {
+        r.seq = first + i as u64;
+    }
+    let mut gap = Vec::new();
+    log_codec::encode_records(&gap_recs, &mut gap).unwrap();
+    let dups_before = case.sim.backup.stats().duplicates;
+    case.sim.inject_to_backup(Bytes::from(dup));
+    case.sim.inject_to_backup(Bytes::from(gap));
+    // The injected frames must reach the backup before the run counts as ended: a
+    // pair that was already done when they were injected ends at once otherwise.
+    assert!(
+        case.sim.run_until(400_000, |s| !s.errors().is_empty()),
+        "seed {seed:#x}: the gap frame was never reported: {}",
+        describe(&case.sim)
+    );
+    assert!(
+        run_to_end(&mut case.sim, 400_000),
+        "seed {seed:#x}: {}",
+        describe(&case.sim)
+    );
+    let errs: Vec<String> = case.sim.errors().iter().map(|e| e.2.clone()).collect();
+    assert_eq!(
+        errs,
+        vec![format!(
+            "log sequence gap: expected record {}, received {first}",
+            last + 1
+        )],
+        "seed {seed:#x}"
+    );
+    assert!(
+        case.sim.backup.stats().duplicates > dups_before,
+        "seed {seed:#x}"
+    );
+    // The one expected error aside, the run is exact.
+    assert!(!case.sim.diverged(), "seed {seed:#x}");
+    assert_eq!(
+        case.sim.primary.source_mut().digest(),
+        case.sim.backup.source_mut().digest(),
+        "seed {seed:#x}"
+    );
+    assert_eq!(
+        case.sim.primary_released(),
+        case.sim.backup.world().replayed_outputs(),
+        "seed {seed:#x}"
+    );
+    true
+}
+
 /// Well-formed frames with a sequence gap or old records, injected into the link:
 /// the gap is refused with a typed error, the duplicates are ignored, and the backup
 /// keeps replaying the real log to an exact end.
 #[test]
 fn gaps_and_duplicates_on_the_link_leave_replay_exact() {
-    let mut ran = 0;
-    let mut tried = 0;
+    let mut ran = 0u64;
+    let mut tried = 0u64;
     for seed in seeds(0x9a9, 24) {
         tried += 1;
-        let params = random_params(seed, Family::Devices);
-        let mut rng = case_rng(seed ^ 13);
-        let mut case = build_case(seed, &params, 10, 2_000_000, |_| {});
-        let at = rng.gen_range(2..=30);
-        // Inject only when nothing is in flight, so the frame meets a known state.
-        let quiet = case.sim.run_until(400_000, |s| {
-            s.backup.last_seq() >= at && s.backup.last_seq() == s.trace().records.len() as u64
-        });
-        if !quiet {
-            continue;
-        }
-        ran += 1;
-        let recs = case.sim.trace().records.clone();
-        let last = recs.len();
-        let mut dup = Vec::new();
-        log_codec::encode_records(&recs[last.saturating_sub(3)..], &mut dup).unwrap();
-        // A gap: records renumbered to start 5 past the next one.
-        let mut gap_recs: Vec<Record> = recs[last.saturating_sub(2)..].to_vec();
-        let first = last as u64 + 5;
-        for (i, r) in gap_recs.iter_mut().enumerate() {
-            r.seq = first + i as u64;
-        }
-        let mut gap = Vec::new();
-        log_codec::encode_records(&gap_recs, &mut gap).unwrap();
-        let dups_before = case.sim.backup.stats().duplicates;
-        case.sim.inject_to_backup(Bytes::from(dup));
-        case.sim.inject_to_backup(Bytes::from(gap));
-        // The injected frames must reach the backup before the run counts as ended: a
-        // pair that was already done when they were injected ends at once otherwise.
-        assert!(
-            case.sim.run_until(400_000, |s| !s.errors().is_empty()),
-            "seed {seed:#x}: the gap frame was never reported: {}",
-            describe(&case.sim)
-        );
-        assert!(
-            run_to_end(&mut case.sim, 400_000),
-            "seed {seed:#x}: {}",
-            describe(&case.sim)
-        );
-        let errs: Vec<String> = case.sim.errors().iter().map(|e| e.2.clone()).collect();
-        assert_eq!(
-            errs,
-            vec![format!(
-                "log sequence gap: expected record {}, received {first}",
-                last + 1
-            )],
-            "seed {seed:#x}"
-        );
-        assert!(
-            case.sim.backup.stats().duplicates > dups_before,
-            "seed {seed:#x}"
-        );
-        // The one expected error aside, the run is exact.
-        assert!(!case.sim.diverged(), "seed {seed:#x}");
-        assert_eq!(
-            case.sim.primary.source_mut().digest(),
-            case.sim.backup.source_mut().digest(),
-            "seed {seed:#x}"
-        );
-        assert_eq!(
-            case.sim.primary_released(),
-            case.sim.backup.world().replayed_outputs(),
-            "seed {seed:#x}"
-        );
+        ran += u64::from(gap_case(seed));
     }
     assert!(
         ran * 2 >= tried,
@@ -654,4 +659,23 @@ fn replay_seed() {
     ] {
         link_case(seed, inj);
     }
+}
+
+/// Seeds that once failed. 0x9e28a07b08e73d6c: a truncated frame swallowed the next
+/// frames' bytes, the backup fell silent, suspected the primary and went live without
+/// the truncation ever being reported (now reported when its log stream ends).
+#[test]
+fn regression_truncated_frame_is_reported_when_the_stream_ends() {
+    link_case(0x9e28_a07b_08e7_3d6c, Injection::Truncated);
+}
+
+/// Seeds that once failed. 0xa063731a13302825: the pair was already done when the gap
+/// frame was injected, so the run ended before the backup read it and the gap went
+/// unreported; the case now waits for the report.
+#[test]
+fn regression_gap_frame_is_reported() {
+    assert!(
+        gap_case(0xa063_731a_1330_2825),
+        "the case found no quiet link"
+    );
 }

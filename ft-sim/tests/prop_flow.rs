@@ -227,3 +227,12 @@ fn throttle_releases_after_backup_catches_up() {
         sim.primary.last_seq()
     );
 }
+
+/// Seeds that once failed on soaks, on the model's assumptions rather than the engine:
+/// 0xf79dec2f769eea06 was only ever slowed, never paused, by the throttle;
+/// 0xeee013ae79eb4280 never filled its outbox.
+#[test]
+fn regression_seeds() {
+    slow_backup_case(0xf79d_ec2f_769e_ea06);
+    assert!(!backpressure_case(0xeee0_13ae_79eb_4280));
+}
