@@ -2,6 +2,11 @@
 //! is a pure function of its seed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+// The soak machinery of every property suite (FT_SOAK, FT_SEED_BASE, FT_SOAK_SECS,
+// FT_SEED): one file, shared with ft-sim's suites.
+#[path = "../../ft-sim/tests/prop_support/soak.rs"]
+mod soak;
+
 mod common;
 
 use bytes::Bytes;
@@ -80,9 +85,9 @@ impl DigestNow for Toy {
 
 #[test]
 fn corrupt_frames_are_typed_errors_both_ways() {
-    let mut seen_out = 0;
-    let mut seen_in = 0;
-    for seed in 0..48u64 {
+    let (mut seen_out, mut seen_in, mut ran) = (0, 0, 0);
+    for seed in soak::seeds(0xfa17_0001, 48) {
+        ran += 1;
         let plan = FaultPlan {
             outbound: Faults {
                 corrupt: 0.02,
@@ -124,7 +129,13 @@ fn corrupt_frames_are_typed_errors_both_ways() {
             );
         }
     }
-    assert!(seen_out > 10 && seen_in > 10, "{seen_out} {seen_in}");
+    // Corruption hits a frame in most cases (2% per frame, hundreds of frames).
+    if ran >= 20 {
+        assert!(
+            seen_out * 4 > ran && seen_in * 4 > ran,
+            "corruption seen in {seen_out} / {seen_in} of {ran} cases"
+        );
+    }
 }
 
 #[test]
@@ -175,7 +186,7 @@ fn every_single_bit_flip_and_random_garbage_is_corrupt() {
 }
 
 fn expect_gap(what: &str, f: Faults) {
-    for seed in 0..16u64 {
+    for seed in soak::seeds(0xfa17_0002, 16) {
         let mut p = faulty_pump(seed, out(f.clone()), config(1), config(2));
         p.run_until(5_000, |p| !p.errors.is_empty() || p.both_finished());
         let s = stats(&p, Direction::Outbound);
@@ -232,7 +243,7 @@ fn frames_delayed_by_later_frames_are_sequence_gaps() {
 
 #[test]
 fn duplicates_are_ignored_by_the_engine() {
-    for seed in 0..8u64 {
+    for seed in soak::seeds(0xfa17_0003, 8) {
         let plan = FaultPlan {
             outbound: Faults {
                 duplicate: 0.3,
