@@ -91,6 +91,74 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// Check the parameters against each other, before a node is built with them.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::InvalidConfig`] naming the first field that is out of range: a
+    /// zero heartbeat, slice, capacity, batch or retry delay; a peer timeout below
+    /// twice the heartbeat (one late heartbeat would declare a healthy peer dead); a
+    /// retry minimum above its maximum; a lag limit of zero.
+    ///
+    /// ```
+    /// use ft_core::{Config, EngineError};
+    /// assert!(Config::default().validate().is_ok());
+    /// let bad = Config { heartbeat_interval: 0, ..Config::default() };
+    /// assert!(matches!(
+    ///     bad.validate(),
+    ///     Err(EngineError::InvalidConfig { field: "heartbeat_interval", .. })
+    /// ));
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        let bad =
+            |field: &'static str, reason: String| Err(EngineError::InvalidConfig { field, reason });
+        let positive: [(&'static str, u64); 8] = [
+            ("slice", self.slice),
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("outbox_capacity", self.outbox_capacity as u64),
+            ("inbox_capacity", self.inbox_capacity as u64),
+            ("max_batch", self.max_batch as u64),
+            ("max_lag", self.max_lag),
+            ("arbiter_retry_min", self.arbiter_retry_min),
+            ("arbiter_retry_max", self.arbiter_retry_max),
+        ];
+        for (field, v) in positive {
+            if v == 0 {
+                return bad(field, "must be above 0".into());
+            }
+        }
+        if self.peer_timeout < self.heartbeat_interval.saturating_mul(2) {
+            return bad(
+                "peer_timeout",
+                format!(
+                    "{} ns is below twice the heartbeat interval ({} ns): one late heartbeat would declare a healthy peer dead",
+                    self.peer_timeout, self.heartbeat_interval
+                ),
+            );
+        }
+        if self.arbiter_retry_min > self.arbiter_retry_max {
+            return bad(
+                "arbiter_retry_min",
+                format!(
+                    "{} ns is above arbiter_retry_max ({} ns)",
+                    self.arbiter_retry_min, self.arbiter_retry_max
+                ),
+            );
+        }
+        if self.max_batch > self.inbox_capacity {
+            return bad(
+                "max_batch",
+                format!(
+                    "{} records do not fit the backup's inbox of {}",
+                    self.max_batch, self.inbox_capacity
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Which side a node started as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -318,6 +386,14 @@ pub enum EngineError {
         ack: Ack,
         /// The last record produced.
         last: u64,
+    },
+    /// A configuration parameter is out of range ([`Config::validate`]).
+    #[error("invalid configuration: {field}: {reason}")]
+    InvalidConfig {
+        /// The [`Config`] field.
+        field: &'static str,
+        /// Why it is refused.
+        reason: String,
     },
     /// The call does not fit this side's role.
     #[error("{0} is not valid for a {1:?}")]

@@ -48,6 +48,9 @@ pub enum NodeError {
     /// The log channel could not be made.
     #[error(transparent)]
     Link(#[from] link::LinkError),
+    /// The engine parameters given by the flags are out of range.
+    #[error("{0} (see --heartbeat-ms, --timeout-ms, --digest-interval)")]
+    Config(ft_core::EngineError),
 }
 
 /// Result alias of this module.
@@ -263,6 +266,16 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
         vm: args.vm,
         generation: args.generation,
     };
+    // Refuse bad parameters before anything starts or prints.
+    let cfg = Config {
+        pair,
+        node: NodeId(me),
+        heartbeat_interval: args.heartbeat_ms.saturating_mul(1_000_000),
+        peer_timeout: args.timeout_ms.saturating_mul(1_000_000),
+        digest_interval: args.digest_interval,
+        ..Config::default()
+    };
+    cfg.validate().map_err(NodeError::Config)?;
     log.line(format_args!(
         "ft-node {side} (node {me}) protecting vm {} generation {}; heartbeat {} ms, timeout {} ms; arbiter {}",
         args.vm, args.generation, args.heartbeat_ms, args.timeout_ms, args.arbiter
@@ -331,14 +344,6 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
     .with_network(network);
     let world = BridgeWorld::new(world, bridge.clone(), log.clone());
     let source = TappedMachine::new(machine, bridge.clone());
-    let cfg = Config {
-        pair,
-        node: NodeId(me),
-        heartbeat_interval: args.heartbeat_ms.saturating_mul(1_000_000),
-        peer_timeout: args.timeout_ms.saturating_mul(1_000_000),
-        digest_interval: args.digest_interval,
-        ..Config::default()
-    };
     let rcfg = RuntimeConfig {
         disconnect_is_failure: args.disconnect_is_failure,
         ..RuntimeConfig::default()

@@ -1,0 +1,55 @@
+//! Bad parameters are refused at once with a clear message and the setup exit code,
+//! before anything is started or printed as running.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+fn ft_node(extra: &[&str]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, [7u8; 32]).unwrap();
+    let mut args = vec![
+        "--role",
+        "primary",
+        "--listen",
+        "127.0.0.1:0",
+        "--client-listen",
+        "127.0.0.1:0",
+        "--arbiter",
+    ];
+    let arb = format!("file:{}", dir.path().display());
+    args.push(&arb);
+    args.push("--key-file");
+    let key = key.display().to_string();
+    args.push(&key);
+    args.extend_from_slice(extra);
+    let out = Command::new(env!("CARGO_BIN_EXE_ft-node"))
+        .args(&args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_timing_parameters_are_refused_before_anything_runs() {
+    for (flags, field) in [
+        (&["--heartbeat-ms", "0"][..], "heartbeat_interval"),
+        (&["--timeout-ms", "0"][..], "peer_timeout"),
+        (
+            &["--heartbeat-ms", "10", "--timeout-ms", "15"][..],
+            "peer_timeout",
+        ),
+    ] {
+        let (code, err) = ft_node(flags);
+        assert_eq!(code, Some(ft_node::node::EXIT_SETUP), "{flags:?}: {err}");
+        assert!(
+            err.contains(&format!("invalid configuration: {field}")),
+            "{flags:?}: {err}"
+        );
+        // Refused before the first progress line: nothing bound, nothing serving.
+        assert_eq!(err.lines().count(), 1, "{flags:?}: {err}");
+    }
+}
