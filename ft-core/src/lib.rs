@@ -51,6 +51,10 @@ mod replayer;
 pub mod snapshot_frame;
 pub mod world;
 
+/// The byte buffer of inputs, outputs and DMA payloads, re-exported so an embedder
+/// needs no direct `bytes` dependency of a matching version.
+pub use bytes::Bytes;
+
 pub use arbiter::{Arbiter, ArbiterError, Decision, InProcessArbiter, NodeId, PairId};
 pub use event_source::{EventSource, SourceError, SourceResult, Stop};
 pub use exec_point::ExecPoint;
