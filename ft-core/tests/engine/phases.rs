@@ -1,0 +1,324 @@
+//! Every phase transition of `Node`, and calls that do not fit the role.
+
+use ft_core::{
+    Ack, Blocked, Command, EngineError, EventSource, HaltReason, NodeId, Notice, Phase, Role,
+    SourceError, StepOutcome,
+};
+
+use crate::support::*;
+use crate::MS;
+
+fn script() -> Script {
+    Script::new(vec![
+        output(10),
+        input(15),
+        output(20),
+        output(30),
+        output(40),
+        output(50),
+        output(60),
+    ])
+}
+
+#[test]
+fn recording_arbitrating_live_when_the_backup_dies() {
+    let mut p = Pair::new(
+        script(),
+        ScriptedWorld::live("p", 1),
+        ScriptedWorld::standby("b", 2),
+    );
+    // One healthy round: output #0 is acked and released.
+    p.round();
+    assert_eq!(p.primary.world().emitted_seqs(), vec![0]);
+    let last_ack_at = p.now;
+    p.crash(Side::Backup);
+    p.answer_arbiter = false;
+    // The primary keeps recording; #1 and #2 are held.
+    p.step(Side::Primary);
+    p.step(Side::Primary);
+    p.step(Side::Primary);
+    p.transmit();
+    assert_eq!(*p.primary.phase(), Phase::Recording);
+    assert_eq!(p.primary.held_outputs(), 2);
+    // Silence up to the timeout: still recording (#3 is produced and held).
+    p.now += 10 * MS;
+    p.step(Side::Primary);
+    assert_eq!(
+        *p.primary.phase(),
+        Phase::Recording,
+        "not before the timeout"
+    );
+    assert_eq!(p.primary.held_outputs(), 3);
+    p.now += 1;
+    let point = p.primary.source().point();
+    assert_eq!(
+        p.step(Side::Primary),
+        Some(StepOutcome::Blocked(Blocked::Arbitrating))
+    );
+    assert_eq!(*p.primary.phase(), Phase::Arbitrating);
+    assert_eq!(
+        p.notices_of(Side::Primary),
+        vec![Notice::PeerSuspected {
+            last_heard: last_ack_at
+        }]
+    );
+    p.arbitrate();
+    assert_eq!(
+        p.pending_commands.iter().cloned().collect::<Vec<_>>(),
+        vec![(
+            Side::Primary,
+            Command::TestAndSet {
+                pair: test_config().pair,
+                me: NodeId(1),
+                attempt: 1
+            }
+        )]
+    );
+    // It does not execute while waiting for the verdict, and releases nothing.
+    for _ in 0..3 {
+        assert_eq!(
+            p.step(Side::Primary),
+            Some(StepOutcome::Blocked(Blocked::Arbitrating))
+        );
+    }
+    assert_eq!(p.primary.source().point(), point);
+    assert_eq!(p.primary.world().emitted_seqs(), vec![0]);
+    assert_eq!(p.primary.held_outputs(), 3);
+    p.answer_all();
+    assert_eq!(*p.primary.phase(), Phase::Live);
+    assert!(p.primary.is_live());
+    let n = p.notices_of(Side::Primary);
+    assert_eq!(
+        n[1..],
+        [
+            Notice::ArbiterWon { token: 1 },
+            Notice::WentAlone { released: 3 }
+        ]
+    );
+    assert_eq!(p.primary.world().emitted_seqs(), vec![0, 1, 2, 3]);
+    assert_eq!(p.arbiter.holder(test_config().pair), Some(NodeId(1)));
+    // Alone: outputs leave at once, nothing is logged or sent.
+    let last = p.primary.last_seq();
+    p.step(Side::Primary);
+    assert_eq!(p.primary.world().emitted_seqs(), vec![0, 1, 2, 3, 4]);
+    assert_eq!(p.primary.held_outputs(), 0);
+    assert_eq!(p.primary.poll_transmit(p.now), None);
+    assert_eq!(p.primary.last_seq(), last);
+    assert!(p.primary.world().emitted.iter().all(|e| !e.possible_repeat));
+    p.assert_no_errors();
+}
+
+#[test]
+fn replaying_draining_arbitrating_live_when_the_primary_dies() {
+    let mut p = Pair::new(
+        script(),
+        ScriptedWorld::live("p", 1),
+        ScriptedWorld::standby("b", 2),
+    );
+    p.run(3, 100_000);
+    p.crash(Side::Primary);
+    assert_eq!(*p.backup.phase(), Phase::Replaying);
+    let mut phases = vec![p.backup.phase().clone()];
+    for _ in 0..200 {
+        p.now += MS / 2;
+        p.step(Side::Backup);
+        p.transmit();
+        p.arbitrate();
+        if phases.last() != Some(p.backup.phase()) {
+            phases.push(p.backup.phase().clone());
+        }
+        if p.backup.is_live() {
+            break;
+        }
+    }
+    // Draining is entered by the failure detector and left in the same step once the
+    // inbox is empty, so watch it through the notices as well.
+    assert_eq!(phases.first(), Some(&Phase::Replaying));
+    assert_eq!(phases.last(), Some(&Phase::Live));
+    let n = p.notices_of(Side::Backup);
+    let kinds: Vec<&str> = n
+        .iter()
+        .map(|n| match n {
+            Notice::PeerSuspected { .. } => "suspected",
+            Notice::Drained { .. } => "drained",
+            Notice::ArbiterWon { .. } => "won",
+            Notice::WentLive { .. } => "live",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, ["suspected", "drained", "won", "live"]);
+    assert!(p.backup.world().is_live());
+    assert!(p.backup.world().announced.is_some());
+    p.assert_no_errors();
+}
+
+#[test]
+fn draining_is_a_phase_of_its_own() {
+    // With records left to replay, the suspecting backup is visibly Draining.
+    let mut p = Pair::new(
+        script(),
+        ScriptedWorld::live("p", 1),
+        ScriptedWorld::standby("b", 2),
+    );
+    p.step(Side::Primary);
+    p.transmit();
+    p.deliver_records();
+    p.crash(Side::Primary);
+    p.now += 11 * MS;
+    p.backup.peer_failed(p.now);
+    assert_eq!(*p.backup.phase(), Phase::Draining);
+    assert_eq!(p.backup.poll_command(), None);
+    assert_eq!(
+        p.backup.poll_transmit(p.now),
+        None,
+        "no acks once suspected"
+    );
+    p.step(Side::Backup);
+    assert_eq!(*p.backup.phase(), Phase::Arbitrating);
+    assert!(matches!(
+        p.backup.poll_command(),
+        Some(Command::TestAndSet { attempt: 1, .. })
+    ));
+}
+
+/// Cut both directions, let both sides suspect each other, let `first` ask first.
+fn split(first: Side) -> Pair {
+    let mut p = Pair::new(
+        script(),
+        ScriptedWorld::live("p", 1),
+        ScriptedWorld::standby("b", 2),
+    );
+    p.run(2, 100_000);
+    p.answer_arbiter = false;
+    p.now += 20 * MS;
+    p.step(Side::Primary);
+    p.step(Side::Backup);
+    p.step(Side::Backup);
+    p.arbitrate();
+    assert_eq!(*p.primary.phase(), Phase::Arbitrating);
+    assert_eq!(*p.backup.phase(), Phase::Arbitrating);
+    assert_eq!(p.pending_commands.len(), 2);
+    let second = if first == Side::Primary {
+        Side::Backup
+    } else {
+        Side::Primary
+    };
+    p.pending_commands
+        .make_contiguous()
+        .sort_by_key(|(s, _)| *s != first);
+    p.answer_all();
+    assert!(p.node(first).is_live());
+    assert!(p.node(second).is_halted());
+    p
+}
+
+#[test]
+fn the_loser_of_the_arbiter_halts() {
+    for (first, winner) in [(Side::Primary, NodeId(1)), (Side::Backup, NodeId(2))] {
+        let mut p = split(first);
+        let loser = if first == Side::Primary {
+            Side::Backup
+        } else {
+            Side::Primary
+        };
+        assert_eq!(
+            *p.node(loser).phase(),
+            Phase::Halted(HaltReason::LostArbitration { winner })
+        );
+        assert_eq!(
+            p.notices_of(loser).last(),
+            Some(&Notice::ArbiterLost { winner })
+        );
+        assert_eq!(p.step(loser), Some(StepOutcome::Halted));
+        let now = p.now;
+        assert_eq!(p.node_mut(loser).poll_transmit(now), None);
+        let emitted = p.node(loser).world().emitted.len();
+        p.step(loser);
+        assert_eq!(p.node(loser).world().emitted.len(), emitted);
+        p.assert_no_errors();
+    }
+}
+
+#[test]
+fn the_backup_halts_on_divergence() {
+    // The backup's machine produces an output where the primary's read an input.
+    let psrc = ScriptedSource::new(Script::new(vec![input(10), output(20)]));
+    let bsrc = ScriptedSource::new(Script::new(vec![output(10), output(20)]));
+    let mut p = Pair::with_parts(
+        test_config(),
+        test_config(),
+        psrc,
+        bsrc,
+        ScriptedWorld::live("p", 1),
+        ScriptedWorld::standby("b", 2),
+    );
+    p.run(3, 100_000);
+    let (_, side, err) = p.errors.first().cloned().expect("a divergence");
+    assert_eq!(side, Side::Backup);
+    let EngineError::Divergence { seq, point, .. } = &err else {
+        panic!("expected a divergence, got {err}")
+    };
+    assert_eq!((*seq, point.count), (1, 10));
+    assert_eq!(
+        *p.backup.phase(),
+        Phase::Halted(HaltReason::Diverged(err.to_string()))
+    );
+    assert!(err
+        .to_string()
+        .starts_with("REPLAY DIVERGENCE at record 1 (@10)"));
+    assert!(p
+        .notices_of(Side::Backup)
+        .contains(&Notice::Diverged(err.to_string())));
+    assert_eq!(p.step(Side::Backup), Some(StepOutcome::Halted));
+    assert_eq!(p.errors.len(), 1, "halted for good");
+}
+
+#[test]
+fn the_primary_halts_when_its_machine_fails() {
+    let mut p = Pair::new(
+        Script::new(vec![output(10), fail(50)]),
+        ScriptedWorld::live("p", 1),
+        ScriptedWorld::standby("b", 2),
+    );
+    p.step(Side::Primary);
+    let r = p.primary.step(0);
+    let Err(EngineError::Source(SourceError::Backend(msg))) = &r else {
+        panic!("expected a backend error, got {r:?}")
+    };
+    assert!(msg.contains("scripted failure"));
+    let Phase::Halted(HaltReason::SourceFailed(why)) = p.primary.phase().clone() else {
+        panic!("phase {:?}", p.primary.phase())
+    };
+    assert!(why.contains("scripted failure"), "{why}");
+    assert!(p.primary.is_halted());
+    assert_eq!(p.primary.step(0).unwrap(), StepOutcome::Halted);
+    p.collect();
+    assert!(
+        !p.notices_of(Side::Primary)
+            .iter()
+            .any(|n| matches!(n, Notice::Diverged(_))),
+        "a machine failure is not a divergence"
+    );
+}
+
+#[test]
+fn wrong_role_calls_are_typed_errors() {
+    let mut p = Pair::new(
+        script(),
+        ScriptedWorld::live("p", 1),
+        ScriptedWorld::standby("b", 2),
+    );
+    assert_eq!(
+        p.primary.handle_records(vec![], 0),
+        Err(EngineError::WrongRole("handle_records", Role::Primary))
+    );
+    assert_eq!(
+        p.backup.handle_ack(Ack::default(), 0),
+        Err(EngineError::WrongRole("handle_ack", Role::Backup))
+    );
+    assert_eq!(p.primary.role(), Role::Primary);
+    assert_eq!(p.backup.role(), Role::Backup);
+    // A wrong-role call changes nothing.
+    assert_eq!(*p.primary.phase(), Phase::Recording);
+    assert_eq!(*p.backup.phase(), Phase::Replaying);
+}
