@@ -551,7 +551,7 @@ fn link_case(seed: u64, inj: Injection) {
 
 #[test]
 fn bad_bytes_on_the_link_stop_the_backup_cleanly() {
-    for (i, seed) in seeds(0x11c, 32).into_iter().enumerate() {
+    for (i, seed) in seeds(0x11c, 32).enumerate() {
         let inj = [
             Injection::Corrupted,
             Injection::Truncated,

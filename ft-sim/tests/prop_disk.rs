@@ -54,7 +54,7 @@ fn io_completions(case: &Case) -> (usize, usize) {
 
 #[test]
 fn private_disks_end_identical() {
-    for (i, seed) in seeds(0xd15c, 32).into_iter().enumerate() {
+    for (i, seed) in seeds(0xd15c, 32).enumerate() {
         let (seed, params) = write_heavy(seed, 32, 4, 1);
         let local_reads = i % 2 == 1;
         let mut case = build_case(seed, &params, 10, 2_000_000, |c: &mut PairConfig| {
