@@ -59,7 +59,10 @@ fn seed_from_args() -> Result<u64, String> {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64 % 1_000_000)
             .unwrap_or(1)),
-        [flag, v] if flag == "--seed" => v.parse().map_err(|e| format!("bad --seed {v}: {e}")),
+        [flag, v] if flag == "--seed" => v.parse().or_else(|e| {
+            eprintln!("bad --seed {v}: {e}\n\n{USAGE}");
+            std::process::exit(2)
+        }),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);

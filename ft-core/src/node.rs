@@ -92,7 +92,10 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Check the parameters against each other, before a node is built with them.
+    /// Check one side's parameters, before a node is built with them. The timeout
+    /// check assumes the peer sends heartbeats at the same interval, as when both
+    /// sides share one configuration (ft-node, `PairSim`); for two different
+    /// configurations use [`Config::validate_pair`].
     ///
     /// # Errors
     ///
@@ -146,12 +149,61 @@ impl Config {
                 ),
             );
         }
-        if self.max_batch > self.inbox_capacity {
+        Ok(())
+    }
+
+    /// Check a primary's and a backup's configurations, each on its own and against
+    /// each other: same pair, distinct node ids, each side's timeout at least twice
+    /// the other's heartbeat, and the primary's batches no larger than the backup's
+    /// inbox (a larger batch could never be taken).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::InvalidConfig`] naming the first field that is out of range.
+    pub fn validate_pair(primary: &Config, backup: &Config) -> Result<()> {
+        let bad =
+            |field: &'static str, reason: String| Err(EngineError::InvalidConfig { field, reason });
+        // Each side on its own, with the timeouts left to the cross checks below.
+        let own = |c: &Config| Config {
+            peer_timeout: c.peer_timeout.max(c.heartbeat_interval.saturating_mul(2)),
+            ..c.clone()
+        };
+        own(primary).validate()?;
+        own(backup).validate()?;
+        if primary.pair != backup.pair {
+            return bad(
+                "pair",
+                format!(
+                    "the primary protects vm {} generation {}, the backup vm {} generation {}",
+                    primary.pair.vm,
+                    primary.pair.generation,
+                    backup.pair.vm,
+                    backup.pair.generation
+                ),
+            );
+        }
+        if primary.node == backup.node {
+            return bad("node", format!("both sides are node {}", primary.node.0));
+        }
+        for (side, timeout, peer_heartbeat) in [
+            ("primary", primary.peer_timeout, backup.heartbeat_interval),
+            ("backup", backup.peer_timeout, primary.heartbeat_interval),
+        ] {
+            if timeout < peer_heartbeat.saturating_mul(2) {
+                return bad(
+                    "peer_timeout",
+                    format!(
+                        "the {side}'s {timeout} ns is below twice its peer's heartbeat interval ({peer_heartbeat} ns)"
+                    ),
+                );
+            }
+        }
+        if primary.max_batch > backup.inbox_capacity {
             return bad(
                 "max_batch",
                 format!(
-                    "{} records do not fit the backup's inbox of {}",
-                    self.max_batch, self.inbox_capacity
+                    "the primary's batches of {} records do not fit the backup's inbox of {}",
+                    primary.max_batch, backup.inbox_capacity
                 ),
             );
         }

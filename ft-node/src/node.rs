@@ -49,7 +49,7 @@ pub enum NodeError {
     #[error(transparent)]
     Link(#[from] link::LinkError),
     /// The engine parameters given by the flags are out of range.
-    #[error("{0} (see --heartbeat-ms, --timeout-ms, --digest-interval)")]
+    #[error("{0} (see --heartbeat-ms and --timeout-ms)")]
     Config(ft_core::EngineError),
 }
 

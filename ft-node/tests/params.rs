@@ -2,7 +2,9 @@
 //! before anything is started or printed as running.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 fn ft_node(extra: &[&str]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -23,14 +25,35 @@ fn ft_node(extra: &[&str]) -> (Option<i32>, String) {
     let key = key.display().to_string();
     args.push(&key);
     args.extend_from_slice(extra);
-    let out = Command::new(env!("CARGO_BIN_EXE_ft-node"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ft-node"))
         .args(&args)
-        .output()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    // A node that accepted the parameters would wait for its backup: give it a
+    // bounded time to refuse, then fail instead of hanging.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("ft-node {extra:?} did not refuse its parameters within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (status.code(), err)
 }
 
 #[test]

@@ -297,6 +297,10 @@ impl PairSim {
             let Some((_, bytes)) = self.to_backup.pop_front() else {
                 break;
             };
+            if self.log_ended {
+                // The backup takes nothing more from the old primary (see below).
+                continue;
+            }
             self.dec_b.push(&bytes);
             loop {
                 match self.dec_b.next_frame() {

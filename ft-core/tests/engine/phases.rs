@@ -322,3 +322,97 @@ fn wrong_role_calls_are_typed_errors() {
     assert_eq!(*p.primary.phase(), Phase::Recording);
     assert_eq!(*p.backup.phase(), Phase::Replaying);
 }
+
+/// `Config::validate` and `Config::validate_pair` refuse out-of-range and mismatched
+/// parameters with the field's name.
+#[test]
+fn configurations_are_validated() {
+    use ft_core::{Config, EngineError, NodeId};
+    let field = |r: Result<(), EngineError>| match r {
+        Err(EngineError::InvalidConfig { field, .. }) => Some(field),
+        Ok(()) => None,
+        Err(e) => panic!("not a configuration error: {e}"),
+    };
+    let ok = Config::default();
+    assert_eq!(field(ok.validate()), None);
+    for (c, f) in [
+        (
+            Config {
+                heartbeat_interval: 0,
+                ..ok.clone()
+            },
+            "heartbeat_interval",
+        ),
+        (
+            Config {
+                slice: 0,
+                ..ok.clone()
+            },
+            "slice",
+        ),
+        (
+            Config {
+                max_batch: 0,
+                ..ok.clone()
+            },
+            "max_batch",
+        ),
+        (
+            Config {
+                peer_timeout: 0,
+                ..ok.clone()
+            },
+            "peer_timeout",
+        ),
+        (
+            Config {
+                peer_timeout: ok.heartbeat_interval * 2 - 1,
+                ..ok.clone()
+            },
+            "peer_timeout",
+        ),
+        (
+            Config {
+                arbiter_retry_min: ok.arbiter_retry_max + 1,
+                ..ok.clone()
+            },
+            "arbiter_retry_min",
+        ),
+    ] {
+        assert_eq!(field(c.validate()), Some(f));
+    }
+    let p = Config {
+        node: NodeId(1),
+        ..ok.clone()
+    };
+    let b = Config {
+        node: NodeId(2),
+        ..ok.clone()
+    };
+    assert_eq!(field(Config::validate_pair(&p, &b)), None);
+    assert_eq!(field(Config::validate_pair(&p, &p)), Some("node"));
+    let small_inbox = Config {
+        inbox_capacity: p.max_batch - 1,
+        ..b.clone()
+    };
+    assert_eq!(
+        field(Config::validate_pair(&p, &small_inbox)),
+        Some("max_batch")
+    );
+    let slow_heartbeat = Config {
+        heartbeat_interval: b.peer_timeout,
+        ..p.clone()
+    };
+    assert_eq!(
+        field(Config::validate_pair(&slow_heartbeat, &b)),
+        Some("peer_timeout")
+    );
+    let other_pair = Config {
+        pair: ft_core::PairId {
+            vm: 9,
+            generation: 1,
+        },
+        ..b.clone()
+    };
+    assert_eq!(field(Config::validate_pair(&p, &other_pair)), Some("pair"));
+}
