@@ -57,6 +57,19 @@ pub type Result<T, E = ArbiterError> = std::result::Result<T, E>;
 pub trait Arbiter: Send + Sync {
     /// Try to claim `pair` for `me`.
     fn test_and_set(&self, pair: PairId, me: NodeId) -> Result<Decision>;
+
+    /// Probe that the arbiter can be reached and used, claiming nothing. Runtimes call
+    /// it at startup, so a misconfiguration (a missing directory, an etcd that does
+    /// not answer) is reported at once instead of as a failover that never happens.
+    /// The default (an arbiter with nothing to probe) succeeds.
+    ///
+    /// # Errors
+    ///
+    /// [`ArbiterError::Unreachable`] or [`ArbiterError::Failed`], as for
+    /// [`Arbiter::test_and_set`].
+    fn check(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -91,6 +104,13 @@ impl InProcessArbiter {
 }
 
 impl Arbiter for InProcessArbiter {
+    fn check(&self) -> Result<()> {
+        if self.state.lock().unreachable {
+            return Err(ArbiterError::Unreachable("in-process arbiter set unreachable".into()));
+        }
+        Ok(())
+    }
+
     fn test_and_set(&self, pair: PairId, me: NodeId) -> Result<Decision> {
         let mut st = self.state.lock();
         if st.unreachable {

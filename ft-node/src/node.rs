@@ -48,6 +48,15 @@ pub enum NodeError {
     /// The log channel could not be made.
     #[error(transparent)]
     Link(#[from] link::LinkError),
+    /// The arbiter does not answer at startup (a missing directory, an etcd that is
+    /// down): refused at once rather than found out at failover.
+    #[error("arbiter {spec} is not usable: {source}")]
+    ArbiterCheck {
+        /// The `--arbiter` value.
+        spec: String,
+        /// What the probe met.
+        source: ft_core::ArbiterError,
+    },
     /// The engine parameters given by the flags are out of range.
     #[error("{0} (see --heartbeat-ms and --timeout-ms)")]
     Config(ft_core::EngineError),
@@ -276,15 +285,19 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
         ..Config::default()
     };
     cfg.validate().map_err(NodeError::Config)?;
-    log.line(format_args!(
-        "ft-node {side} (node {me}) protecting vm {} generation {}; heartbeat {} ms, timeout {} ms; arbiter {}",
-        args.vm, args.generation, args.heartbeat_ms, args.timeout_ms, args.arbiter
-    ));
     let machine = load_machine(args)?;
     let arbiter: Arc<dyn Arbiter> = ft_transport::arbiter::parse_spec(
         &args.arbiter,
         Duration::from_millis(args.arbiter_timeout_ms.max(1)),
     )?;
+    arbiter.check().map_err(|source| NodeError::ArbiterCheck {
+        spec: args.arbiter.clone(),
+        source,
+    })?;
+    log.line(format_args!(
+        "ft-node {side} (node {me}) protecting vm {} generation {}; heartbeat {} ms, timeout {} ms; arbiter {}",
+        args.vm, args.generation, args.heartbeat_ms, args.timeout_ms, args.arbiter
+    ));
 
     // The service address belongs to the primary until a backup announces itself.
     let network = Network::new("primary");

@@ -6,6 +6,8 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Run a primary with `extra` flags (and a usable file arbiter unless `extra` names
+/// one); its exit code and standard error.
 fn ft_node(extra: &[&str]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("key");
@@ -17,10 +19,11 @@ fn ft_node(extra: &[&str]) -> (Option<i32>, String) {
         "127.0.0.1:0",
         "--client-listen",
         "127.0.0.1:0",
-        "--arbiter",
     ];
     let arb = format!("file:{}", dir.path().display());
-    args.push(&arb);
+    if !extra.contains(&"--arbiter") {
+        args.extend_from_slice(&["--arbiter", &arb]);
+    }
     args.push("--key-file");
     let key = key.display().to_string();
     args.push(&key);
@@ -74,5 +77,28 @@ fn bad_timing_parameters_are_refused_before_anything_runs() {
         );
         // Refused before the first progress line: nothing bound, nothing serving.
         assert_eq!(err.lines().count(), 1, "{flags:?}: {err}");
+    }
+}
+
+/// An arbiter that cannot be used is reported at startup, not at failover: a missing
+/// directory, and an etcd endpoint where nothing listens.
+#[test]
+fn an_unusable_arbiter_is_refused_at_startup() {
+    let missing = "file:/nonexistent/ft-arbiter-dir";
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead_etcd = format!("etcd:http://127.0.0.1:{port}");
+    for spec in [missing, dead_etcd.as_str()] {
+        let (code, err) = ft_node(&["--arbiter", spec, "--arbiter-timeout-ms", "500"]);
+        assert_eq!(code, Some(ft_node::node::EXIT_SETUP), "{spec}: {err}");
+        assert!(
+            err.contains(&format!("arbiter {spec} is not usable")),
+            "{spec}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{spec}: {err}");
     }
 }

@@ -252,6 +252,9 @@ fn etcd_stopped_is_unreachable_and_the_engine_waits() {
     };
     let mut etcd = Etcd::start(&bin);
     let arb = etcd.arbiter();
+    // The startup probe passes on a live etcd and claims nothing.
+    assert_eq!(arb.check(), Ok(()));
+    assert_eq!(arb.holder(pair(3, 1)).unwrap(), None);
     assert!(matches!(
         arb.test_and_set(pair(3, 1), NodeId(1)),
         Ok(Decision::Won { .. })
@@ -261,6 +264,12 @@ fn etcd_stopped_is_unreachable_and_the_engine_waits() {
         let r = arb.test_and_set(p, NodeId(2));
         assert!(matches!(r, Err(ArbiterError::Unreachable(_))), "{r:?}");
     }
+    // And fails, as unreachable, once it is gone.
+    assert!(
+        matches!(arb.check(), Err(ArbiterError::Unreachable(_))),
+        "{:?}",
+        arb.check()
+    );
 
     // A backup whose etcd is gone: Arbitrating, attempt after attempt, never live.
     let mut now = 0;

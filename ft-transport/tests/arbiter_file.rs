@@ -350,3 +350,29 @@ fn engine_waits_in_arbitrating_while_the_directory_is_unreachable() {
         NodeId(2)
     );
 }
+
+/// The startup probe: a usable directory passes and is left as it was; a missing
+/// directory or a plain file is unreachable, naming the path.
+#[test]
+fn probe_finds_a_missing_or_unusable_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let arb = FileArbiter::new(dir.path());
+    assert_eq!(arb.check(), Ok(()));
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "probe left a file"
+    );
+    assert_eq!(arb.read_claim(pair(1, 1)).unwrap(), None);
+    let missing = FileArbiter::new(dir.path().join("absent"));
+    match missing.check() {
+        Err(ArbiterError::Unreachable(m)) => assert!(m.contains("absent"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let file = dir.path().join("plain");
+    std::fs::write(&file, b"x").unwrap();
+    assert!(matches!(
+        FileArbiter::new(&file).check(),
+        Err(ArbiterError::Unreachable(_))
+    ));
+}

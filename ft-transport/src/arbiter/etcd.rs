@@ -170,6 +170,22 @@ impl EtcdArbiter {
         })
     }
 
+    /// Check that an endpoint answers a key-value read (of a key under the prefix that
+    /// no claim uses), as a claim needs.
+    ///
+    /// # Errors
+    ///
+    /// [`EtcdError`] for the last endpoint tried when none answers usefully.
+    pub fn probe(&self) -> Result<()> {
+        let body = json!({ "key": B64.encode(format!("{}/probe", self.prefix)) });
+        self.on_any_endpoint("/v3/kv/range", &body, |endpoint, answer| {
+            match answer.get("header") {
+                Some(_) => Ok(()),
+                None => Err(bad(endpoint, "a range answer without a header")),
+            }
+        })
+    }
+
     /// The holder of `pair` and its token, if the pair was claimed.
     pub fn holder(&self, pair: PairId) -> Result<Option<(NodeId, u64)>> {
         let body = json!({ "key": B64.encode(self.key(pair)) });
@@ -290,6 +306,10 @@ fn read_kv(endpoint: &str, kv: &Value) -> Result<(NodeId, u64)> {
 impl Arbiter for EtcdArbiter {
     fn test_and_set(&self, pair: PairId, me: NodeId) -> ft_core::arbiter::Result<Decision> {
         self.claim(pair, me).map_err(ArbiterError::from)
+    }
+
+    fn check(&self) -> ft_core::arbiter::Result<()> {
+        self.probe().map_err(ArbiterError::from)
     }
 }
 

@@ -206,6 +206,48 @@ impl FileArbiter {
         Ok(Some(claim))
     }
 
+    /// Check that the directory exists and takes a file (created, synced and removed
+    /// again): what a claim needs.
+    ///
+    /// # Errors
+    ///
+    /// [`FileArbiterError::Io`] naming the directory or the probe file.
+    pub fn probe(&self) -> Result<()> {
+        match fs::metadata(&self.dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(FileArbiterError::Io {
+                    path: self.dir.clone(),
+                    op: "use as arbiter directory",
+                    source: io::Error::new(io::ErrorKind::InvalidInput, "not a directory"),
+                })
+            }
+            Err(source) => {
+                return Err(FileArbiterError::Io {
+                    path: self.dir.clone(),
+                    op: "open arbiter directory",
+                    source,
+                })
+            }
+        }
+        let path = self.dir.join(format!(
+            ".ft-probe.pid{}.{}",
+            std::process::id(),
+            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let written = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .and_then(|f| f.sync_all());
+        let _ = fs::remove_file(&path);
+        written.map_err(|source| FileArbiterError::Io {
+            path,
+            op: "write a probe file in",
+            source,
+        })
+    }
+
     /// The test-and-set, with this module's error type.
     pub fn claim(&self, pair: PairId, me: NodeId) -> Result<Decision> {
         // Fast path: the flag is already set (a retry, or the slower side).
@@ -337,6 +379,10 @@ fn link_count(_path: &Path) -> Option<u64> {
 impl Arbiter for FileArbiter {
     fn test_and_set(&self, pair: PairId, me: NodeId) -> ft_core::arbiter::Result<Decision> {
         self.claim(pair, me).map_err(ArbiterError::from)
+    }
+
+    fn check(&self) -> ft_core::arbiter::Result<()> {
+        self.probe().map_err(ArbiterError::from)
     }
 }
 
