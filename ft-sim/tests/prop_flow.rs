@@ -196,14 +196,13 @@ fn tiny_link_and_outbox_backpressure_loses_nothing() {
     }
 }
 
-/// ENGINE BUG (see the report): once paused, a primary logs only heartbeats, and the
-/// lag monitor counts them as unreplayed records. When a heartbeat's acknowledgement
-/// round trip (link both ways, the backup's step period, the wait for the next ack)
-/// is at least `max_lag / 2`, the lag never drops below `max_lag / 2` and the
-/// hysteresis never lets go: the guest stays frozen forever, although the backup has
-/// replayed everything up to the primary's execution point.
+/// Regression (an engine bug fixed earlier): once paused, a primary logs only
+/// heartbeats, and the lag monitor used to count them as unreplayed records. When a
+/// heartbeat's acknowledgement round trip was at least `max_lag / 2`, the lag never
+/// dropped below `max_lag / 2` and the guest stayed frozen forever, although the
+/// backup had replayed everything. Heartbeats no longer count, and the backup acks as
+/// soon as its replay catches up.
 #[test]
-
 fn throttle_releases_after_backup_catches_up() {
     let mut cfg = PairConfig {
         link_latency: 100_000,
