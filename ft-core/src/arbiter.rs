@@ -106,7 +106,9 @@ impl InProcessArbiter {
 impl Arbiter for InProcessArbiter {
     fn check(&self) -> Result<()> {
         if self.state.lock().unreachable {
-            return Err(ArbiterError::Unreachable("in-process arbiter set unreachable".into()));
+            return Err(ArbiterError::Unreachable(
+                "in-process arbiter set unreachable".into(),
+            ));
         }
         Ok(())
     }

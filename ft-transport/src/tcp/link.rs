@@ -610,31 +610,7 @@ impl Shared {
             .and_then(|session| {
                 let answer =
                     wire::read_frame(&mut stream, &session, DIR_TO_BACKUP, 0, MAX_CONTROL_PAYLOAD);
-                match answer {
-                    Ok((KIND_RESUME, p)) if p == want.to_le_bytes() => Ok(session),
-                    Ok((KIND_REFUSED, p)) if p.len() == 24 => {
-                        let at = |i: usize| {
-                            let mut b = [0u8; 8];
-                            b.copy_from_slice(&p[i * 8..i * 8 + 8]);
-                            u64::from_le_bytes(b)
-                        };
-                        Err(TcpError::ResumeRefused {
-                            requested: at(0),
-                            oldest_held: at(1),
-                            next: at(2),
-                        })
-                    }
-                    Ok((kind, _)) => Err(TcpError::Protocol(format!(
-                        "expected the primary's resume answer, got frame kind {kind}"
-                    ))),
-                    Err(ReadError::Eof) => Err(TcpError::Io {
-                        context: "waiting for the resume answer",
-                        kind: io::ErrorKind::UnexpectedEof,
-                        message: "the primary closed the connection".into(),
-                    }),
-                    Err(ReadError::Io(e)) => Err(io_err("waiting for the resume answer", &e)),
-                    Err(ReadError::Bad(e)) => Err(e),
-                }
+                resume_answer(answer, want).map(|()| session)
             });
         match res {
             Ok(session) => Ok((stream, session)),
@@ -710,6 +686,40 @@ impl Shared {
         if !self.closing.load(Ordering::SeqCst) && st.fatal.is_none() {
             self.state_cv.wait_for(&mut st, d);
         }
+    }
+}
+
+/// Backup: check the primary's first frame, the answer to a hello that asked for record
+/// `want`: `Ok` for a resume from exactly `want`, the primary's typed refusal, or why
+/// the frame is not an answer at all.
+pub(super) fn resume_answer(
+    answer: std::result::Result<(u8, Vec<u8>), ReadError>,
+    want: u64,
+) -> Result<()> {
+    match answer {
+        Ok((KIND_RESUME, p)) if p == want.to_le_bytes() => Ok(()),
+        Ok((KIND_REFUSED, p)) if p.len() == 24 => {
+            let at = |i: usize| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&p[i * 8..i * 8 + 8]);
+                u64::from_le_bytes(b)
+            };
+            Err(TcpError::ResumeRefused {
+                requested: at(0),
+                oldest_held: at(1),
+                next: at(2),
+            })
+        }
+        Ok((kind, _)) => Err(TcpError::Protocol(format!(
+            "expected the primary's resume answer, got frame kind {kind}"
+        ))),
+        Err(ReadError::Eof) => Err(TcpError::Io {
+            context: "waiting for the resume answer",
+            kind: io::ErrorKind::UnexpectedEof,
+            message: "the primary closed the connection".into(),
+        }),
+        Err(ReadError::Io(e)) => Err(io_err("waiting for the resume answer", &e)),
+        Err(ReadError::Bad(e)) => Err(e),
     }
 }
 

@@ -127,6 +127,8 @@
 //! [`ChannelError::Full`]: ft_core::ChannelError::Full
 //! [`ChannelError::Disconnected`]: ft_core::ChannelError::Disconnected
 
+#[doc(hidden)]
+pub mod fuzzing;
 mod link;
 mod wire;
 

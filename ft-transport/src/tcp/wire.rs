@@ -66,8 +66,8 @@ pub(crate) const DIR_TO_BACKUP: u8 = 0;
 pub(crate) const DIR_TO_PRIMARY: u8 = 1;
 
 const SESSION_LABEL: &[u8] = b"ft-tcp/1 session key";
-const SERVER_FINISHED: &[u8] = b"ft-tcp/1 primary finished";
-const CLIENT_FINISHED: &[u8] = b"ft-tcp/1 backup finished";
+pub(crate) const SERVER_FINISHED: &[u8] = b"ft-tcp/1 primary finished";
+pub(crate) const CLIENT_FINISHED: &[u8] = b"ft-tcp/1 backup finished";
 
 /// Fresh random bytes from the operating system.
 pub(crate) fn nonce() -> Result<[u8; NONCE_LEN]> {
@@ -105,7 +105,9 @@ impl Session {
         Ok(Session { mac: keyed(&key)? })
     }
 
-    fn finished(&self, label: &[u8]) -> [u8; TAG_LEN] {
+    /// The key-confirmation tag for `label` ([`SERVER_FINISHED`] or
+    /// [`CLIENT_FINISHED`]).
+    pub(crate) fn finished(&self, label: &[u8]) -> [u8; TAG_LEN] {
         let mut m = self.mac.clone();
         m.update(label);
         m.finalize().into_bytes().into()
@@ -217,6 +219,17 @@ pub(crate) fn server_handshake<S: Read + Write>(
     psk: &[u8],
     pair: PairId,
 ) -> Result<Accepted> {
+    server_handshake_with(s, psk, pair, nonce)
+}
+
+/// [`server_handshake`] with the primary's nonce taken from `my_nonce` (called once,
+/// after the backup's hello passed its checks). The fuzz entry points pass a fixed one.
+pub(crate) fn server_handshake_with<S: Read + Write>(
+    s: &mut S,
+    psk: &[u8],
+    pair: PairId,
+    my_nonce: impl FnOnce() -> Result<[u8; NONCE_LEN]>,
+) -> Result<Accepted> {
     let mut hello = [0u8; CLIENT_HELLO_LEN];
     let mut got = 0usize;
     // Magic and version first: a foreign peer is refused as soon as it shows itself.
@@ -277,7 +290,7 @@ pub(crate) fn server_handshake<S: Read + Write>(
     }
     let next_seq = u64_at(&hello, CLIENT_HELLO_LEN - 8);
 
-    let my_nonce = nonce()?;
+    let my_nonce = my_nonce()?;
     let mut reply = Vec::with_capacity(SERVER_HELLO_LEN);
     reply.extend_from_slice(&refusal(STATUS_OK));
     reply.push(role_byte(Role::Primary));
@@ -310,7 +323,18 @@ pub(crate) fn client_handshake<S: Read + Write>(
     pair: PairId,
     next_seq: u64,
 ) -> Result<Session> {
-    let my_nonce = nonce()?;
+    client_handshake_with(s, psk, pair, next_seq, nonce()?)
+}
+
+/// [`client_handshake`] with the backup's nonce given. The fuzz entry points pass a
+/// fixed one.
+pub(crate) fn client_handshake_with<S: Read + Write>(
+    s: &mut S,
+    psk: &[u8],
+    pair: PairId,
+    next_seq: u64,
+    my_nonce: [u8; NONCE_LEN],
+) -> Result<Session> {
     let hello = client_hello(pair, &my_nonce, next_seq);
     s.write_all(&hello)
         .and_then(|()| s.flush())
