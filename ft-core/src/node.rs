@@ -91,6 +91,11 @@ impl Default for Config {
     }
 }
 
+/// The refusal of one configuration field.
+fn bad(field: &'static str, reason: String) -> Result<()> {
+    Err(EngineError::InvalidConfig { field, reason })
+}
+
 impl Config {
     /// Check one side's parameters, before a node is built with them. The timeout
     /// check assumes the peer sends heartbeats at the same interval, as when both
@@ -114,8 +119,6 @@ impl Config {
     /// ));
     /// ```
     pub fn validate(&self) -> Result<()> {
-        let bad =
-            |field: &'static str, reason: String| Err(EngineError::InvalidConfig { field, reason });
         let positive: [(&'static str, u64); 8] = [
             ("slice", self.slice),
             ("heartbeat_interval", self.heartbeat_interval),
@@ -161,8 +164,6 @@ impl Config {
     ///
     /// [`EngineError::InvalidConfig`] naming the first field that is out of range.
     pub fn validate_pair(primary: &Config, backup: &Config) -> Result<()> {
-        let bad =
-            |field: &'static str, reason: String| Err(EngineError::InvalidConfig { field, reason });
         // Each side on its own, with the timeouts left to the cross checks below.
         let own = |c: &Config| Config {
             peer_timeout: c.peer_timeout.max(c.heartbeat_interval.saturating_mul(2)),
