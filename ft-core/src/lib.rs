@@ -17,7 +17,8 @@
 //! * [`LogChannel`] / [`LogReceiver`]: the transport's interface;
 //! * [`OutputGate`], [`FailureDetector`], [`LagMonitor`]: the mechanisms;
 //! * [`Arbiter`]: the split-brain tie-breaker, with [`InProcessArbiter`];
-//! * [`Node`]: the engine, one side of a pair, driven by a runtime that passes time in.
+//! * [`Node`]: the engine, one side of a pair, driven by a runtime that passes time in;
+//! * [`driver`]: the one loop every runtime turns around a [`Node`].
 //!
 //! ```
 //! use ft_core::{log_codec, Event, ExecPoint, Record};
@@ -36,6 +37,7 @@
 pub mod arbiter;
 pub mod device_set;
 pub mod digest;
+pub mod driver;
 pub mod event_source;
 pub mod exec_point;
 pub mod failure_detector;
@@ -43,6 +45,7 @@ pub mod flow_control;
 mod go_live;
 pub mod log_channel;
 pub mod log_codec;
+mod log_end;
 pub mod node;
 pub mod output_gate;
 pub mod record;

@@ -24,6 +24,7 @@ use crate::arbiter::{ArbiterError, Decision, NodeId, PairId};
 use crate::event_source::{EventSource, SourceError};
 use crate::failure_detector::{FailureDetector, Heartbeat};
 use crate::flow_control::LagMonitor;
+use crate::log_end::LogEnd;
 use crate::output_gate::OutputGate;
 use crate::record::{Ack, AsyncEvent, IoId, IoRequest, Nanos, Output, OutputSeq, Record};
 use crate::world::World;
@@ -506,6 +507,8 @@ pub struct Node<S, W> {
     pub(crate) commands: VecDeque<Command>,
     pub(crate) notices: VecDeque<(Nanos, Notice)>,
     pub(crate) async_buf: Vec<AsyncEvent>,
+    /// The log stream's clean end (primary: records shipped; backup: records taken).
+    pub(crate) end: LogEnd,
     pub(crate) stats: Stats,
 }
 
@@ -563,6 +566,7 @@ impl<S: EventSource, W: World> Node<S, W> {
             commands: VecDeque::new(),
             notices: VecDeque::new(),
             async_buf: Vec::new(),
+            end: LogEnd::default(),
             stats: Stats::default(),
         }
     }
@@ -658,6 +662,45 @@ impl<S: EventSource, W: World> Node<S, W> {
     /// The backup's replay lag as the primary measures it.
     pub fn lag(&self, now: Nanos) -> Nanos {
         self.lag.lag(now)
+    }
+
+    /// Whether this side is done, with the guest's exit code: the guest ended and
+    /// nothing is left to do.
+    ///
+    /// * Live (alone, unprotected, or a backup that went live): once the guest ended.
+    /// * A primary with a backup: once no output is held, no record waits in the
+    ///   outbox, and the backup acknowledged the log's clean end (the guest's `Halt`,
+    ///   then a watermark covering every output), so it will not go live when this
+    ///   side leaves.
+    /// * A replaying backup: once it replayed everything up to the log's clean end.
+    ///
+    /// A runtime also holding an item the channel refused is not done until it
+    /// went out.
+    pub fn finished(&self) -> Option<u64> {
+        let code = self.exited?;
+        let done = match (&self.phase, self.role) {
+            (Phase::Live, _) => true,
+            (Phase::Halted(_), _) => false,
+            (_, Role::Primary) => {
+                self.gate.pending() == 0
+                    && self.outbox.is_empty()
+                    && self.end.clean_at().is_some_and(|s| self.gate.acked() >= s)
+            }
+            (Phase::Replaying, Role::Backup) => {
+                self.inbox.is_empty() && self.end.clean_at().is_some()
+            }
+            _ => false,
+        };
+        done.then_some(code)
+    }
+
+    /// Whether the peer may go away now without that being a failure: the log's clean
+    /// end went through (a primary: acknowledged; a backup: received).
+    pub fn peer_may_leave(&self) -> bool {
+        match self.role {
+            Role::Primary => self.finished().is_some(),
+            Role::Backup => self.end.clean_at().is_some(),
+        }
     }
 
     /// The next request for the outside.
@@ -777,6 +820,7 @@ impl<S: EventSource, W: World> Node<S, W> {
                 self.next_seq = r.seq + 1;
                 self.last_point = r.point;
                 self.stats.records += 1;
+                self.end.observe(&r);
                 self.inbox.push_back(r);
             }
         }

@@ -278,6 +278,7 @@ impl<S: EventSource, W: World> Node<S, W> {
             self.outbox_since = now;
         }
         self.stats.batches += 1;
+        batch.iter().for_each(|r| self.end.observe(r));
         Some(Transmit::Records(batch))
     }
 

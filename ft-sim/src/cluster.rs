@@ -2,18 +2,17 @@
 //! a log link with latency and a bounded buffer, an arbiter, crashes and network cuts,
 //! all on virtual time and a seeded RNG. The same seed gives the same run, bit for bit.
 //!
+//! Each side is turned by ft-core's one driver loop ([`ft_core::driver::Driver`]), the
+//! same loop the threaded runtime turns in production, over a
+//! [`VirtualWire`] (the real wire codec on virtual time) and a [`Delayed`] arbiter. A
+//! tick advances virtual time and turns each side that is up once (the backup once
+//! every [`PairConfig::backup_step_every`] ticks: a slower host).
+//!
 //! Property tests, the `failover` example and the benchmarks drive pairs through this.
 
-use std::collections::VecDeque;
-
 use bytes::Bytes;
-use ft_core::log_codec::{self, CodecError, Frame, FrameDecoder};
-use ft_core::{
-    Arbiter, Command, Config, InProcessArbiter, Nanos, Node, NodeId, Notice, Output, PairId, Phase,
-    Record, Transmit,
-};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use ft_core::driver::{Delayed, Driver, DriverConfig, DriverError, VirtualWire, WireConfig};
+use ft_core::{Config, InProcessArbiter, Nanos, Node, NodeId, Notice, Output, PairId, Record};
 
 use crate::machine::{Machine, MachineConfig};
 use crate::world::{Disk, OutputSink, SimWorld, SimWorldConfig};
@@ -105,6 +104,15 @@ pub struct Trace {
     pub max_link_frames: usize,
 }
 
+/// An error as the trace keeps it: the engine's own message, or the link's.
+fn error_text(e: DriverError) -> String {
+    match e {
+        DriverError::Engine(e) => e.to_string(),
+        DriverError::Channel(e) => e.to_string(),
+        other => other.to_string(),
+    }
+}
+
 /// A simulated pair. See the module docs.
 pub struct PairSim {
     cfg: PairConfig,
@@ -112,23 +120,16 @@ pub struct PairSim {
     pub primary: Node<Machine, SimWorld>,
     /// The backup side.
     pub backup: Node<Machine, SimWorld>,
+    primary_loop: Driver,
+    backup_loop: Driver,
+    wire: VirtualWire,
     arbiter: InProcessArbiter,
+    primary_arbiter: Delayed<InProcessArbiter>,
+    backup_arbiter: Delayed<InProcessArbiter>,
     now: Nanos,
     ticks: u64,
-    rng: ChaCha8Rng,
-    to_backup: VecDeque<(Nanos, Bytes)>,
-    to_primary: VecDeque<(Nanos, Bytes)>,
-    held_p: Option<Bytes>,
-    dec_b: FrameDecoder,
-    dec_p: FrameDecoder,
-    /// The backup's log stream has ended (it suspected the primary) and what was left
-    /// of it has been checked.
-    log_ended: bool,
     primary_up: bool,
     backup_up: bool,
-    cut_to_backup: bool,
-    cut_to_primary: bool,
-    arbiter_calls: VecDeque<(Nanos, Side, Command)>,
     sink: OutputSink,
     trace: Trace,
 }
@@ -161,24 +162,27 @@ impl PairSim {
         let mut bw_cfg = cfg.world.clone();
         bw_cfg.seed = cfg.world.seed.wrapping_add(0x9e37_79b9);
         let bw = SimWorld::new("backup", bw_cfg, backup_disk, sink.clone(), false);
+        let mut wire = VirtualWire::new(WireConfig {
+            latency: cfg.link_latency,
+            jitter: cfg.link_jitter,
+            capacity: cfg.link_capacity,
+            seed: cfg.seed,
+        });
+        wire.tap_records();
+        let arbiter = InProcessArbiter::new();
         PairSim {
             primary: Node::primary(pcfg, machine.clone(), pw, 0),
             backup: Node::backup(bcfg, machine, bw, 0),
-            arbiter: InProcessArbiter::new(),
+            primary_loop: Driver::new(DriverConfig::default()),
+            backup_loop: Driver::new(DriverConfig::default()),
+            wire,
+            primary_arbiter: Delayed::new(arbiter.clone(), cfg.arbiter_latency),
+            backup_arbiter: Delayed::new(arbiter.clone(), cfg.arbiter_latency),
+            arbiter,
             now: 0,
             ticks: 0,
-            rng: ChaCha8Rng::seed_from_u64(cfg.seed),
-            to_backup: VecDeque::new(),
-            to_primary: VecDeque::new(),
-            held_p: None,
-            dec_b: FrameDecoder::new(),
-            dec_p: FrameDecoder::new(),
-            log_ended: false,
             primary_up: true,
             backup_up: true,
-            cut_to_backup: false,
-            cut_to_primary: false,
-            arbiter_calls: VecDeque::new(),
             sink,
             trace: Trace::default(),
             cfg,
@@ -215,16 +219,17 @@ impl PairSim {
         self.cfg.engine.pair
     }
 
-    /// Kill the primary now: it executes and sends nothing more. Frames already on the
-    /// link still arrive.
+    /// Kill the primary now: it executes and sends nothing more, and its pending
+    /// arbiter call is never answered. Frames already on the link still arrive.
     pub fn crash_primary(&mut self) {
         self.primary_up = false;
-        self.held_p = None;
+        self.primary_arbiter.clear();
     }
 
     /// Kill the backup now.
     pub fn crash_backup(&mut self) {
         self.backup_up = false;
+        self.backup_arbiter.clear();
     }
 
     /// Whether the primary is still running.
@@ -235,19 +240,12 @@ impl PairSim {
     /// Cut the link: from now on frames in the given directions are lost (frames
     /// already in flight too).
     pub fn cut(&mut self, to_backup: bool, to_primary: bool) {
-        if to_backup {
-            self.cut_to_backup = true;
-            self.to_backup.clear();
-        }
-        if to_primary {
-            self.cut_to_primary = true;
-            self.to_primary.clear();
-        }
+        self.wire.cut(to_backup, to_primary);
     }
 
     /// Inject raw bytes into the link towards the backup (bad-input tests).
     pub fn inject_to_backup(&mut self, bytes: Bytes) {
-        self.to_backup.push_back((self.now, bytes));
+        self.wire.inject_to_backup(self.now, 0, bytes);
     }
 
     /// A packet from a client reaches whichever side is live now (the one that last
@@ -261,211 +259,53 @@ impl PairSim {
         }
     }
 
-    fn link_delay(&mut self) -> Nanos {
-        let jitter = if self.cfg.link_jitter > 0 {
-            self.rng.gen_range(0..=self.cfg.link_jitter)
-        } else {
-            0
-        };
-        self.cfg.link_latency + jitter
-    }
-
-    fn push_link(q: &mut VecDeque<(Nanos, Bytes)>, at: Nanos, b: Bytes) {
-        // Keep order: a frame never overtakes the one before it.
-        let at = q.back().map_or(at, |(t, _)| at.max(*t));
-        q.push_back((at, b));
-    }
-
-    fn error(&mut self, side: Side, e: impl std::fmt::Display) {
-        self.trace.errors.push((self.now, side, e.to_string()));
-    }
-
-    /// Advance one tick.
+    /// Advance one tick: turn the primary's loop, then the backup's (when it is its
+    /// turn), and collect what they reported.
     pub fn tick(&mut self) {
         self.now += self.cfg.tick;
         self.ticks += 1;
         let now = self.now;
 
-        // Link: primary -> backup.
-        while let Some((at, _)) = self.to_backup.front() {
-            if *at > now || !self.backup_up {
-                break;
-            }
-            if self.backup.inbox_space() < self.cfg.engine.max_batch {
-                break; // the backup reads no more until it has room
-            }
-            let Some((_, bytes)) = self.to_backup.pop_front() else {
-                break;
-            };
-            if self.log_ended {
-                // The backup takes nothing more from the old primary (see below).
-                continue;
-            }
-            self.dec_b.push(&bytes);
-            loop {
-                match self.dec_b.next_frame() {
-                    Ok(Some(Frame::Records(recs))) => match self.backup.handle_records(recs, now) {
-                        Ok(()) => {
-                            let last = self.backup.last_seq();
-                            self.trace.backup_received.push((now, last));
-                        }
-                        Err(e) => self.error(Side::Backup, e),
-                    },
-                    Ok(Some(Frame::Ack(_))) => {
-                        self.error(Side::Backup, "ack frame on the log link")
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.error(Side::Backup, e);
-                        break;
-                    }
-                }
-            }
-        }
-        // Link: backup -> primary.
-        while let Some((at, _)) = self.to_primary.front() {
-            if *at > now || !self.primary_up {
-                break;
-            }
-            let Some((_, bytes)) = self.to_primary.pop_front() else {
-                break;
-            };
-            self.dec_p.push(&bytes);
-            loop {
-                match self.dec_p.next_frame() {
-                    Ok(Some(Frame::Ack(ack))) => {
-                        if let Err(e) = self.primary.handle_ack(ack, now) {
-                            self.error(Side::Primary, e);
-                        }
-                    }
-                    Ok(Some(Frame::Records(_))) => {
-                        self.error(Side::Primary, "record frame on the ack link")
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.error(Side::Primary, e);
-                        break;
-                    }
-                }
-            }
-        }
-
         if self.primary_up {
-            if let Err(e) = self.primary.step(now) {
-                self.error(Side::Primary, e);
+            self.primary_loop.turn(
+                &mut self.primary,
+                &now,
+                &mut self.wire.primary_end(now),
+                &mut self.primary_arbiter,
+            );
+            for e in self.primary_loop.take_errors() {
+                self.trace.errors.push((now, Side::Primary, error_text(e)));
             }
-            self.transmit_primary();
+            while let Some((t, n)) = self.primary.poll_notice() {
+                self.trace.notices.push((t, Side::Primary, n));
+            }
         }
+        self.trace.records.extend(self.wire.take_tapped());
         if self.backup_up && self.ticks % u64::from(self.cfg.backup_step_every.max(1)) == 0 {
-            if let Err(e) = self.backup.step(now) {
-                self.error(Side::Backup, e);
+            let before = self.backup.last_seq();
+            self.backup_loop.turn(
+                &mut self.backup,
+                &now,
+                &mut self.wire.backup_end(now),
+                &mut self.backup_arbiter,
+            );
+            if self.backup.last_seq() > before {
+                self.trace
+                    .backup_received
+                    .push((now, self.backup.last_seq()));
+            }
+            for e in self.backup_loop.take_errors() {
+                self.trace.errors.push((now, Side::Backup, error_text(e)));
+            }
+            while let Some((t, n)) = self.backup.poll_notice() {
+                self.trace.notices.push((t, Side::Backup, n));
             }
         }
-        if self.backup_up && !self.log_ended && self.backup.phase() != &Phase::Replaying {
-            // The backup takes nothing more from the old primary: its log stream ends
-            // here, and a partial frame left in it (the primary fell silent in the
-            // middle of one) is a truncated stream, reported rather than dropped.
-            self.log_ended = true;
-            if let Err(e @ CodecError::Truncated { .. }) = self.dec_b.finish() {
-                self.error(Side::Backup, e);
-            }
-        }
-        if self.backup_up {
-            while let Some(t) = self.backup.poll_transmit(now) {
-                if let Transmit::Ack(ack) = t {
-                    let mut buf = Vec::new();
-                    if let Err(e) = log_codec::encode_ack(&ack, &mut buf) {
-                        self.error(Side::Backup, e);
-                        continue;
-                    }
-                    self.trace.ack_frames += 1;
-                    if !self.cut_to_primary {
-                        let d = self.link_delay();
-                        Self::push_link(&mut self.to_primary, now + d, Bytes::from(buf));
-                    }
-                }
-            }
-        }
-
-        // Arbiter requests and answers.
-        for side in [Side::Primary, Side::Backup] {
-            let up = match side {
-                Side::Primary => self.primary_up,
-                Side::Backup => self.backup_up,
-            };
-            if !up {
-                continue;
-            }
-            let node = match side {
-                Side::Primary => &mut self.primary,
-                Side::Backup => &mut self.backup,
-            };
-            while let Some(cmd) = node.poll_command() {
-                self.arbiter_calls
-                    .push_back((now + self.cfg.arbiter_latency, side, cmd));
-            }
-        }
-        let mut i = 0;
-        while i < self.arbiter_calls.len() {
-            if self.arbiter_calls[i].0 > now {
-                i += 1;
-                continue;
-            }
-            let Some((_, side, cmd)) = self.arbiter_calls.remove(i) else {
-                break;
-            };
-            let Command::TestAndSet { pair, me, .. } = cmd;
-            let up = match side {
-                Side::Primary => self.primary_up,
-                Side::Backup => self.backup_up,
-            };
-            if !up {
-                continue;
-            }
-            let res = self.arbiter.test_and_set(pair, me);
-            match side {
-                Side::Primary => self.primary.on_arbiter(res, now),
-                Side::Backup => self.backup.on_arbiter(res, now),
-            }
-        }
-        while let Some((t, n)) = self.primary.poll_notice() {
-            self.trace.notices.push((t, Side::Primary, n));
-        }
-        while let Some((t, n)) = self.backup.poll_notice() {
-            self.trace.notices.push((t, Side::Backup, n));
-        }
-        self.trace.max_link_frames = self.trace.max_link_frames.max(self.to_backup.len());
-    }
-
-    fn transmit_primary(&mut self) {
-        let now = self.now;
-        loop {
-            if self.to_backup.len() >= self.cfg.link_capacity {
-                return;
-            }
-            let bytes = match self.held_p.take() {
-                Some(b) => b,
-                None => match self.primary.poll_transmit(now) {
-                    Some(Transmit::Records(recs)) => {
-                        let mut buf = Vec::new();
-                        if let Err(e) = log_codec::encode_records(&recs, &mut buf) {
-                            self.error(Side::Primary, e);
-                            continue;
-                        }
-                        self.trace.records.extend(recs);
-                        self.trace.log_frames += 1;
-                        self.trace.log_bytes += buf.len() as u64;
-                        Bytes::from(buf)
-                    }
-                    Some(Transmit::Ack(_)) | None => return,
-                },
-            };
-            if self.cut_to_backup {
-                continue;
-            }
-            let d = self.link_delay();
-            Self::push_link(&mut self.to_backup, now + d, bytes);
-        }
+        let (to_b, to_p) = (self.wire.stats_to_backup(), self.wire.stats_to_primary());
+        self.trace.log_bytes = to_b.bytes;
+        self.trace.log_frames = to_b.frames;
+        self.trace.ack_frames = to_p.frames;
+        self.trace.max_link_frames = to_b.max_in_flight;
     }
 
     /// Tick until `done` holds or `max_ticks` ticks passed; returns whether `done`
