@@ -873,8 +873,12 @@ impl<S: EventSource, W: World> Node<S, W> {
         match res {
             Ok(o) => Ok(o),
             Err(e) => {
-                let reason = match (&e, self.role) {
-                    (EngineError::Source(s), Role::Primary) => {
+                // The halt reason follows the phase: a machine that fails while it
+                // runs for real (recording, or live: a backup that went live
+                // included) failed; one that fails while it applies the log could
+                // not replay it.
+                let reason = match (&e, &self.phase) {
+                    (EngineError::Source(s), Phase::Recording | Phase::Live) => {
                         HaltReason::SourceFailed(s.to_string())
                     }
                     _ => HaltReason::Diverged(e.to_string()),

@@ -302,6 +302,33 @@ fn the_primary_halts_when_its_machine_fails() {
 }
 
 #[test]
+fn a_machine_failure_after_go_live_is_a_machine_failure_not_a_divergence() {
+    // The primary's machine fails at 50 and the primary halts; the backup replays the
+    // log up to there, goes live, runs on and meets the same failure, now live.
+    let mut p = Pair::new(
+        Script::new(vec![output(10), fail(50)]),
+        ScriptedWorld::live("p", 1),
+        ScriptedWorld::standby("b", 2),
+    );
+    assert!(p.run_until(200, MS, |p| p.backup.is_halted()));
+    p.collect();
+    assert!(p
+        .notices_of(Side::Backup)
+        .iter()
+        .any(|n| matches!(n, Notice::WentLive { .. })));
+    let Phase::Halted(HaltReason::SourceFailed(why)) = p.backup.phase().clone() else {
+        panic!("phase {:?}", p.backup.phase())
+    };
+    assert!(why.contains("scripted failure"), "{why}");
+    assert!(
+        !p.notices_of(Side::Backup)
+            .iter()
+            .any(|n| matches!(n, Notice::Diverged(_))),
+        "a machine failure after go-live is not a divergence"
+    );
+}
+
+#[test]
 fn wrong_role_calls_are_typed_errors() {
     let mut p = Pair::new(
         script(),
