@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use ft_core::PairId;
+use ft_core::{NodeId, PairId};
 use ft_transport::tcp::{PreSharedKey, PrimaryListener, TcpConfig, TcpError, TcpHandle, TcpLink};
 use ft_transport::FrameLink;
 
@@ -33,6 +33,11 @@ pub type Link = Box<dyn FrameLink + Send>;
 pub struct LinkOptions {
     /// The protected pair (the link refuses a peer of another pair).
     pub pair: PairId,
+    /// This side's node id (the link refuses a peer with the same one).
+    pub node: NodeId,
+    /// The digest of the guest's initial state (the link refuses a peer that starts
+    /// from another).
+    pub image: u64,
     /// The pre-shared key's file.
     pub key_file: std::path::PathBuf,
     /// How long the backup keeps trying to reach the primary at start.
@@ -49,7 +54,10 @@ pub struct Opened {
 
 fn config(opts: &LinkOptions) -> Result<TcpConfig> {
     let key = PreSharedKey::from_file(&opts.key_file)?;
-    Ok(TcpConfig::new(key, opts.pair))
+    Ok(TcpConfig {
+        image: opts.image,
+        ..TcpConfig::new(key, opts.pair, opts.node)
+    })
 }
 
 /// Primary: listen on `addr` and wait for the backup to connect and authenticate.

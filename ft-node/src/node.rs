@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, ValueEnum};
-use ft_core::{Arbiter, Config, HaltReason, Nanos, Node, NodeId, Notice, PairId};
+use ft_core::{Arbiter, Config, EventSource, HaltReason, Nanos, Node, NodeId, Notice, PairId};
 use ft_sim::{
     Disk, DiskMode, Machine, MachineConfig, Network, OutputSink, SimWorld, SimWorldConfig,
 };
@@ -285,7 +285,10 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
         ..Config::default()
     };
     cfg.validate().map_err(NodeError::Config)?;
-    let machine = load_machine(args)?;
+    let mut machine = load_machine(args)?;
+    // Both sides must start from the same state; the log channel's handshake compares
+    // this digest and refuses a peer with another image.
+    let image = machine.digest();
     let arbiter: Arc<dyn Arbiter> = ft_transport::arbiter::parse_spec(
         &args.arbiter,
         Duration::from_millis(args.arbiter_timeout_ms.max(1)),
@@ -314,6 +317,8 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
 
     let link_opts = LinkOptions {
         pair,
+        node: NodeId(me),
+        image,
         key_file: args.key_file.clone(),
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),
     };

@@ -37,11 +37,16 @@ fn tcp_pair() -> (PrimaryEnd<TcpLink>, BackupEnd<TcpLink>) {
             vm: 1,
             generation: 1,
         },
+        ft_core::NodeId(1),
     );
     cfg.log = false;
     let mut l = PrimaryListener::bind("127.0.0.1:0", cfg.clone()).unwrap();
     let addr = l.local_addr();
-    let b = std::thread::spawn(move || TcpLink::connect(addr, cfg, Duration::from_secs(10)));
+    let bcfg = TcpConfig {
+        node: ft_core::NodeId(2),
+        ..cfg
+    };
+    let b = std::thread::spawn(move || TcpLink::connect(addr, bcfg, Duration::from_secs(10)));
     let p = l.accept(Some(Duration::from_secs(10))).unwrap();
     (
         PrimaryEnd::new(p),

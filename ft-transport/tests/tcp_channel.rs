@@ -21,7 +21,7 @@ use tcp_support::*;
 fn records_and_acks_flow() {
     let (mut rng, _) = rng("records_and_acks_flow");
     let k = key(1);
-    let (p, b, _) = connect(cfg(&k), cfg(&k), None);
+    let (p, b, _) = connect(cfg(&k), backup_cfg(&k), None);
     let (ph, bh) = (p.handle(), b.handle());
     assert!(ph.is_connected() && bh.is_connected());
     let (mut p, mut b) = ends(p, b);
@@ -45,7 +45,7 @@ fn records_and_acks_flow() {
 #[test]
 fn full_run_through_the_runtime() {
     let k = key(2);
-    let (p, b, _) = connect(cfg(&k), cfg(&k), None);
+    let (p, b, _) = connect(cfg(&k), backup_cfg(&k), None);
     let (pe, be) = ends(p, b);
     let params = ToyParams {
         idle_every: 3_000,
@@ -118,7 +118,7 @@ fn dropping_one_end_disconnects_the_other_at_once() {
     let mut c = cfg(&k);
     c.reconnect_grace = Duration::from_secs(3600);
     for drop_backup in [true, false] {
-        let (mut p, mut b, _) = connect(c.clone(), c.clone(), None);
+        let (mut p, mut b, _) = connect(c.clone(), as_backup(c.clone()), None);
         p.try_send_frame(Bytes::from_static(b"one last frame"))
             .unwrap();
         wait_for("the frame", || matches!(b.try_recv_frame(), Ok(Some(_))));
@@ -141,7 +141,7 @@ fn a_peer_that_never_comes_back_is_reported() {
     let mut c = cfg(&k);
     c.reconnect_grace = Duration::from_millis(200);
     // The backup crashes: the primary waits out the grace, then reports it.
-    let (mut p, b, _) = connect(c.clone(), c.clone(), None);
+    let (mut p, b, _) = connect(c.clone(), as_backup(c.clone()), None);
     b.abort();
     wait_for("the primary to give up", || {
         matches!(p.try_recv_frame(), Err(ChannelError::Disconnected))
@@ -151,7 +151,7 @@ fn a_peer_that_never_comes_back_is_reported() {
 
     // The primary crashes: its port refuses the backup's reconnect, so it is gone.
     c.reconnect_grace = Duration::from_secs(3600);
-    let (p, mut b, _) = connect(c.clone(), c.clone(), None);
+    let (p, mut b, _) = connect(c.clone(), as_backup(c.clone()), None);
     p.abort();
     wait_for("the backup to give up", || {
         matches!(b.try_recv_frame(), Err(ChannelError::Disconnected))
@@ -169,7 +169,7 @@ fn limits_and_backpressure() {
     let mut c = cfg(&k);
     c.max_frame = 1024;
     c.send_queue_frames = 4;
-    let (mut p, b, _) = connect(c.clone(), c, None);
+    let (mut p, b, _) = connect(c.clone(), as_backup(c), None);
     // A frame over the limit is refused on the sending side.
     assert!(matches!(
         p.try_send_frame(Bytes::from(vec![0u8; 2000])),
@@ -232,7 +232,7 @@ fn keys_from_bytes_and_files() {
     // A key file works end to end.
     std::fs::write(&path, "a key that lives in a file\n").unwrap();
     let k = PreSharedKey::from_file(&path).unwrap();
-    let (mut p, mut b, _) = connect(cfg(&k), cfg(&k), None);
+    let (mut p, mut b, _) = connect(cfg(&k), backup_cfg(&k), None);
     p.try_send_frame(Bytes::from_static(b"hi")).unwrap();
     wait_for(
         "the frame",
@@ -245,6 +245,7 @@ fn keys_from_bytes_and_files() {
             vm: 1,
             generation: 1,
         },
+        ft_core::NodeId(1),
     );
     bad.send_queue_frames = 0;
     assert!(matches!(
@@ -263,7 +264,7 @@ fn the_fault_injector_wraps_a_tcp_link() {
     // way); the log codec's checksum still catches it.
     let (_, seed) = rng("fault_injector_wraps");
     let k = key(6);
-    let (p, b, _) = connect(cfg(&k), cfg(&k), None);
+    let (p, b, _) = connect(cfg(&k), backup_cfg(&k), None);
     let plan = ft_transport::FaultPlan {
         outbound: ft_transport::Faults {
             corrupt: 1.0,

@@ -23,7 +23,7 @@ fn cuts_mid_stream_lose_and_duplicate_nothing() {
     let (mut rng, _) = rng("cuts_mid_stream");
     let k = key(1);
     let proxy = Proxy::start();
-    let (p, b, _) = connect(cfg(&k), cfg(&k), Some(&proxy));
+    let (p, b, _) = connect(cfg(&k), backup_cfg(&k), Some(&proxy));
     let (ph, bh) = (p.handle(), b.handle());
     let (mut pe, mut be) = ends(p, b);
     let all = records(&mut rng, 1, 20_000, 1024);
@@ -53,7 +53,7 @@ fn cuts_mid_stream_lose_and_duplicate_nothing() {
 fn dropping_the_connection_on_either_side_resumes() {
     let (mut rng, _) = rng("drop_connection");
     let k = key(2);
-    let (p, b, _) = connect(cfg(&k), cfg(&k), None);
+    let (p, b, _) = connect(cfg(&k), backup_cfg(&k), None);
     let (ph, bh) = (p.handle(), b.handle());
     let (mut pe, mut be) = ends(p, b);
     let all = records(&mut rng, 1, 10_000, 512);
@@ -79,7 +79,7 @@ fn a_replicated_run_survives_repeated_cuts() {
     let (_, seed) = rng("run_survives_cuts");
     let k = key(3);
     let proxy = Arc::new(Proxy::start());
-    let (p, b, _) = connect(cfg(&k), cfg(&k), Some(&proxy));
+    let (p, b, _) = connect(cfg(&k), backup_cfg(&k), Some(&proxy));
     let (ph, bh) = (p.handle(), b.handle());
     let (pe, be) = ends(p, b);
     let params = ToyParams {
@@ -172,7 +172,7 @@ fn a_replicated_run_survives_repeated_cuts() {
 fn a_position_the_primary_no_longer_holds_is_refused() {
     let (mut rng, _) = rng("resume_refused");
     let k = key(4);
-    let (p, b, addr) = connect(cfg(&k), cfg(&k), None);
+    let (p, b, addr) = connect(cfg(&k), backup_cfg(&k), None);
     let ph = p.handle();
     let (mut pe, mut be) = ends(p, b);
     // Records 1..=100 delivered and acknowledged; 101..=120 sent, not acknowledged.
@@ -189,7 +189,7 @@ fn a_position_the_primary_no_longer_holds_is_refused() {
     });
     // The backup dies without a word, and comes back with nothing.
     be.into_link().abort();
-    let e = TcpLink::connect(addr, cfg(&k), PATIENCE).unwrap_err();
+    let e = TcpLink::connect(addr, backup_cfg(&k), PATIENCE).unwrap_err();
     assert_eq!(
         e,
         TcpError::ResumeRefused {
@@ -200,7 +200,7 @@ fn a_position_the_primary_no_longer_holds_is_refused() {
     );
     assert!(e.to_string().contains("re-cloned"), "{e}");
     // A backup from the future.
-    let e = TcpLink::connect_from(addr, cfg(&k), 500, PATIENCE).unwrap_err();
+    let e = TcpLink::connect_from(addr, backup_cfg(&k), 500, PATIENCE).unwrap_err();
     assert!(
         matches!(
             e,
@@ -224,7 +224,7 @@ fn a_position_the_primary_no_longer_holds_is_refused() {
 
     // A backup that holds everything up to 109 resumes: the kept frame comes again, its
     // first records are duplicates, and nothing is missing.
-    let b = TcpLink::connect_from(addr, cfg(&k), 110, PATIENCE).unwrap();
+    let b = TcpLink::connect_from(addr, backup_cfg(&k), 110, PATIENCE).unwrap();
     let mut be = ft_transport::BackupEnd::new(b);
     let mut again = ExactlyOnce {
         got: all[..109].to_vec(),

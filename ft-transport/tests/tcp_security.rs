@@ -27,6 +27,9 @@ fn raw_hello(version: u16, role: u8, pair: PairId) -> Vec<u8> {
     h.push(role);
     h.extend_from_slice(&pair.vm.to_le_bytes());
     h.extend_from_slice(&pair.generation.to_le_bytes());
+    // Node 9 (not the primary's), image digest 0 (the test configurations').
+    h.extend_from_slice(&9u64.to_le_bytes());
+    h.extend_from_slice(&0u64.to_le_bytes());
     h.extend_from_slice(&[0x5a; 32]);
     h.extend_from_slice(&1u64.to_le_bytes());
     assert_eq!(h.len(), CLIENT_HELLO_LEN);
@@ -64,14 +67,14 @@ fn wrong_key_is_refused_counted_and_gets_nothing() {
     let mut l = PrimaryListener::bind("127.0.0.1:0", cfg(&good)).unwrap();
     let addr = l.local_addr();
     // A backup with the wrong key, before the real one: both sides refuse.
-    let e = refused_at_accept(&mut l, cfg(&bad));
+    let e = refused_at_accept(&mut l, backup_cfg(&bad));
     assert_eq!(e, TcpError::AuthFailed);
     assert!(e.to_string().contains("authentication failed"), "{e}");
     let s = l.stats();
     assert_eq!((s.auth_failures, s.refused, s.connections), (1, 1, 0));
 
     // The real backup gets in, and records flow.
-    let b = std::thread::spawn(move || TcpLink::connect(addr, cfg(&good), PATIENCE));
+    let b = std::thread::spawn(move || TcpLink::connect(addr, backup_cfg(&good), PATIENCE));
     let mut p = l.accept(Some(PATIENCE)).unwrap();
     let mut b = BackupEnd::new(b.join().unwrap().unwrap());
     let ph = p.handle();
@@ -82,7 +85,7 @@ fn wrong_key_is_refused_counted_and_gets_nothing() {
 
     // Meanwhile, attackers without the key: a backup with the wrong key...
     assert_eq!(
-        TcpLink::connect(addr, cfg(&bad), PATIENCE).unwrap_err(),
+        TcpLink::connect(addr, backup_cfg(&bad), PATIENCE).unwrap_err(),
         TcpError::AuthFailed
     );
     // ...and a raw client that fakes the confirmation: it gets the primary's hello
@@ -116,7 +119,7 @@ fn wrong_key_is_refused_counted_and_gets_nothing() {
     // A backup with the right key facing a primary that has another one refuses too.
     let mut other = PrimaryListener::bind("127.0.0.1:0", cfg(&bad)).unwrap();
     assert_eq!(
-        refused_at_accept(&mut other, cfg(&key(1))),
+        refused_at_accept(&mut other, backup_cfg(&key(1))),
         TcpError::AuthFailed
     );
     assert_eq!(other.stats().auth_failures, 1);
@@ -127,7 +130,7 @@ fn foreign_connections_are_refused_and_counted() {
     let k = key(3);
     let mut c = cfg(&k);
     c.handshake_timeout = Duration::from_millis(200);
-    let (p, b, addr) = connect(c.clone(), c, None);
+    let (p, b, addr) = connect(c.clone(), as_backup(c), None);
     let ph = p.handle();
     // Garbage: refused at the first byte that is not the magic.
     let mut g = raw(addr);
@@ -151,7 +154,7 @@ fn foreign_connections_are_refused_and_counted() {
 #[test]
 fn wrong_magic_version_role_or_pair_is_a_clear_error() {
     let k = key(4);
-    let (p, _b, addr) = connect(cfg(&k), cfg(&k), None);
+    let (p, _b, addr) = connect(cfg(&k), backup_cfg(&k), None);
     let ph = p.handle();
 
     // A backup speaking version 99: the primary answers with its own version and
@@ -168,7 +171,7 @@ fn wrong_magic_version_role_or_pair_is_a_clear_error() {
     s.write_all(&raw_hello(PROTOCOL_VERSION, 1, PAIR)).unwrap();
     assert_eq!(read_all(&mut s)[6], 2, "status: role");
     // A backup of another pairing generation.
-    let mut other = cfg(&k);
+    let mut other = backup_cfg(&k);
     other.pair.generation = 2;
     let e = TcpLink::connect(addr, other, PATIENCE).unwrap_err();
     assert!(matches!(e, TcpError::PairMismatch { .. }), "{e}");
@@ -195,7 +198,7 @@ fn wrong_magic_version_role_or_pair_is_a_clear_error() {
     let t = std::thread::spawn(move || {
         for reply in [
             b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec(),
-            [&MAGIC[..], &2u16.to_le_bytes()[..], &[0u8; 90][..]].concat(),
+            [&MAGIC[..], &3u16.to_le_bytes()[..], &[0u8; 90][..]].concat(),
         ] {
             let (mut c, _) = fake.accept().unwrap();
             let mut hello = [0u8; CLIENT_HELLO_LEN];
@@ -204,20 +207,62 @@ fn wrong_magic_version_role_or_pair_is_a_clear_error() {
             let _ = read_all(&mut c);
         }
     });
-    let e = TcpLink::connect(faddr, cfg(&k), PATIENCE).unwrap_err();
+    let e = TcpLink::connect(faddr, backup_cfg(&k), PATIENCE).unwrap_err();
     assert_eq!(e, TcpError::BadMagic { found: *b"HTTP" });
     assert!(e.to_string().contains("bad protocol magic"), "{e}");
     // ...and a primary of a newer version.
-    let e = TcpLink::connect(faddr, cfg(&k), PATIENCE).unwrap_err();
+    let e = TcpLink::connect(faddr, backup_cfg(&k), PATIENCE).unwrap_err();
     assert_eq!(
         e,
         TcpError::VersionMismatch {
             ours: PROTOCOL_VERSION,
-            theirs: 2
+            theirs: 3
         }
     );
     assert!(e.to_string().contains("version mismatch"), "{e}");
     t.join().unwrap();
+}
+
+/// Split brain starts with two sides that believe they are the same node: a backup
+/// with the primary's node id is refused at the handshake, on both ends, and so is a
+/// backup that starts from another guest image.
+#[test]
+fn a_backup_with_the_primarys_node_id_or_another_image_is_refused() {
+    let k = key(6);
+    let (p, _b, addr) = connect(cfg(&k), backup_cfg(&k), None);
+    let ph = p.handle();
+    // The primary's own configuration, node 1, used for a backup.
+    let e = TcpLink::connect(addr, cfg(&k), PATIENCE).unwrap_err();
+    assert_eq!(
+        e,
+        TcpError::NodeCollision {
+            node: ft_core::NodeId(1)
+        }
+    );
+    assert!(e.to_string().contains("node id collision"), "{e}");
+    let other = ft_transport::tcp::TcpConfig {
+        image: 0xbad,
+        ..backup_cfg(&k)
+    };
+    let e = TcpLink::connect(addr, other, PATIENCE).unwrap_err();
+    assert_eq!(
+        e,
+        TcpError::ImageMismatch {
+            ours: 0xbad,
+            theirs: None
+        }
+    );
+    assert!(e.to_string().contains("guest image mismatch"), "{e}");
+    wait_for("2 refusals", || ph.stats().refused == 2);
+    assert_eq!(ph.stats().peer_mismatches, 2);
+    assert_eq!(ph.stats().connections, 1, "neither was accepted");
+    assert_eq!(
+        ph.last_error(),
+        Some(TcpError::ImageMismatch {
+            ours: 0,
+            theirs: Some(0xbad)
+        })
+    );
 }
 
 /// One tamper, through a proxy, while records stream: the frame is rejected with the
@@ -228,7 +273,7 @@ fn tamper(t: Tamper, check: impl Fn(&TcpError) -> bool) {
     let k = key(5);
     let proxy = Proxy::start();
     proxy.arm(t);
-    let (p, b, _) = connect(cfg(&k), cfg(&k), Some(&proxy));
+    let (p, b, _) = connect(cfg(&k), backup_cfg(&k), Some(&proxy));
     let (ph, bh) = (p.handle(), b.handle());
     let (mut pe, mut be) = ends(p, b);
     let all = records(&mut rng, 1, 2_000, 2048);
@@ -350,7 +395,7 @@ fn bad_log_frames_inside_authentic_frames_are_corrupt() {
         }),
     ];
     for (frame, check) in cases {
-        let (mut p, b, _) = connect(cfg(&k), cfg(&k), None);
+        let (mut p, b, _) = connect(cfg(&k), backup_cfg(&k), None);
         let mut be = BackupEnd::new(b);
         p.try_send_frame(Bytes::from(frame)).unwrap();
         let mut res = Ok(None);

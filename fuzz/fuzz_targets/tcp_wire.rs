@@ -22,8 +22,8 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 use ft_core::log_codec::{self, Frame};
-use ft_core::{Ack, Event, ExecPoint, OutputSeq, PairId, Record, Role};
-use ft_transport::tcp::fuzzing::{self as fz, FuzzSession};
+use ft_core::{Ack, Event, ExecPoint, NodeId, OutputSeq, PairId, Record, Role};
+use ft_transport::tcp::fuzzing::{self as fz, FuzzSession, Identity};
 use ft_transport::tcp::{TcpError, MAGIC, PROTOCOL_VERSION, REFUSAL_LEN};
 use libfuzzer_sys::fuzz_target;
 
@@ -107,6 +107,8 @@ struct HelloFields {
     role: Option<u8>,
     vm: u8,
     generation: u8,
+    node: u8,
+    image: u8,
     nonce: [u8; 4],
     next_seq: u64,
     status: Option<u8>,
@@ -142,10 +144,14 @@ enum Case {
     Stream { role: bool, bytes: Vec<u8> },
 }
 
-fn pair_of(h: &HelloFields) -> PairId {
-    PairId {
-        vm: u64::from(h.vm % 3),
-        generation: u64::from(h.generation % 3),
+fn identity_of(h: &HelloFields) -> Identity {
+    Identity {
+        pair: PairId {
+            vm: u64::from(h.vm % 3),
+            generation: u64::from(h.generation % 3),
+        },
+        node: NodeId(u64::from(h.node % 3)),
+        image: u64::from(h.image % 2),
     }
 }
 
@@ -153,6 +159,25 @@ const OUR_PAIR: PairId = PairId {
     vm: 1,
     generation: 1,
 };
+
+/// The primary under test: node 1, image 0.
+const PRIMARY: Identity = Identity {
+    pair: OUR_PAIR,
+    node: NodeId(1),
+    image: 0,
+};
+
+/// The backup under test: node 2, image 0.
+const BACKUP: Identity = Identity {
+    pair: OUR_PAIR,
+    node: NodeId(2),
+    image: 0,
+};
+
+/// Whether `peer` may be `me`'s peer: same pair and image, another node.
+fn acceptable(me: &Identity, peer: &Identity) -> bool {
+    peer.pair == me.pair && peer.node != me.node && peer.image == me.image
+}
 
 fn nonce_of(h: &HelloFields) -> [u8; fz::NONCE_LEN] {
     let mut n = [0u8; fz::NONCE_LEN];
@@ -286,8 +311,8 @@ fn check_peek(bytes: &[u8]) {
 }
 
 fn backup_hello_bytes(h: &HelloFields) -> (Vec<u8>, bool) {
-    let mut hello = fz::backup_hello(pair_of(h), &nonce_of(h), h.next_seq);
-    let mut valid = pair_of(h) == OUR_PAIR;
+    let mut hello = fz::backup_hello(&identity_of(h), &nonce_of(h), h.next_seq);
+    let mut valid = acceptable(&PRIMARY, &identity_of(h));
     if let Some(m) = h.bad_magic {
         hello[..4].copy_from_slice(&m);
         valid &= m == MAGIC;
@@ -314,7 +339,7 @@ fn primary_built(
     // First pass: learn the primary's reply (deterministic: fixed nonce).
     let mut probe = hello.clone();
     probe.extend_from_slice(&[0u8; fz::CONFIRM_LEN]);
-    let first = fz::primary_handshake(&probe, KEY, OUR_PAIR);
+    let first = fz::primary_handshake(&probe, KEY, &PRIMARY);
     if !valid {
         let e = first.result.expect_err("a bad hello was accepted");
         let _ = e.to_string();
@@ -354,7 +379,7 @@ fn primary_built(
     let (stream, _, _) = encode(&real, fz::DIR_TO_PRIMARY, 0, frames, 0);
     peer.extend_from_slice(&stream);
     peer.extend_from_slice(tail);
-    let second = fz::primary_handshake(&peer, KEY, OUR_PAIR);
+    let second = fz::primary_handshake(&peer, KEY, &PRIMARY);
     assert_eq!(second.sent, first.sent, "the primary's reply changed");
     match second.result {
         Ok((session, next_seq)) => {
@@ -383,22 +408,25 @@ fn backup_built(
     frames: &[FrameSpec],
     tail: &[u8],
 ) {
-    // The primary's hello: magic, version, status, role, vm, generation, nonce, tag.
-    let pair = pair_of(h);
+    // The primary's hello: magic, version, status, role, vm, generation, node, image,
+    // nonce, tag.
+    let id = identity_of(h);
     let mut reply = Vec::with_capacity(fz::SERVER_HELLO_LEN);
     reply.extend_from_slice(&h.bad_magic.unwrap_or(MAGIC));
     reply.extend_from_slice(&h.version.unwrap_or(PROTOCOL_VERSION).to_le_bytes());
     reply.push(h.status.unwrap_or(0));
     reply.push(h.role.unwrap_or(1));
-    reply.extend_from_slice(&pair.vm.to_le_bytes());
-    reply.extend_from_slice(&pair.generation.to_le_bytes());
+    reply.extend_from_slice(&id.pair.vm.to_le_bytes());
+    reply.extend_from_slice(&id.pair.generation.to_le_bytes());
+    reply.extend_from_slice(&id.node.0.to_le_bytes());
+    reply.extend_from_slice(&id.image.to_le_bytes());
     reply.extend_from_slice(&nonce_of(h));
     let valid = h.bad_magic.is_none_or(|m| m == MAGIC)
         && h.version.is_none_or(|v| v == PROTOCOL_VERSION)
         && h.status.is_none_or(|s| s == 0)
         && h.role.is_none_or(|r| r == 1)
-        && pair == OUR_PAIR;
-    let hello = fz::backup_hello(OUR_PAIR, &fz::NONCE, want);
+        && acceptable(&BACKUP, &id);
+    let hello = fz::backup_hello(&BACKUP, &fz::NONCE, want);
     let mut transcript = hello.clone();
     transcript.extend_from_slice(&reply);
     let key: &[u8] = if wrong_key {
@@ -425,7 +453,7 @@ fn backup_built(
     peer.extend_from_slice(&stream);
     peer.extend_from_slice(tail);
 
-    let hs = fz::backup_handshake(&peer, KEY, OUR_PAIR, want);
+    let hs = fz::backup_handshake(&peer, KEY, &BACKUP, want);
     // The backup always sends its hello; with a complete primary hello, also its
     // confirmation.
     assert_eq!(
@@ -476,7 +504,7 @@ fn run(data: &[u8]) {
     };
     match case {
         Case::PrimaryRaw(bytes) => {
-            let hs = fz::primary_handshake(&bytes, KEY, OUR_PAIR);
+            let hs = fz::primary_handshake(&bytes, KEY, &PRIMARY);
             assert!(hs.consumed <= bytes.len());
             assert!(
                 hs.sent.is_empty()
@@ -490,7 +518,7 @@ fn run(data: &[u8]) {
             }
         }
         Case::BackupRaw(bytes) => {
-            let hs = fz::backup_handshake(&bytes, KEY, OUR_PAIR, 7);
+            let hs = fz::backup_handshake(&bytes, KEY, &BACKUP, 7);
             assert!(hs.consumed <= bytes.len());
             if let Err(e) = hs.result {
                 let _ = e.to_string();

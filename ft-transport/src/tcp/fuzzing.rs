@@ -13,9 +13,10 @@
 use std::io::{self, Read, Write};
 
 use ft_core::log_codec::{self, Frame};
-use ft_core::{PairId, Role};
+use ft_core::Role;
 
 use super::link::resume_answer;
+pub use super::wire::Identity;
 use super::wire::{self, ReadError, Session};
 use super::{Result, TcpError};
 
@@ -85,13 +86,13 @@ pub struct Handshake<T> {
 
 /// The primary's handshake against `peer` (the backup's hello, then its key
 /// confirmation): the session and the sequence number the backup asked for.
-pub fn primary_handshake(peer: &[u8], psk: &[u8], pair: PairId) -> Handshake<(FuzzSession, u64)> {
+pub fn primary_handshake(peer: &[u8], psk: &[u8], me: &Identity) -> Handshake<(FuzzSession, u64)> {
     let mut s = Scripted {
         input: peer,
         read: 0,
         sent: Vec::new(),
     };
-    let result = wire::server_handshake_with(&mut s, psk, pair, || Ok(NONCE))
+    let result = wire::server_handshake_with(&mut s, psk, me, || Ok(NONCE))
         .map(|acc| (FuzzSession(acc.session), acc.next_seq));
     Handshake {
         result,
@@ -105,7 +106,7 @@ pub fn primary_handshake(peer: &[u8], psk: &[u8], pair: PairId) -> Handshake<(Fu
 pub fn backup_handshake(
     peer: &[u8],
     psk: &[u8],
-    pair: PairId,
+    me: &Identity,
     next_seq: u64,
 ) -> Handshake<FuzzSession> {
     let mut s = Scripted {
@@ -113,7 +114,7 @@ pub fn backup_handshake(
         read: 0,
         sent: Vec::new(),
     };
-    let result = wire::client_handshake_with(&mut s, psk, pair, next_seq, NONCE).map(FuzzSession);
+    let result = wire::client_handshake_with(&mut s, psk, me, next_seq, NONCE).map(FuzzSession);
     Handshake {
         result,
         sent: s.sent,
@@ -122,8 +123,8 @@ pub fn backup_handshake(
 }
 
 /// The backup's hello, as the link sends it.
-pub fn backup_hello(pair: PairId, nonce: &[u8; NONCE_LEN], next_seq: u64) -> Vec<u8> {
-    wire::client_hello(pair, nonce, next_seq)
+pub fn backup_hello(me: &Identity, nonce: &[u8; NONCE_LEN], next_seq: u64) -> Vec<u8> {
+    wire::client_hello(me, nonce, next_seq)
 }
 
 /// The session key of a handshake whose transcript (backup hello, then the primary's

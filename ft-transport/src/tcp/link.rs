@@ -90,9 +90,11 @@ impl Counters {
             TcpError::AuthFailed => bump(&self.auth_failures),
             TcpError::Foreign(_) | TcpError::BadMagic { .. } => bump(&self.foreign),
             TcpError::VersionMismatch { .. } => bump(&self.version_mismatches),
-            TcpError::WrongRole { .. } | TcpError::PairMismatch { .. } | TcpError::Refused(_) => {
-                bump(&self.peer_mismatches)
-            }
+            TcpError::WrongRole { .. }
+            | TcpError::PairMismatch { .. }
+            | TcpError::NodeCollision { .. }
+            | TcpError::ImageMismatch { .. }
+            | TcpError::Refused(_) => bump(&self.peer_mismatches),
             TcpError::ResumeRefused { .. } => bump(&self.resume_refused),
             _ => {}
         }
@@ -497,7 +499,9 @@ impl Shared {
     /// success the connection replaces the current one.
     fn serve(self: &Arc<Self>, mut stream: TcpStream, peer: SocketAddr) -> Result<()> {
         let res = prepare(&stream, Some(self.cfg.handshake_timeout))
-            .and_then(|()| wire::server_handshake(&mut stream, self.cfg.key.bytes(), self.cfg.pair))
+            .and_then(|()| {
+                wire::server_handshake(&mut stream, self.cfg.key.bytes(), &self.cfg.identity())
+            })
             .and_then(|acc| self.install_primary(stream, peer, acc));
         if let Err(e) = &res {
             if *e != TcpError::Closed {
@@ -606,12 +610,17 @@ impl Shared {
             .map_err(|e| io_err("connecting to the primary", &e))?;
         prepare(&stream, Some(self.cfg.handshake_timeout))?;
         let want = self.received_next.load(Ordering::SeqCst);
-        let res = wire::client_handshake(&mut stream, self.cfg.key.bytes(), self.cfg.pair, want)
-            .and_then(|session| {
-                let answer =
-                    wire::read_frame(&mut stream, &session, DIR_TO_BACKUP, 0, MAX_CONTROL_PAYLOAD);
-                resume_answer(answer, want).map(|()| session)
-            });
+        let res = wire::client_handshake(
+            &mut stream,
+            self.cfg.key.bytes(),
+            &self.cfg.identity(),
+            want,
+        )
+        .and_then(|session| {
+            let answer =
+                wire::read_frame(&mut stream, &session, DIR_TO_BACKUP, 0, MAX_CONTROL_PAYLOAD);
+            resume_answer(answer, want).map(|()| session)
+        });
         match res {
             Ok(session) => Ok((stream, session)),
             Err(e) => {

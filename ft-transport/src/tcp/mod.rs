@@ -9,15 +9,18 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use ft_core::{Ack, Event, ExecPoint, LogChannel, LogReceiver, PairId, Record};
+//! use ft_core::{Ack, Event, ExecPoint, LogChannel, LogReceiver, NodeId, PairId, Record};
 //! use ft_transport::tcp::{PreSharedKey, PrimaryListener, TcpConfig, TcpLink};
 //! use ft_transport::{BackupEnd, PrimaryEnd};
 //!
 //! let key = PreSharedKey::new(*b"a key both hosts were given, 32b").unwrap();
-//! let cfg = TcpConfig::new(key, PairId { vm: 1, generation: 1 });
-//! let mut listener = PrimaryListener::bind("127.0.0.1:0", cfg.clone()).unwrap();
+//! let pair = PairId { vm: 1, generation: 1 };
+//! // Each end has its own node id; both start from the same guest image.
+//! let pcfg = TcpConfig { image: 0x5eed, ..TcpConfig::new(key.clone(), pair, NodeId(1)) };
+//! let bcfg = TcpConfig { image: 0x5eed, ..TcpConfig::new(key, pair, NodeId(2)) };
+//! let mut listener = PrimaryListener::bind("127.0.0.1:0", pcfg).unwrap();
 //! let addr = listener.local_addr();
-//! let backup = std::thread::spawn(move || TcpLink::connect(addr, cfg, Duration::from_secs(5)));
+//! let backup = std::thread::spawn(move || TcpLink::connect(addr, bcfg, Duration::from_secs(5)));
 //! let mut primary = PrimaryEnd::new(listener.accept(Some(Duration::from_secs(5))).unwrap());
 //! let mut backup = BackupEnd::new(backup.join().unwrap().unwrap());
 //!
@@ -49,12 +52,14 @@
 //!
 //! All integers little-endian. The backup's hello ([`CLIENT_HELLO_LEN`] bytes): magic
 //! [`MAGIC`] (`FTTC`), protocol version ([`PROTOCOL_VERSION`], u16), role (u8, 2 =
-//! backup), pair vm (u64), pair generation (u64), a 32-byte nonce, and the next record
-//! sequence number it expects (u64). The primary answers with either a refusal
-//! ([`REFUSAL_LEN`] bytes: magic, its version, a nonzero status: 1 version, 2 role, 3
-//! pair) and closes, or its hello ([`SERVER_HELLO_LEN`] bytes: magic, version, status 0,
-//! role 1, vm, generation, its own 32-byte nonce, and a 32-byte tag). The backup then
-//! sends its own 32-byte tag ([`CONFIRM_LEN`]).
+//! backup), its [`Identity`] (pair vm, pair generation, node id, guest image digest;
+//! u64 each), a 32-byte nonce, and the next record sequence number it expects (u64).
+//! The primary answers with either a refusal ([`REFUSAL_LEN`] bytes: magic, its
+//! version, a nonzero status: 1 version, 2 role, 3 pair, 4 the backup has the
+//! primary's node id, 5 another guest image) and closes, or its hello
+//! ([`SERVER_HELLO_LEN`] bytes: magic, version, status 0, role 1, its identity, its own
+//! 32-byte nonce, and a 32-byte tag). The backup checks the primary's identity the
+//! same way, then sends its own 32-byte tag ([`CONFIRM_LEN`]).
 //!
 //! After that every message is a frame: payload length (u32), kind (u8: 1 data = one
 //! encoded [`ft_core::log_codec`] frame, 2 resume, 3 resume refused, 4 goodbye), the
@@ -136,13 +141,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ft_core::{log_codec, PairId, Role};
+use ft_core::{log_codec, NodeId, PairId, Role};
 
 use crate::frame::{BackupEnd, PrimaryEnd};
 
 pub use link::{PrimaryListener, TcpHandle, TcpLink};
 pub use wire::{
-    CLIENT_HELLO_LEN, CONFIRM_LEN, FRAME_HEADER_LEN, MAGIC, NONCE_LEN, PROTOCOL_VERSION,
+    Identity, CLIENT_HELLO_LEN, CONFIRM_LEN, FRAME_HEADER_LEN, MAGIC, NONCE_LEN, PROTOCOL_VERSION,
     REFUSAL_LEN, SERVER_HELLO_LEN, TAG_LEN,
 };
 
@@ -228,6 +233,22 @@ pub enum TcpError {
         /// The peer's, when it said (a primary refusing us does not).
         theirs: Option<PairId>,
     },
+    /// The peer has this side's node id: the two members of a pair must be distinct
+    /// (two sides with one id would both win the arbiter's claim for it).
+    #[error("node id collision: the peer is node {} too; each side of a pair needs its own --node-id", node.0)]
+    NodeCollision {
+        /// The id both claim.
+        node: NodeId,
+    },
+    /// The peer starts from another guest image or initial state: it could never
+    /// replay this side's log.
+    #[error("guest image mismatch: this side's image digest is {ours:#018x}, the peer's {}", theirs.map_or_else(|| "differs (it refused ours)".to_string(), |t| format!("{t:#018x}")))]
+    ImageMismatch {
+        /// This side's image digest.
+        ours: u64,
+        /// The peer's, when it said (a primary refusing us does not).
+        theirs: Option<u64>,
+    },
     /// The primary refused the hello with a status this build does not know.
     #[error("the primary refused the connection (status {0})")]
     Refused(u8),
@@ -297,6 +318,8 @@ impl TcpError {
                 | TcpError::VersionMismatch { .. }
                 | TcpError::WrongRole { .. }
                 | TcpError::PairMismatch { .. }
+                | TcpError::NodeCollision { .. }
+                | TcpError::ImageMismatch { .. }
                 | TcpError::Refused(_)
                 | TcpError::AuthFailed
                 | TcpError::ResumeRefused { .. }
@@ -380,6 +403,14 @@ pub struct TcpConfig {
     pub key: PreSharedKey,
     /// The protected pair and its generation; a peer of another pair is refused.
     pub pair: PairId,
+    /// This end's node id (the engine's [`ft_core::Config::node`]); a peer with the
+    /// same id is refused.
+    pub node: NodeId,
+    /// A digest of the guest image or initial state this side starts from (for
+    /// instance [`ft_core::EventSource::digest`] of the fresh machine); a peer with
+    /// another is refused. Default 0: set it, so that mismatched images are caught at
+    /// the handshake rather than as a replay divergence.
+    pub image: u64,
     /// Longest wait for one TCP connect (default 1 s).
     pub connect_timeout: Duration,
     /// Longest wait for each handshake message (default 1 s).
@@ -416,11 +447,13 @@ pub struct TcpConfig {
 }
 
 impl TcpConfig {
-    /// LAN defaults for `pair`, with `key`.
-    pub fn new(key: PreSharedKey, pair: PairId) -> TcpConfig {
+    /// LAN defaults for node `node` of `pair`, with `key`.
+    pub fn new(key: PreSharedKey, pair: PairId, node: NodeId) -> TcpConfig {
         TcpConfig {
             key,
             pair,
+            node,
+            image: 0,
             connect_timeout: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(1),
             retry_min: Duration::from_millis(2),
@@ -433,6 +466,15 @@ impl TcpConfig {
             max_frame: log_codec::HEADER_LEN + log_codec::DEFAULT_MAX_PAYLOAD,
             write_buffer: 64 << 10,
             log: true,
+        }
+    }
+
+    /// The identity the handshake presents and checks the peer's against.
+    pub fn identity(&self) -> Identity {
+        Identity {
+            pair: self.pair,
+            node: self.node,
+            image: self.image,
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::io::{self, Read, Write};
 
-use ft_core::{PairId, Role};
+use ft_core::{NodeId, PairId, Role};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
@@ -13,17 +13,19 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// Protocol magic, the first bytes of both hellos.
 pub const MAGIC: [u8; 4] = *b"FTTC";
-/// The stream protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The stream protocol version this build speaks (2: the hellos carry the node id and
+/// the guest image digest).
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Bytes of a nonce.
 pub const NONCE_LEN: usize = 32;
 /// Bytes of a MAC tag (HMAC-SHA256, not truncated).
 pub const TAG_LEN: usize = 32;
-/// Bytes of the backup's hello: magic, version, role, vm, generation, nonce, next seq.
-pub const CLIENT_HELLO_LEN: usize = 4 + 2 + 1 + 8 + 8 + NONCE_LEN + 8;
+/// Bytes of the backup's hello: magic, version, role, vm, generation, node, image
+/// digest, nonce, next seq.
+pub const CLIENT_HELLO_LEN: usize = 4 + 2 + 1 + 8 + 8 + 8 + 8 + NONCE_LEN + 8;
 /// Bytes of the primary's hello, tag included: magic, version, status, role, vm,
-/// generation, nonce, tag.
-pub const SERVER_HELLO_LEN: usize = 4 + 2 + 1 + 1 + 8 + 8 + NONCE_LEN + TAG_LEN;
+/// generation, node, image digest, nonce, tag.
+pub const SERVER_HELLO_LEN: usize = 4 + 2 + 1 + 1 + 8 + 8 + 8 + 8 + NONCE_LEN + TAG_LEN;
 /// Bytes of a refusal sent instead of the primary's hello: magic, version, status.
 pub const REFUSAL_LEN: usize = 4 + 2 + 1;
 /// Bytes of the backup's key confirmation.
@@ -44,6 +46,70 @@ pub(crate) const STATUS_VERSION: u8 = 1;
 pub(crate) const STATUS_ROLE: u8 = 2;
 /// Hello status: the peer belongs to another pair or generation.
 pub(crate) const STATUS_PAIR: u8 = 3;
+/// Hello status: the peer has this side's node id.
+pub(crate) const STATUS_NODE: u8 = 4;
+/// Hello status: the peer starts from another guest image.
+pub(crate) const STATUS_IMAGE: u8 = 5;
+
+/// Who one end of a channel is. Both hellos carry it, and each side refuses a peer of
+/// another pair or generation, with its own node id, or starting from another guest
+/// image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Identity {
+    /// The protected pair and its generation.
+    pub pair: PairId,
+    /// This end's node id; the peer's must differ.
+    pub node: NodeId,
+    /// A digest of the guest image or initial state both sides start from.
+    pub image: u64,
+}
+
+impl Identity {
+    fn put(&self, h: &mut Vec<u8>) {
+        h.extend_from_slice(&self.pair.vm.to_le_bytes());
+        h.extend_from_slice(&self.pair.generation.to_le_bytes());
+        h.extend_from_slice(&self.node.0.to_le_bytes());
+        h.extend_from_slice(&self.image.to_le_bytes());
+    }
+
+    fn get(b: &[u8], at: usize) -> Identity {
+        Identity {
+            pair: PairId {
+                vm: u64_at(b, at),
+                generation: u64_at(b, at + 8),
+            },
+            node: NodeId(u64_at(b, at + 16)),
+            image: u64_at(b, at + 24),
+        }
+    }
+
+    /// The first reason `theirs` cannot be this side's peer, with the refusal status
+    /// to send.
+    fn refuse(&self, theirs: &Identity) -> Option<(u8, TcpError)> {
+        if theirs.pair != self.pair {
+            return Some((
+                STATUS_PAIR,
+                TcpError::PairMismatch {
+                    ours: self.pair,
+                    theirs: Some(theirs.pair),
+                },
+            ));
+        }
+        if theirs.node == self.node {
+            return Some((STATUS_NODE, TcpError::NodeCollision { node: self.node }));
+        }
+        if theirs.image != self.image {
+            return Some((
+                STATUS_IMAGE,
+                TcpError::ImageMismatch {
+                    ours: self.image,
+                    theirs: Some(theirs.image),
+                },
+            ));
+        }
+        None
+    }
+}
 
 /// Frame kind: an encoded log frame (records or ack).
 pub(crate) const KIND_DATA: u8 = 1;
@@ -182,13 +248,12 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 }
 
 /// The backup's hello.
-pub(crate) fn client_hello(pair: PairId, nonce: &[u8; NONCE_LEN], next_seq: u64) -> Vec<u8> {
+pub(crate) fn client_hello(me: &Identity, nonce: &[u8; NONCE_LEN], next_seq: u64) -> Vec<u8> {
     let mut h = Vec::with_capacity(CLIENT_HELLO_LEN);
     h.extend_from_slice(&MAGIC);
     h.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
     h.push(role_byte(Role::Backup));
-    h.extend_from_slice(&pair.vm.to_le_bytes());
-    h.extend_from_slice(&pair.generation.to_le_bytes());
+    me.put(&mut h);
     h.extend_from_slice(nonce);
     h.extend_from_slice(&next_seq.to_le_bytes());
     h
@@ -217,9 +282,9 @@ pub(crate) struct Accepted {
 pub(crate) fn server_handshake<S: Read + Write>(
     s: &mut S,
     psk: &[u8],
-    pair: PairId,
+    me: &Identity,
 ) -> Result<Accepted> {
-    server_handshake_with(s, psk, pair, nonce)
+    server_handshake_with(s, psk, me, nonce)
 }
 
 /// [`server_handshake`] with the primary's nonce taken from `my_nonce` (called once,
@@ -227,7 +292,7 @@ pub(crate) fn server_handshake<S: Read + Write>(
 pub(crate) fn server_handshake_with<S: Read + Write>(
     s: &mut S,
     psk: &[u8],
-    pair: PairId,
+    me: &Identity,
     my_nonce: impl FnOnce() -> Result<[u8; NONCE_LEN]>,
 ) -> Result<Accepted> {
     let mut hello = [0u8; CLIENT_HELLO_LEN];
@@ -277,16 +342,9 @@ pub(crate) fn server_handshake_with<S: Read + Write>(
             found: role,
         });
     }
-    let their_pair = PairId {
-        vm: u64_at(&hello, 7),
-        generation: u64_at(&hello, 15),
-    };
-    if their_pair != pair {
-        let _ = s.write_all(&refusal(STATUS_PAIR));
-        return Err(TcpError::PairMismatch {
-            ours: pair,
-            theirs: Some(their_pair),
-        });
+    if let Some((status, e)) = me.refuse(&Identity::get(&hello, 7)) {
+        let _ = s.write_all(&refusal(status));
+        return Err(e);
     }
     let next_seq = u64_at(&hello, CLIENT_HELLO_LEN - 8);
 
@@ -294,8 +352,7 @@ pub(crate) fn server_handshake_with<S: Read + Write>(
     let mut reply = Vec::with_capacity(SERVER_HELLO_LEN);
     reply.extend_from_slice(&refusal(STATUS_OK));
     reply.push(role_byte(Role::Primary));
-    reply.extend_from_slice(&pair.vm.to_le_bytes());
-    reply.extend_from_slice(&pair.generation.to_le_bytes());
+    me.put(&mut reply);
     reply.extend_from_slice(&my_nonce);
     let mut transcript = hello.to_vec();
     transcript.extend_from_slice(&reply);
@@ -320,10 +377,10 @@ pub(crate) fn server_handshake_with<S: Read + Write>(
 pub(crate) fn client_handshake<S: Read + Write>(
     s: &mut S,
     psk: &[u8],
-    pair: PairId,
+    me: &Identity,
     next_seq: u64,
 ) -> Result<Session> {
-    client_handshake_with(s, psk, pair, next_seq, nonce()?)
+    client_handshake_with(s, psk, me, next_seq, nonce()?)
 }
 
 /// [`client_handshake`] with the backup's nonce given. The fuzz entry points pass a
@@ -331,11 +388,11 @@ pub(crate) fn client_handshake<S: Read + Write>(
 pub(crate) fn client_handshake_with<S: Read + Write>(
     s: &mut S,
     psk: &[u8],
-    pair: PairId,
+    me: &Identity,
     next_seq: u64,
     my_nonce: [u8; NONCE_LEN],
 ) -> Result<Session> {
-    let hello = client_hello(pair, &my_nonce, next_seq);
+    let hello = client_hello(me, &my_nonce, next_seq);
     s.write_all(&hello)
         .and_then(|()| s.flush())
         .map_err(|e| io_err("sending the backup's hello", &e))?;
@@ -367,7 +424,14 @@ pub(crate) fn client_handshake_with<S: Read + Write>(
         }
         STATUS_PAIR => {
             return Err(TcpError::PairMismatch {
-                ours: pair,
+                ours: me.pair,
+                theirs: None,
+            })
+        }
+        STATUS_NODE => return Err(TcpError::NodeCollision { node: me.node }),
+        STATUS_IMAGE => {
+            return Err(TcpError::ImageMismatch {
+                ours: me.image,
                 theirs: None,
             })
         }
@@ -380,15 +444,8 @@ pub(crate) fn client_handshake_with<S: Read + Write>(
             found: reply[7],
         });
     }
-    let their_pair = PairId {
-        vm: u64_at(&reply, 8),
-        generation: u64_at(&reply, 16),
-    };
-    if their_pair != pair {
-        return Err(TcpError::PairMismatch {
-            ours: pair,
-            theirs: Some(their_pair),
-        });
+    if let Some((_, e)) = me.refuse(&Identity::get(&reply, 8)) {
+        return Err(e);
     }
     let body = SERVER_HELLO_LEN - TAG_LEN;
     let mut transcript = hello;
@@ -661,30 +718,110 @@ mod tests {
         ));
     }
 
-    /// Both ends of a handshake over two in-memory pipes, each run on its own thread.
+    fn id(node: u64, image: u64) -> Identity {
+        Identity {
+            pair: PairId {
+                vm: 7,
+                generation: 3,
+            },
+            node: NodeId(node),
+            image,
+        }
+    }
+
+    /// Both ends of a handshake over loopback TCP, the primary on its own thread.
     fn handshake(
         server_key: &'static [u8],
         client_key: &'static [u8],
     ) -> (Result<Accepted>, Result<Session>) {
+        handshake_as(server_key, id(1, 9), client_key, id(2, 9))
+    }
+
+    fn handshake_as(
+        server_key: &'static [u8],
+        server_id: Identity,
+        client_key: &'static [u8],
+        client_id: Identity,
+    ) -> (Result<Accepted>, Result<Session>) {
         use std::net::{TcpListener, TcpStream};
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
-        let pair = PairId {
-            vm: 7,
-            generation: 3,
-        };
         let t = std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
             s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
                 .unwrap();
-            server_handshake(&mut s, server_key, pair)
+            server_handshake(&mut s, server_key, &server_id)
         });
         let mut c = TcpStream::connect(addr).unwrap();
         c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .unwrap();
-        let client = client_handshake(&mut c, client_key, pair, 42);
+        let client = client_handshake(&mut c, client_key, &client_id, 42);
         drop(c);
         (t.join().unwrap(), client)
+    }
+
+    #[test]
+    fn a_peer_with_our_node_id_or_another_image_is_refused_by_both_sides() {
+        const K: &[u8] = b"the very same key";
+        let (server, client) = handshake_as(K, id(1, 9), K, id(1, 9));
+        let collision = TcpError::NodeCollision { node: NodeId(1) };
+        assert_eq!(server.unwrap_err(), collision);
+        assert_eq!(client.unwrap_err(), collision);
+        assert!(collision.to_string().contains("node 1"), "{collision}");
+
+        let (server, client) = handshake_as(K, id(1, 9), K, id(2, 8));
+        assert_eq!(
+            server.unwrap_err(),
+            TcpError::ImageMismatch {
+                ours: 9,
+                theirs: Some(8)
+            }
+        );
+        assert_eq!(
+            client.unwrap_err(),
+            TcpError::ImageMismatch {
+                ours: 8,
+                theirs: None
+            }
+        );
+
+        // The backup checks the primary's hello too (a primary that skipped its
+        // checks, or an old build): its identity is refused the same way.
+        let me = id(2, 9);
+        let hello = client_hello(&me, &[0; NONCE_LEN], 1);
+        let mut reply = refusal(STATUS_OK).to_vec();
+        reply.push(ROLE_PRIMARY);
+        id(2, 9).put(&mut reply);
+        reply.extend_from_slice(&[0; NONCE_LEN + TAG_LEN]);
+        let mut s = Loop {
+            input: std::io::Cursor::new(reply),
+            output: Vec::new(),
+        };
+        let e = client_handshake_with(&mut s, K, &me, 1, [0; NONCE_LEN]).unwrap_err();
+        assert_eq!(e, TcpError::NodeCollision { node: NodeId(2) });
+        assert_eq!(s.output, hello, "nothing after the hello was sent");
+    }
+
+    /// A stream that reads from a script and keeps what is written.
+    struct Loop {
+        input: std::io::Cursor<Vec<u8>>,
+        output: Vec<u8>,
+    }
+
+    impl Read for Loop {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.input.read(buf)
+        }
+    }
+
+    impl Write for Loop {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.output.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
     }
 
     #[test]

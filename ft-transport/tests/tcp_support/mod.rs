@@ -36,11 +36,27 @@ pub fn key(fill: u8) -> PreSharedKey {
 }
 
 /// A configuration whose reconnect grace is long: a lost connection never ends a test
-/// by accident.
+/// by accident. The primary's (node 1); [`backup_cfg`] is the backup's.
 pub fn cfg(key: &PreSharedKey) -> TcpConfig {
-    let mut c = TcpConfig::new(key.clone(), PAIR);
+    let mut c = TcpConfig::new(key.clone(), PAIR, ft_core::NodeId(1));
     c.reconnect_grace = Duration::from_secs(60);
     c
+}
+
+/// `c` for the backup's end (node 2).
+pub fn as_backup(c: TcpConfig) -> TcpConfig {
+    TcpConfig {
+        node: ft_core::NodeId(2),
+        ..c
+    }
+}
+
+/// [`cfg`] for the backup (node 2).
+pub fn backup_cfg(key: &PreSharedKey) -> TcpConfig {
+    TcpConfig {
+        node: ft_core::NodeId(2),
+        ..cfg(key)
+    }
 }
 
 /// A seeded RNG; prints the seed so a failure can be replayed.
