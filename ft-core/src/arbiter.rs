@@ -70,6 +70,26 @@ pub trait Arbiter: Send + Sync {
     fn check(&self) -> Result<()> {
         Ok(())
     }
+
+    /// The node that claimed `pair`, if one did: a side of that pair generation went
+    /// live (alone, or as a promoted backup). A node starting (or restarting) for
+    /// `pair` asks this first: a generation already claimed has a live member whose
+    /// state a fresh process does not have, so the newcomer must not serve it.
+    ///
+    /// # Errors
+    ///
+    /// [`ArbiterError::Unreachable`] or [`ArbiterError::Failed`], as for
+    /// [`Arbiter::test_and_set`].
+    fn holder(&self, pair: PairId) -> Result<Option<NodeId>>;
+
+    /// The newest generation of `vm` that was claimed, if any. A new pair takes a
+    /// generation above it, so that no claim left from an earlier run (a stale
+    /// arbiter directory, an old etcd key) can decide the new pair's failover.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Arbiter::holder`].
+    fn newest_claimed(&self, vm: u64) -> Result<Option<u64>>;
 }
 
 #[derive(Debug, Default)]
@@ -111,6 +131,22 @@ impl Arbiter for InProcessArbiter {
             ));
         }
         Ok(())
+    }
+
+    fn holder(&self, pair: PairId) -> Result<Option<NodeId>> {
+        self.check()?;
+        Ok(InProcessArbiter::holder(self, pair))
+    }
+
+    fn newest_claimed(&self, vm: u64) -> Result<Option<u64>> {
+        self.check()?;
+        let st = self.state.lock();
+        Ok(st
+            .holders
+            .keys()
+            .filter(|p| p.vm == vm)
+            .map(|p| p.generation)
+            .max())
     }
 
     fn test_and_set(&self, pair: PairId, me: NodeId) -> Result<Decision> {
@@ -167,9 +203,22 @@ mod tests {
             a.test_and_set(p2, NodeId(2)),
             Ok(Decision::Won { token: 2 })
         );
+        // Who holds what, and the newest claimed generation per VM.
+        assert_eq!(Arbiter::holder(&a, p1), Ok(Some(NodeId(1))));
+        assert_eq!(Arbiter::holder(&a, PairId { vm: 2, ..p1 }), Ok(None));
+        assert_eq!(a.newest_claimed(1), Ok(Some(2)));
+        assert_eq!(a.newest_claimed(2), Ok(None));
         a.set_unreachable(true);
         assert!(matches!(
             a.test_and_set(p2, NodeId(2)),
+            Err(ArbiterError::Unreachable(_))
+        ));
+        assert!(matches!(
+            Arbiter::holder(&a, p1),
+            Err(ArbiterError::Unreachable(_))
+        ));
+        assert!(matches!(
+            a.newest_claimed(1),
             Err(ArbiterError::Unreachable(_))
         ));
     }

@@ -57,6 +57,20 @@ pub enum NodeError {
         /// What the probe met.
         source: ft_core::ArbiterError,
     },
+    /// The pair generation already has a live member (a side of it won the arbiter),
+    /// or a newer generation of the VM exists: this node, starting with a fresh
+    /// machine, is not that member and must not serve or go live.
+    #[error("vm {vm} generation {generation} is taken: {why}. This node starts from a fresh guest and is not that live member, so it refuses to serve. If the earlier run is over, start the new pair with --generation {next} (or clear the arbiter's claims)")]
+    Superseded {
+        /// The VM.
+        vm: u64,
+        /// The generation asked for.
+        generation: u64,
+        /// What the arbiter holds.
+        why: String,
+        /// The first generation above every claim.
+        next: u64,
+    },
     /// The engine parameters given by the flags are out of range.
     #[error("{0} (see --heartbeat-ms and --timeout-ms)")]
     Config(ft_core::EngineError),
@@ -111,7 +125,9 @@ pub struct NodeArgs {
     /// The protected VM's id (the arbiter's key, with the generation).
     #[arg(long, default_value_t = 1)]
     pub vm: u64,
-    /// The pairing generation (a new backup after a failover needs a new one).
+    /// The pairing generation (a new backup after a failover needs a new one). A
+    /// generation in which a side already went live, or below the newest claimed one,
+    /// is refused at startup.
     #[arg(long, default_value_t = 1)]
     pub generation: u64,
     /// This side's node id (default: 1 for a primary, 2 for a backup).
@@ -152,6 +168,32 @@ impl NodeArgs {
             RoleArg::Backup => 2,
         })
     }
+}
+
+/// Ask the arbiter before anything starts: a node may start for `pair` only while no
+/// side of that generation went live and no newer generation of the VM was claimed.
+/// A claim means a live member exists (or existed, in an earlier run), holding guest
+/// state a fresh process does not have; serving beside it would be a second live copy.
+fn check_membership(arbiter: &dyn Arbiter, pair: PairId, spec: &str) -> Result<()> {
+    let unusable = |source| NodeError::ArbiterCheck {
+        spec: spec.to_string(),
+        source,
+    };
+    let holder = arbiter.holder(pair).map_err(unusable)?;
+    let newest = arbiter.newest_claimed(pair.vm).map_err(unusable)?;
+    let why = match (holder, newest) {
+        (Some(h), _) => format!("node {} went live in it", h.0),
+        (None, Some(n)) if n > pair.generation => {
+            format!("the newer generation {n} was claimed")
+        }
+        _ => return Ok(()),
+    };
+    Err(NodeError::Superseded {
+        vm: pair.vm,
+        generation: pair.generation,
+        why,
+        next: newest.unwrap_or(pair.generation).max(pair.generation) + 1,
+    })
 }
 
 fn load_machine(args: &NodeArgs) -> Result<Machine> {
@@ -297,6 +339,7 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
         spec: args.arbiter.clone(),
         source,
     })?;
+    check_membership(&*arbiter, pair, &args.arbiter)?;
     log.line(format_args!(
         "ft-node {side} (node {me}) protecting vm {} generation {}; heartbeat {} ms, timeout {} ms; arbiter {}",
         args.vm, args.generation, args.heartbeat_ms, args.timeout_ms, args.arbiter

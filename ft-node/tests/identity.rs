@@ -1,16 +1,26 @@
-//! The two sides of a pair must be distinct nodes starting from the same guest: a
-//! backup with the primary's `--node-id`, or with another `--image`, is refused at the
-//! log channel's handshake with a clear message and the setup exit code, and the
-//! primary keeps waiting for a proper backup (it never serves a second copy).
+//! Who may run: the two sides of a pair must be distinct nodes starting from the same
+//! guest (a backup with the primary's `--node-id`, or with another `--image`, is refused
+//! at the log channel's handshake with a clear message and the setup exit code, and
+//! the primary keeps waiting for a proper backup); and a node asks the arbiter before
+//! it starts (a generation that already has a live member, or a VM with a newer
+//! generation, is refused: a restarted primary never becomes a second live copy, and a
+//! stale claim from an earlier run is reported at once instead of deciding a later
+//! failover).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
+use ft_core::{Arbiter, NodeId, PairId};
 use ft_node::node::EXIT_SETUP;
-use ft_node::testkit::{write_key, NodeProc};
+use ft_node::testkit::{start_pair, write_key, NodeProc, Pair, PairOptions};
+use ft_transport::arbiter::FileArbiter;
 
 const LIMIT: Duration = Duration::from_secs(20);
+
+/// The process tests share two cores: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 fn args(role: &str, dir: &Path, key: &Path, extra: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = [
@@ -33,6 +43,7 @@ fn args(role: &str, dir: &Path, key: &Path, extra: &[&str]) -> Vec<String> {
 /// A primary waiting for its backup, then a backup with `extra` flags: the backup's
 /// exit status and its last lines; the primary is checked to be still waiting.
 fn refused_backup(extra: &[&str]) -> (Option<i32>, String) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let bin = Path::new(env!("CARGO_BIN_EXE_ft-node"));
     let dir = tempfile::tempdir().unwrap();
     let key = write_key(dir.path()).unwrap();
@@ -101,4 +112,149 @@ fn a_backup_with_another_guest_image_is_refused() {
     let (code, tail) = refused_backup(&["--image", &image.display().to_string()]);
     assert_eq!(code, Some(EXIT_SETUP), "{tail}");
     assert!(tail.contains("guest image mismatch"), "{tail}");
+}
+
+fn pair(generation: u64) -> PairId {
+    PairId { vm: 1, generation }
+}
+
+/// A node started with `extra` flags that must refuse at once: its exit code and lines.
+fn refused_node(role: &str, dir: &Path, extra: &[&str]) -> (Option<i32>, String) {
+    let bin = Path::new(env!("CARGO_BIN_EXE_ft-node"));
+    let key = write_key(dir).unwrap();
+    let arbiter = dir.join("arbiter");
+    let mut flags = vec![
+        "--arbiter".to_string(),
+        format!("file:{}", arbiter.display()),
+    ];
+    flags.push(
+        if role == "primary" {
+            "--listen"
+        } else {
+            "--peer"
+        }
+        .into(),
+    );
+    flags.push("127.0.0.1:1".into());
+    flags.extend(extra.iter().map(|s| s.to_string()));
+    let mut all = args(role, dir, &key, &[]);
+    // `args` names the scratch directory as the arbiter; this test's is `arbiter/`.
+    let at = all.iter().position(|a| a == "--arbiter").unwrap();
+    all.drain(at..at + 2);
+    all.extend(flags);
+    let mut node = NodeProc::spawn(bin, role, &all, false).unwrap();
+    let status = node
+        .wait_exit(LIMIT)
+        .unwrap_or_else(|| panic!("the {role} was not refused: {}", node.tail(5)));
+    assert!(
+        !node.printed("clients: "),
+        "the refused {role} bound its client address first: {}",
+        node.tail(5)
+    );
+    (status.code(), node.tail(5))
+}
+
+/// A pair on loopback with the file arbiter in `arb_dir`, 10/150 ms timing.
+fn pair_options(dir: &Path, arb_dir: &Path, extra: &[&str]) -> PairOptions {
+    PairOptions {
+        bin: env!("CARGO_BIN_EXE_ft-node").into(),
+        dir: dir.to_path_buf(),
+        heartbeat_ms: 10,
+        timeout_ms: 150,
+        backup_timeout_ms: None,
+        proxy: false,
+        arbiter: Some(format!("file:{}", arb_dir.display())),
+        extra: extra.iter().map(|s| s.to_string()).collect(),
+        echo: false,
+    }
+}
+
+fn wait_claim(arb: &FileArbiter, p: PairId, node: NodeId) {
+    let deadline = Instant::now() + LIMIT;
+    while Arbiter::holder(arb, p).unwrap() != Some(node) {
+        assert!(
+            Instant::now() < deadline,
+            "node {} never claimed {p:?}",
+            node.0
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_stale_claim_is_refused_at_startup_and_a_new_generation_runs() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let arb_dir = dir.path().join("arbiter");
+    std::fs::create_dir_all(&arb_dir).unwrap();
+    let arb = FileArbiter::new(&arb_dir);
+    // An earlier run of the recipe left its failover's claim behind.
+    arb.test_and_set(pair(1), NodeId(2)).unwrap();
+    for role in ["primary", "backup"] {
+        let (code, tail) = refused_node(role, dir.path(), &[]);
+        assert_eq!(code, Some(EXIT_SETUP), "{tail}");
+        assert!(
+            tail.contains("vm 1 generation 1 is taken: node 2 went live in it"),
+            "{tail}"
+        );
+        assert!(tail.contains("--generation 2"), "{tail}");
+    }
+    // A generation below the newest claimed one is refused as well.
+    arb.test_and_set(pair(3), NodeId(1)).unwrap();
+    let (code, tail) = refused_node("primary", dir.path(), &["--generation", "2"]);
+    assert_eq!(code, Some(EXIT_SETUP), "{tail}");
+    assert!(
+        tail.contains("the newer generation 3 was claimed"),
+        "{tail}"
+    );
+    assert!(tail.contains("--generation 4"), "{tail}");
+
+    // The new pair on a fresh generation: its failover is decided by its own claim,
+    // not the stale ones. Kill the backup: the primary goes on alone.
+    let opts = pair_options(dir.path(), &arb_dir, &["--generation", "4"]);
+    let Pair {
+        mut primary,
+        mut backup,
+        ..
+    } = start_pair(&opts).unwrap();
+    backup.kill9().unwrap();
+    wait_claim(&arb, pair(4), NodeId(1));
+    primary.wait_for("ALONE:", LIMIT).unwrap();
+    assert!(
+        primary.wait_exit(Duration::from_millis(300)).is_none(),
+        "the primary stopped after its backup died: {}",
+        primary.tail(5)
+    );
+    primary.kill9().unwrap();
+}
+
+#[test]
+fn a_restarted_primary_is_refused_while_its_promoted_backup_is_live() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let arb_dir = dir.path().join("arbiter");
+    std::fs::create_dir_all(&arb_dir).unwrap();
+    let arb = FileArbiter::new(&arb_dir);
+    let opts = pair_options(dir.path(), &arb_dir, &[]);
+    let Pair {
+        mut primary,
+        mut backup,
+        ..
+    } = start_pair(&opts).unwrap();
+    primary.kill9().unwrap();
+    wait_claim(&arb, pair(1), NodeId(2));
+    backup.wait_for("LIVE at", LIMIT).unwrap();
+    // The old primary, restarted with its old command line.
+    let (code, tail) = refused_node("primary", dir.path(), &[]);
+    assert_eq!(code, Some(EXIT_SETUP), "{tail}");
+    assert!(
+        tail.contains("vm 1 generation 1 is taken: node 2 went live in it"),
+        "{tail}"
+    );
+    assert!(
+        backup.wait_exit(Duration::from_millis(300)).is_none(),
+        "the live backup stopped: {}",
+        backup.tail(5)
+    );
+    backup.kill9().unwrap();
 }

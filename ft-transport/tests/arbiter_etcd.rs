@@ -151,6 +151,7 @@ fn etcd_first_claim_wins_second_loses_generations_independent() {
     let b = etcd.arbiter();
     let p = pair(1, 1);
     assert_eq!(a.holder(p).unwrap(), None);
+    assert_eq!(a.newest_claimed(1), Ok(None));
     let Ok(Decision::Won { token: t1 }) = a.test_and_set(p, NodeId(1)) else {
         panic!("first claim did not win")
     };
@@ -183,6 +184,16 @@ fn etcd_first_claim_wins_second_loses_generations_independent() {
         other.test_and_set(p, NodeId(3)),
         Ok(Decision::Won { .. })
     ));
+    // The newest claimed generation, numerically (10 sorts before 9 as a key), per VM
+    // (vm 11's keys share vm 1's text prefix up to the digit) and per prefix.
+    a.test_and_set(pair(1, 10), NodeId(1)).unwrap();
+    a.test_and_set(pair(1, 9), NodeId(1)).unwrap();
+    a.test_and_set(pair(11, 50), NodeId(1)).unwrap();
+    assert_eq!(a.newest_claimed(1), Ok(Some(10)));
+    assert_eq!(a.newest_claimed(11), Ok(Some(50)));
+    assert_eq!(a.newest_claimed(2), Ok(None));
+    assert_eq!(other.newest_claimed(1), Ok(Some(1)));
+    assert_eq!(Arbiter::holder(&a, pair(1, 2)), Ok(Some(NodeId(2))));
     // A dead endpoint first in the list: the next one answers.
     let dead = format!("http://127.0.0.1:{}", free_port());
     let both = EtcdArbiter::new(&[&dead, &etcd.url], TIMEOUT).unwrap();

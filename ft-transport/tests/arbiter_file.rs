@@ -82,6 +82,26 @@ fn generations_and_vms_are_independent_and_tokens_grow() {
         Ok(Decision::Won { token: 1 })
     );
     assert!(a.read_claim(pair(3, 1)).unwrap().is_none());
+    // What a starting node asks: who holds a generation, and the newest claimed one.
+    assert_eq!(Arbiter::holder(&a, pair(1, 1)), Ok(Some(NodeId(1))));
+    assert_eq!(Arbiter::holder(&a, pair(1, 3)), Ok(None));
+    assert_eq!(a.newest_claimed(1), Ok(Some(2)));
+    assert_eq!(a.newest_claimed(2), Ok(Some(1)));
+    assert_eq!(a.newest_claimed(3), Ok(None));
+    // Numerically newest, not by name: generation 10 sorts before 9 as text.
+    a.test_and_set(pair(1, 10), NodeId(1)).unwrap();
+    a.test_and_set(pair(1, 9), NodeId(1)).unwrap();
+    assert_eq!(a.newest_claimed(1), Ok(Some(10)));
+    // Other files in the directory (a VM whose id starts the same, temporaries) are
+    // not claims of vm 1.
+    a.test_and_set(pair(11, 50), NodeId(1)).unwrap();
+    std::fs::write(dir.path().join("ft-claim-vm1-gen77.tmp"), "x").unwrap();
+    assert_eq!(a.newest_claimed(1), Ok(Some(10)));
+    let missing = FileArbiter::new(dir.path().join("gone"));
+    assert!(matches!(
+        missing.newest_claimed(1),
+        Err(ArbiterError::Unreachable(_))
+    ));
 }
 
 #[test]

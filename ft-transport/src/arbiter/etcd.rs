@@ -201,6 +201,46 @@ impl EtcdArbiter {
         })
     }
 
+    /// The newest generation of `vm` with a claim: a range over the VM's claim keys
+    /// (keys only), the generation read back from each key.
+    ///
+    /// # Errors
+    ///
+    /// As for [`EtcdArbiter::holder`]; a key under the VM's prefix that does not end
+    /// in a generation is [`EtcdError::BadAnswer`].
+    pub fn newest_generation(&self, vm: u64) -> Result<Option<u64>> {
+        let prefix = format!("{}/vm/{vm}/generation/", self.prefix);
+        // The range [prefix, prefix with its last byte + 1): every key under it ('/'
+        // is 0x2f, so its successor is '0').
+        let mut end = prefix.clone().into_bytes();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        let body = json!({
+            "key": B64.encode(&prefix),
+            "range_end": B64.encode(&end),
+            "keys_only": true,
+        });
+        self.on_any_endpoint("/v3/kv/range", &body, |endpoint, answer| {
+            let mut newest = None;
+            let kvs = answer.get("kvs").and_then(Value::as_array);
+            for kv in kvs.map(Vec::as_slice).unwrap_or_default() {
+                let key = kv
+                    .get("key")
+                    .and_then(Value::as_str)
+                    .and_then(|k| B64.decode(k).ok())
+                    .and_then(|k| String::from_utf8(k).ok())
+                    .ok_or_else(|| bad(endpoint, "a range answer key is not base64 text"))?;
+                let generation = key
+                    .strip_prefix(&prefix)
+                    .and_then(|g| g.parse::<u64>().ok())
+                    .ok_or_else(|| bad(endpoint, format!("key {key:?} is not a claim")))?;
+                newest = newest.max(Some(generation));
+            }
+            Ok(newest)
+        })
+    }
+
     fn on_any_endpoint<T>(
         &self,
         path: &str,
@@ -310,6 +350,14 @@ impl Arbiter for EtcdArbiter {
 
     fn check(&self) -> ft_core::arbiter::Result<()> {
         self.probe().map_err(ArbiterError::from)
+    }
+
+    fn holder(&self, pair: PairId) -> ft_core::arbiter::Result<Option<NodeId>> {
+        Ok(EtcdArbiter::holder(self, pair)?.map(|(node, _)| node))
+    }
+
+    fn newest_claimed(&self, vm: u64) -> ft_core::arbiter::Result<Option<u64>> {
+        self.newest_generation(vm).map_err(ArbiterError::from)
     }
 }
 

@@ -206,6 +206,30 @@ impl FileArbiter {
         Ok(Some(claim))
     }
 
+    /// The newest generation of `vm` with a claim file in the directory.
+    ///
+    /// # Errors
+    ///
+    /// [`FileArbiterError::Io`] when the directory cannot be listed.
+    pub fn newest_generation(&self, vm: u64) -> Result<Option<u64>> {
+        let io = |source| FileArbiterError::Io {
+            path: self.dir.clone(),
+            op: "list claims",
+            source,
+        };
+        let prefix = format!("ft-claim-vm{vm}-gen");
+        let mut newest = None;
+        for entry in fs::read_dir(&self.dir).map_err(io)? {
+            let name = entry.map_err(io)?.file_name();
+            let generation = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(&prefix))
+                .and_then(|g| g.parse::<u64>().ok());
+            newest = newest.max(generation);
+        }
+        Ok(newest)
+    }
+
     /// Check that the directory exists and takes a file (created, synced and removed
     /// again): what a claim needs.
     ///
@@ -383,6 +407,14 @@ impl Arbiter for FileArbiter {
 
     fn check(&self) -> ft_core::arbiter::Result<()> {
         self.probe().map_err(ArbiterError::from)
+    }
+
+    fn holder(&self, pair: PairId) -> ft_core::arbiter::Result<Option<NodeId>> {
+        Ok(self.read_claim(pair)?.map(|c| c.holder))
+    }
+
+    fn newest_claimed(&self, vm: u64) -> ft_core::arbiter::Result<Option<u64>> {
+        self.newest_generation(vm).map_err(ArbiterError::from)
     }
 }
 
