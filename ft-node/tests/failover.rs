@@ -191,6 +191,62 @@ fn kill_primary_with_etcd_arbiter() {
     kill_primary("kill_primary_etcd", Some(etcd.url()));
 }
 
+/// Send `signal` (`-STOP`, `-CONT`) to the process.
+fn signal(p: &ft_node::testkit::NodeProc, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([signal, &p.pid().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {signal} {}", p.pid());
+}
+
+/// The pause that breaks naive designs: the primary is frozen (SIGSTOP) past the
+/// timeout while a client drives load, so the backup goes live; then it is thawed
+/// (SIGCONT) with its old state and sockets. It must not serve a single answer more:
+/// every output it still holds waits for acks the backup no longer sends, it asks the
+/// arbiter, loses to the backup and halts. The client sees every answer exactly once
+/// with the counter continuous across the two nodes.
+#[test]
+fn sigstop_primary_backup_goes_live_and_the_thawed_primary_halts() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut rng = seed("sigstop_primary");
+    let dir = tempfile::tempdir().unwrap();
+    let Pair {
+        mut primary,
+        mut backup,
+        client_addrs,
+        ..
+    } = start_pair(&options(dir.path(), false)).unwrap();
+    let (h, status) = start_client(client_addrs);
+    let k = rng.gen_range(REQUESTS / 5..REQUESTS * 4 / 5);
+    wait_answers(&status, k, &mut rng);
+    signal(&primary, "-STOP");
+    let frozen_at = status.answered();
+    println!("froze the primary after {frozen_at} answers");
+    backup.wait_for("LIVE at", LIMIT).unwrap();
+    assert_eq!(holder(dir.path()), Some(NodeId(2)));
+    // Thaw it a random moment after the backup went live.
+    std::thread::sleep(Duration::from_millis(rng.gen_range(0..300)));
+    signal(&primary, "-CONT");
+    expect_code(
+        &mut primary,
+        EXIT_LOST,
+        "the thawed primary did not halt on losing the arbiter",
+    );
+    assert!(
+        primary.printed("arbiter: LOST to node 2"),
+        "{}",
+        primary.tail(20)
+    );
+    let report = finish_client(h);
+    expect_code(&mut backup, EXIT_DONE, "backup did not end cleanly");
+    assert_eq!(holder(dir.path()), Some(NodeId(2)), "the claim stays");
+    // Whatever the client got from node 1 it got before the freeze took hold: after
+    // it, only the live backup answers.
+    assert_eq!(report.connections.last().map(|c| c.2), Some(2));
+}
+
 #[test]
 fn kill_backup_primary_goes_on_alone() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
