@@ -33,7 +33,8 @@ enum Tamper {
     DataTableWithoutDigests,
 }
 
-fn divergence_case(seed: u64, tamper: Tamper) {
+/// One case; whether the program was long enough to tamper with.
+fn divergence_case(seed: u64, tamper: Tamper) -> bool {
     let family = if seed % 2 == 0 {
         Family::Stream
     } else {
@@ -48,21 +49,40 @@ fn divergence_case(seed: u64, tamper: Tamper) {
             c.engine.digest_interval = 0;
         }
     };
-    // A dry run (deterministic: same seed, same run) tells how long the program is.
+    // A dry run (deterministic: same seed, same run) tells how long the program is,
+    // and how far it surely is from its final hash: the last instruction count seen
+    // with the program counter still below the epilogue (sampled once per tick).
     let mut dry = build_case(seed, &params, n_events, horizon, tweak);
+    let epilogue = dry.prog.epilogue;
+    let mut before_epilogue = 0;
+    let ended = dry.sim.run_until(400_000, |s| {
+        let cpu = s.primary.source().cpu();
+        if cpu.pc() < epilogue {
+            before_epilogue = cpu.instret();
+        }
+        s.primary.exit_code().is_some()
+    });
     assert!(
-        run_to_end(&mut dry.sim, 400_000),
+        ended && run_to_end(&mut dry.sim, 400_000),
         "seed {seed:#x}: dry run: {}",
         describe(&dry.sim)
     );
     let total = dry.sim.primary.source().cpu().instret();
     let interval = dry.sim.config().engine.digest_interval;
+    let slice = dry.sim.config().engine.slice;
 
     let mut case = build_case(seed, &params, n_events, horizon, tweak);
-    // Tamper while at least two digest intervals of execution remain.
+    // Tamper while at least two digest intervals of execution remain; or, for the
+    // data table, before the final hash starts (the body may still read the byte, the
+    // epilogue surely does). The backup may pass `at` by up to a slice before the
+    // tampering lands.
     let limit = match tamper {
-        Tamper::UnusedByteWithDigests => total.saturating_sub(2 * interval),
-        Tamper::DataTableWithoutDigests => total / 2,
+        Tamper::UnusedByteWithDigests => total.checked_sub(2 * interval + slice),
+        Tamper::DataTableWithoutDigests => before_epilogue.checked_sub(slice),
+    };
+    let Some(limit) = limit else {
+        // Too short a program for this tampering to be checkable.
+        return false;
     };
     let at = rng.gen_range(0..=limit);
     assert!(
@@ -155,20 +175,52 @@ fn divergence_case(seed: u64, tamper: Tamper) {
         "seed {seed:#x}"
     );
     assert!(case.sim.backup.is_halted(), "seed {seed:#x}");
+    true
+}
+
+/// Run `tamper` on the seeds of `base`: most cases must be long enough to check.
+fn divergence_cases(base: u64, count: u64, tamper: Tamper) {
+    let (mut ran, mut tried) = (0u64, 0u64);
+    for seed in seeds(base, count) {
+        tried += 1;
+        ran += u64::from(divergence_case(seed, tamper));
+    }
+    assert!(
+        ran * 4 >= tried * 3,
+        "only {ran} of {tried} programs were long enough to tamper with"
+    );
 }
 
 #[test]
 fn tampered_unused_memory_is_caught_by_the_next_digest() {
-    for seed in seeds(0xd17e, 80) {
-        divergence_case(seed, Tamper::UnusedByteWithDigests);
-    }
+    divergence_cases(0xd17e, 80, Tamper::UnusedByteWithDigests);
 }
 
 #[test]
 fn tampered_data_is_caught_by_outputs_without_digests() {
-    for seed in seeds(0xd17f, 80) {
-        divergence_case(seed, Tamper::DataTableWithoutDigests);
-    }
+    divergence_cases(0xd17f, 80, Tamper::DataTableWithoutDigests);
+}
+
+/// A case whose tampering (bit 63 of a data-table dword the body had also loaded into
+/// a register) once left the program's final hash unchanged: the two differences
+/// cancelled, because the hash only carried differences upwards. The generator's hash
+/// now folds high bits down after every step (`progen::mix_down`).
+#[test]
+fn regression_tamper_lands_before_the_final_hash() {
+    assert!(divergence_case(
+        0x3abc_25ce_e973_6836,
+        Tamper::DataTableWithoutDigests
+    ));
+}
+
+/// A case where the backup, with a slice longer than the digest interval, passed the
+/// tampering point by more than the test's model allowed: past the last digest.
+#[test]
+fn regression_tamper_leaves_a_digest_point_ahead() {
+    assert!(divergence_case(
+        0x4867_db39_fc5e_852d,
+        Tamper::UnusedByteWithDigests
+    ));
 }
 
 /// With its backup diverged, the primary keeps serving: it goes on alone and releases
