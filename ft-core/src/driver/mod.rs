@@ -168,7 +168,7 @@ pub enum Turn {
 }
 
 /// The loop state around one [`Node`]. See the module docs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Driver {
     cfg: DriverConfig,
     /// An item the link refused; offered first next turn.
@@ -184,13 +184,25 @@ pub struct Driver {
     turns: u64,
 }
 
+impl Default for Driver {
+    /// [`Driver::new`] with [`DriverConfig::default`].
+    fn default() -> Self {
+        Driver::new(DriverConfig::default())
+    }
+}
+
 impl Driver {
     /// A driver for a node over a fresh link.
     pub fn new(cfg: DriverConfig) -> Driver {
         Driver {
             cfg,
+            pending: None,
+            stash: None,
             link_up: true,
-            ..Driver::default()
+            inbound_ended: false,
+            errors: Vec::new(),
+            stale_deadline: None,
+            turns: 0,
         }
     }
 

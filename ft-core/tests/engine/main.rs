@@ -7,6 +7,7 @@ mod support;
 
 mod arbiter;
 mod digests;
+mod driver;
 mod go_live;
 mod output_rule;
 mod phases;
