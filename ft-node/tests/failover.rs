@@ -125,24 +125,53 @@ fn expect_code(p: &mut ft_node::testkit::NodeProc, expected: i32, what: &str) {
     );
 }
 
+/// A pair started with `opts` and a client driving load through it, stopped at a
+/// random number of answers (seeded by `test`).
+struct Loaded {
+    primary: ft_node::testkit::NodeProc,
+    backup: ft_node::testkit::NodeProc,
+    proxy: Option<ft_node::testkit::Proxy>,
+    client: JoinHandle<ClientReport>,
+    status: Arc<ClientStatus>,
+    rng: rand_chacha::ChaCha8Rng,
+}
+
+fn under_load(test: &str, opts: &PairOptions) -> Loaded {
+    let mut rng = seed(test);
+    let Pair {
+        primary,
+        backup,
+        client_addrs,
+        proxy,
+    } = start_pair(opts).unwrap();
+    let (client, status) = start_client(client_addrs);
+    let k = rng.gen_range(REQUESTS / 5..REQUESTS * 4 / 5);
+    wait_answers(&status, k, &mut rng);
+    Loaded {
+        primary,
+        backup,
+        proxy,
+        client,
+        status,
+        rng,
+    }
+}
+
 /// Kill the primary; `etcd` replaces the file arbiter with that etcd.
 fn kill_primary(test: &str, etcd: Option<&str>) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut rng = seed(test);
     let dir = tempfile::tempdir().unwrap();
     let opts = PairOptions {
         arbiter: etcd.map(|url| format!("etcd:{url}")),
         ..options(dir.path(), false)
     };
-    let Pair {
+    let Loaded {
         mut primary,
         mut backup,
-        client_addrs,
+        client: h,
+        status,
         ..
-    } = start_pair(&opts).unwrap();
-    let (h, status) = start_client(client_addrs);
-    let k = rng.gen_range(REQUESTS / 5..REQUESTS * 4 / 5);
-    wait_answers(&status, k, &mut rng);
+    } = under_load(test, &opts);
     let killed = primary.kill9().unwrap();
     println!("killed the primary after {} answers", status.answered());
 
@@ -210,17 +239,15 @@ fn signal(p: &ft_node::testkit::NodeProc, signal: &str) {
 #[test]
 fn sigstop_primary_backup_goes_live_and_the_thawed_primary_halts() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut rng = seed("sigstop_primary");
     let dir = tempfile::tempdir().unwrap();
-    let Pair {
+    let Loaded {
         mut primary,
         mut backup,
-        client_addrs,
+        client: h,
+        status,
+        mut rng,
         ..
-    } = start_pair(&options(dir.path(), false)).unwrap();
-    let (h, status) = start_client(client_addrs);
-    let k = rng.gen_range(REQUESTS / 5..REQUESTS * 4 / 5);
-    wait_answers(&status, k, &mut rng);
+    } = under_load("sigstop_primary", &options(dir.path(), false));
     signal(&primary, "-STOP");
     let frozen_at = status.answered();
     println!("froze the primary after {frozen_at} answers");
@@ -250,17 +277,14 @@ fn sigstop_primary_backup_goes_live_and_the_thawed_primary_halts() {
 #[test]
 fn kill_backup_primary_goes_on_alone() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut rng = seed("kill_backup");
     let dir = tempfile::tempdir().unwrap();
-    let Pair {
+    let Loaded {
         mut primary,
         mut backup,
-        client_addrs,
+        client: h,
+        status,
         ..
-    } = start_pair(&options(dir.path(), false)).unwrap();
-    let (h, status) = start_client(client_addrs);
-    let k = rng.gen_range(REQUESTS / 5..REQUESTS * 4 / 5);
-    wait_answers(&status, k, &mut rng);
+    } = under_load("kill_backup", &options(dir.path(), false));
     backup.kill9().unwrap();
     println!("killed the backup after {} answers", status.answered());
 
@@ -280,22 +304,20 @@ fn kill_backup_primary_goes_on_alone() {
 /// Cut the log channel; `backup_timeout_ms` gives the backup a head start.
 fn network_cut(test: &str, backup_timeout_ms: Option<u64>) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut rng = seed(test);
     let dir = tempfile::tempdir().unwrap();
     let opts = PairOptions {
         backup_timeout_ms,
         ..options(dir.path(), true)
     };
-    let Pair {
+    let Loaded {
         mut primary,
         mut backup,
-        client_addrs,
         proxy,
-    } = start_pair(&opts).unwrap();
+        client: h,
+        status,
+        ..
+    } = under_load(test, &opts);
     let proxy = proxy.unwrap();
-    let (h, status) = start_client(client_addrs);
-    let k = rng.gen_range(REQUESTS / 5..REQUESTS * 4 / 5);
-    wait_answers(&status, k, &mut rng);
     proxy.cut();
     println!("cut the log channel after {} answers", status.answered());
 
@@ -453,17 +475,14 @@ fn wrong_key_is_refused_then_the_pair_serves_ft_client() {
 #[test]
 fn unreachable_arbiter_backup_waits_then_goes_live() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut rng = seed("unreachable_arbiter");
     let dir = tempfile::tempdir().unwrap();
-    let Pair {
+    let Loaded {
         mut primary,
         mut backup,
-        client_addrs,
+        client: h,
+        status,
         ..
-    } = start_pair(&options(dir.path(), false)).unwrap();
-    let (h, status) = start_client(client_addrs);
-    let k = rng.gen_range(REQUESTS / 5..REQUESTS * 4 / 5);
-    wait_answers(&status, k, &mut rng);
+    } = under_load("unreachable_arbiter", &options(dir.path(), false));
     let mount = dir.path().join("arbiter");
     let away = dir.path().join("arbiter-unmounted");
     std::fs::rename(&mount, &away).unwrap();

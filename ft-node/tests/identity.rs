@@ -22,14 +22,15 @@ const LIMIT: Duration = Duration::from_secs(20);
 /// The process tests share two cores: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn args(role: &str, dir: &Path, key: &Path, extra: &[&str]) -> Vec<String> {
+/// Flags of a node with the file arbiter in `arbiter` and the key file `key`.
+fn args(role: &str, arbiter: &Path, key: &Path, extra: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = [
         "--role",
         role,
         "--client-listen",
         "127.0.0.1:0",
         "--arbiter",
-        &format!("file:{}", dir.display()),
+        &format!("file:{}", arbiter.display()),
         "--key-file",
         &key.display().to_string(),
     ]
@@ -122,26 +123,14 @@ fn pair(generation: u64) -> PairId {
 fn refused_node(role: &str, dir: &Path, extra: &[&str]) -> (Option<i32>, String) {
     let bin = Path::new(env!("CARGO_BIN_EXE_ft-node"));
     let key = write_key(dir).unwrap();
-    let arbiter = dir.join("arbiter");
-    let mut flags = vec![
-        "--arbiter".to_string(),
-        format!("file:{}", arbiter.display()),
-    ];
-    flags.push(
-        if role == "primary" {
-            "--listen"
-        } else {
-            "--peer"
-        }
-        .into(),
-    );
-    flags.push("127.0.0.1:1".into());
-    flags.extend(extra.iter().map(|s| s.to_string()));
-    let mut all = args(role, dir, &key, &[]);
-    // `args` names the scratch directory as the arbiter; this test's is `arbiter/`.
-    let at = all.iter().position(|a| a == "--arbiter").unwrap();
-    all.drain(at..at + 2);
-    all.extend(flags);
+    let link = if role == "primary" {
+        "--listen"
+    } else {
+        "--peer"
+    };
+    let mut flags = vec![link, "127.0.0.1:1"];
+    flags.extend_from_slice(extra);
+    let all = args(role, &dir.join("arbiter"), &key, &flags);
     let mut node = NodeProc::spawn(bin, role, &all, false).unwrap();
     let status = node
         .wait_exit(LIMIT)
