@@ -288,6 +288,7 @@ fn run() -> Result<(), String> {
             }
             Notice::Diverged(d) => format!("{side}: {d}"),
             Notice::GuestExited { code } => format!("{side}: guest exited with code {code}"),
+            other => format!("{side}: {other}"),
         };
         timeline.push((*t, line));
     }

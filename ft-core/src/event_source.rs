@@ -48,6 +48,22 @@ pub enum SourceError {
     /// The backend failed (a hypervisor error, an unknown exit...).
     #[error("backend failure: {0}")]
     Backend(String),
+    /// The backend does not implement this part of the contract (a backend without
+    /// state transfer cannot be live-cloned).
+    #[error("the backend does not support {0}")]
+    Unsupported(&'static str),
+}
+
+/// The shape of a machine's guest memory, as state transfer sees it: `pages` pages of
+/// `page_size` bytes, numbered from 0. Two machines must have the same layout for one
+/// to be cloned into the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MemoryLayout {
+    /// Bytes per page (a power of two; the last page may be shorter in the machine,
+    /// but it is always transferred as a whole page, zero-padded).
+    pub page_size: u32,
+    /// Number of pages.
+    pub pages: u64,
 }
 
 /// Result alias for backends.
@@ -90,6 +106,59 @@ pub trait EventSource {
 
     /// Replace the machine's state with a snapshot.
     fn restore(&mut self, snapshot: &[u8]) -> SourceResult<()>;
+
+    // State transfer, for live clone (`crate::live_clone`). A backend that has none
+    // keeps the defaults, which refuse with [`SourceError::Unsupported`]; such a
+    // machine can still be a primary or a backup, but no backup can be cloned from it.
+
+    /// The layout of guest memory for page-wise transfer.
+    fn memory_layout(&self) -> SourceResult<MemoryLayout> {
+        Err(SourceError::Unsupported("state transfer (memory layout)"))
+    }
+
+    /// Start dirty-page tracking from a clean slate: afterwards
+    /// [`EventSource::take_dirty_pages`] reports every page written since this call,
+    /// by the guest, by device DMA or by anything else.
+    fn start_dirty_log(&mut self) -> SourceResult<()> {
+        Err(SourceError::Unsupported("dirty-page tracking"))
+    }
+
+    /// Append to `out`, in increasing order, the pages written since the last call
+    /// (or since [`EventSource::start_dirty_log`]), and start a new interval.
+    fn take_dirty_pages(&mut self, out: &mut Vec<u64>) -> SourceResult<()> {
+        let _ = out;
+        Err(SourceError::Unsupported("dirty-page tracking"))
+    }
+
+    /// Stop dirty-page tracking (a clone finished or was abandoned). The default does
+    /// nothing.
+    fn stop_dirty_log(&mut self) {}
+
+    /// Copy page `index` into `buf`, which is exactly one page long (the part of a
+    /// short last page beyond memory reads as zeros).
+    fn read_page(&self, index: u64, buf: &mut [u8]) -> SourceResult<()> {
+        let _ = (index, buf);
+        Err(SourceError::Unsupported("page reads"))
+    }
+
+    /// Overwrite page `index` with `data`, exactly one page long.
+    fn write_page(&mut self, index: u64, data: &[u8]) -> SourceResult<()> {
+        let _ = (index, data);
+        Err(SourceError::Unsupported("page writes"))
+    }
+
+    /// Serialize the machine's whole state apart from guest memory: CPU registers and
+    /// device models, everything [`EventSource::digest`] covers besides memory.
+    fn save_cpu_devices(&self) -> SourceResult<Vec<u8>> {
+        Err(SourceError::Unsupported("CPU and device state transfer"))
+    }
+
+    /// Replace the machine's state apart from guest memory with what
+    /// [`EventSource::save_cpu_devices`] produced on a machine of the same layout.
+    fn load_cpu_devices(&mut self, state: &[u8]) -> SourceResult<()> {
+        let _ = state;
+        Err(SourceError::Unsupported("CPU and device state transfer"))
+    }
 }
 
 impl<T: EventSource + ?Sized> EventSource for Box<T> {
@@ -113,5 +182,29 @@ impl<T: EventSource + ?Sized> EventSource for Box<T> {
     }
     fn restore(&mut self, snapshot: &[u8]) -> SourceResult<()> {
         (**self).restore(snapshot)
+    }
+    fn memory_layout(&self) -> SourceResult<MemoryLayout> {
+        (**self).memory_layout()
+    }
+    fn start_dirty_log(&mut self) -> SourceResult<()> {
+        (**self).start_dirty_log()
+    }
+    fn take_dirty_pages(&mut self, out: &mut Vec<u64>) -> SourceResult<()> {
+        (**self).take_dirty_pages(out)
+    }
+    fn stop_dirty_log(&mut self) {
+        (**self).stop_dirty_log()
+    }
+    fn read_page(&self, index: u64, buf: &mut [u8]) -> SourceResult<()> {
+        (**self).read_page(index, buf)
+    }
+    fn write_page(&mut self, index: u64, data: &[u8]) -> SourceResult<()> {
+        (**self).write_page(index, data)
+    }
+    fn save_cpu_devices(&self) -> SourceResult<Vec<u8>> {
+        (**self).save_cpu_devices()
+    }
+    fn load_cpu_devices(&mut self, state: &[u8]) -> SourceResult<()> {
+        (**self).load_cpu_devices(state)
     }
 }

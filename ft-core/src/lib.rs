@@ -18,6 +18,7 @@
 //! * [`OutputGate`], [`FailureDetector`], [`LagMonitor`]: the mechanisms;
 //! * [`Arbiter`]: the split-brain tie-breaker, with [`InProcessArbiter`];
 //! * [`Node`]: the engine, one side of a pair, driven by a runtime that passes time in;
+//! * [`live_clone`]: a new backup made from a running machine, by iterative pre-copy;
 //! * [`driver`]: the one loop every runtime turns around a [`Node`].
 //!
 //! ```
@@ -43,10 +44,12 @@ pub mod exec_point;
 pub mod failure_detector;
 pub mod flow_control;
 mod go_live;
+pub mod live_clone;
 pub mod log_channel;
 pub mod log_codec;
 mod log_end;
 pub mod node;
+mod notice_display;
 pub mod output_gate;
 pub mod record;
 mod recorder;
@@ -59,10 +62,11 @@ pub mod world;
 pub use bytes::Bytes;
 
 pub use arbiter::{Arbiter, ArbiterError, Decision, InProcessArbiter, NodeId, PairId};
-pub use event_source::{EventSource, SourceError, SourceResult, Stop};
+pub use event_source::{EventSource, MemoryLayout, SourceError, SourceResult, Stop};
 pub use exec_point::ExecPoint;
 pub use failure_detector::{FailureDetector, Heartbeat};
 pub use flow_control::{LagMonitor, Throttle};
+pub use live_clone::{CloneConfig, CloneError, CloneMsg};
 pub use log_channel::{ChannelError, LogChannel, LogReceiver};
 pub use node::{
     Blocked, Command, Config, EngineError, HaltReason, Node, Notice, Phase, Role, Stats,

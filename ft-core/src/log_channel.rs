@@ -22,6 +22,9 @@ pub enum ChannelError {
     /// Anything else the transport reports.
     #[error("log channel I/O error: {0}")]
     Io(String),
+    /// The channel does not carry this kind of frame.
+    #[error("this log channel does not carry {0}")]
+    Unsupported(&'static str),
 }
 
 /// Result alias of this module.

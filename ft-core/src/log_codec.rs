@@ -6,7 +6,7 @@
 //! |---|---|
 //! | 0..4 | magic `FTLG` |
 //! | 4..6 | format version, little-endian ([`VERSION`]) |
-//! | 6 | frame kind: 1 = records, 2 = ack |
+//! | 6 | frame kind: 1 = records, 2 = ack, 3 = clone ([`crate::live_clone`]) |
 //! | 7 | reserved, 0 |
 //! | 8..12 | payload length, little-endian |
 //! | 12..16 | CRC-32 of bytes 0..12 and of the payload |
@@ -21,6 +21,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::live_clone::CloneMsg;
 use crate::record::{Ack, Event, Record};
 use crate::ExecPoint;
 
@@ -36,6 +37,7 @@ pub const DEFAULT_MAX_PAYLOAD: usize = 16 << 20;
 
 const KIND_RECORDS: u8 = 1;
 const KIND_ACK: u8 = 2;
+const KIND_CLONE: u8 = 3;
 
 /// Errors of the log codec.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -123,6 +125,8 @@ pub enum Frame {
     Records(Vec<Record>),
     /// An acknowledgement.
     Ack(Ack),
+    /// A message of a live clone.
+    Clone(CloneMsg),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -223,6 +227,12 @@ pub fn encode_ack(ack: &Ack, out: &mut Vec<u8>) -> Result<()> {
     push_frame(KIND_ACK, &payload, out)
 }
 
+/// Append one frame holding a live-clone message to `out`.
+pub fn encode_clone(msg: &CloneMsg, out: &mut Vec<u8>) -> Result<()> {
+    let payload = postcard::to_stdvec(msg).map_err(|e| CodecError::Payload(e.to_string()))?;
+    push_frame(KIND_CLONE, &payload, out)
+}
+
 /// The size in bytes of a whole frame that starts at the front of `bytes`, once its
 /// header has been validated; `Ok(None)` if the header is not complete yet.
 fn frame_len(bytes: &[u8], max_payload: usize) -> Result<Option<usize>> {
@@ -248,7 +258,7 @@ fn frame_len(bytes: &[u8], max_payload: usize) -> Result<Option<usize>> {
             supported: VERSION,
         });
     }
-    if bytes[6] != KIND_RECORDS && bytes[6] != KIND_ACK {
+    if !matches!(bytes[6], KIND_RECORDS | KIND_ACK | KIND_CLONE) {
         return Err(CodecError::UnknownFrameKind(bytes[6]));
     }
     if bytes[7] != 0 {
@@ -302,6 +312,7 @@ fn decode_frame_with_limit(bytes: &[u8], max_payload: usize) -> Result<Frame> {
             let ack: Ack = strict_from_bytes(payload)?;
             Ok(Frame::Ack(ack))
         }
+        KIND_CLONE => strict_from_bytes(payload).map(Frame::Clone),
         _ => decode_batch(payload).map(Frame::Records),
     }
 }
@@ -498,6 +509,51 @@ mod tests {
         );
         assert_eq!(d.next_frame().unwrap(), None);
         d.finish().unwrap();
+    }
+
+    #[test]
+    fn clone_frames_round_trip_and_refuse_damage() {
+        use crate::live_clone::{PageCopy, PageData};
+        let msgs = vec![
+            CloneMsg::Pages {
+                round: 3,
+                pages: vec![
+                    PageCopy {
+                        index: 7,
+                        data: PageData::Zero,
+                    },
+                    PageCopy {
+                        index: 9,
+                        data: PageData::Full(Bytes::from(vec![0xab; 64])),
+                    },
+                ],
+            },
+            CloneMsg::RoundAck { round: 3 },
+            CloneMsg::Abort {
+                reason: "no".into(),
+            },
+        ];
+        let mut buf = Vec::new();
+        for m in &msgs {
+            encode_clone(m, &mut buf).unwrap();
+        }
+        let mut d = FrameDecoder::new();
+        d.push(&buf);
+        for m in &msgs {
+            assert_eq!(d.next_frame().unwrap(), Some(Frame::Clone(m.clone())));
+        }
+        let mut one = Vec::new();
+        encode_clone(&msgs[0], &mut one).unwrap();
+        let last = one.len() - 1;
+        one[last] ^= 1;
+        assert!(matches!(
+            decode_frame(&one),
+            Err(CodecError::Checksum { .. })
+        ));
+        // A payload that is not a clone message, correctly framed.
+        let mut junk = Vec::new();
+        push_frame(KIND_CLONE, &[0xff, 0xff, 0xff], &mut junk).unwrap();
+        assert!(matches!(decode_frame(&junk), Err(CodecError::Payload(_))));
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::arbiter::{ArbiterError, Decision, NodeId, PairId};
 use crate::event_source::{EventSource, SourceError};
 use crate::failure_detector::{FailureDetector, Heartbeat};
 use crate::flow_control::LagMonitor;
+use crate::live_clone::{CloneError, CloneMsg, CloneReceiver, CloneSender};
 use crate::log_end::LogEnd;
 use crate::output_gate::OutputGate;
 use crate::record::{Ack, AsyncEvent, IoId, IoRequest, Nanos, Output, OutputSeq, Record};
@@ -213,7 +214,10 @@ impl Config {
     }
 }
 
-/// Which side a node started as.
+/// Which end of its log link a node is: the primary records and sends, the backup
+/// receives and replays. A node keeps the role it was built with, except that a live
+/// machine that starts a clone ([`Node::start_clone`]) becomes the primary of its new
+/// pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// Records and ships the log.
@@ -234,6 +238,9 @@ pub enum HaltReason {
     Diverged(String),
     /// The machine failed.
     SourceFailed(String),
+    /// A clone target did not get a whole, checked state (the sender went silent or
+    /// abandoned the clone, or what arrived was wrong); it never went live.
+    CloneFailed(String),
 }
 
 /// Where a node is in its life.
@@ -249,6 +256,8 @@ pub enum Phase {
     Arbitrating,
     /// The only live side: executing with the real world, not logging.
     Live,
+    /// A clone target receiving its state ([`Node::clone_target`]).
+    Receiving,
     /// Stopped for good.
     Halted(HaltReason),
 }
@@ -283,6 +292,8 @@ pub enum Blocked {
     InboxEmpty,
     /// Waiting for the arbiter.
     Arbitrating,
+    /// A clone target waiting for the rest of its state.
+    Receiving,
 }
 
 /// Something for the log channel.
@@ -292,6 +303,8 @@ pub enum Transmit {
     Records(Vec<Record>),
     /// Backup to primary: an acknowledgement (also its heartbeat).
     Ack(Ack),
+    /// Either way: a message of a live clone ([`crate::live_clone`]).
+    Clone(CloneMsg),
 }
 
 /// A request the caller must carry out and answer.
@@ -361,6 +374,62 @@ pub enum Notice {
     GuestExited {
         /// Exit code.
         code: u64,
+    },
+    /// Sender: a live clone started.
+    CloneStarted {
+        /// The pair the clone will belong to.
+        pair: PairId,
+        /// Pages of memory to copy.
+        pages: u64,
+    },
+    /// Sender: a pre-copy round was applied by the receiver.
+    CloneRound {
+        /// The round (0: the full copy).
+        round: u32,
+        /// Pages the guest dirtied meanwhile.
+        dirty: u64,
+    },
+    /// Sender: the final pause, at the clone point. From here the node records for
+    /// its new backup.
+    ClonePaused {
+        /// The new pair.
+        pair: PairId,
+        /// The clone point.
+        point: ExecPoint,
+        /// The machine's digest there.
+        digest: u64,
+        /// Rounds, the final one included.
+        rounds: u32,
+        /// Pages sent in the final pause.
+        final_pages: u64,
+        /// Pages sent in all.
+        pages: u64,
+        /// Bytes of page data and state sent.
+        bytes: u64,
+    },
+    /// Sender: the new backup loaded the state and its digest matched.
+    CloneComplete {
+        /// The digest at the clone point.
+        digest: u64,
+    },
+    /// Sender: the clone was abandoned; the machine goes on as it was.
+    CloneAborted {
+        /// Why.
+        reason: String,
+    },
+    /// Receiver: the clone is whole and checked; replay starts at the clone point.
+    CloneReceived {
+        /// The pair it belongs to.
+        pair: PairId,
+        /// The clone point.
+        point: ExecPoint,
+        /// Its digest there (the sender's).
+        digest: u64,
+    },
+    /// Receiver: the clone failed; this node halts.
+    CloneFailed {
+        /// Why.
+        reason: String,
     },
 }
 
@@ -455,6 +524,9 @@ pub enum EngineError {
     /// The machine failed.
     #[error("backend: {0}")]
     Source(#[from] SourceError),
+    /// A live clone failed or was misused.
+    #[error("live clone: {0}")]
+    Clone(#[from] CloneError),
 }
 
 /// Result alias of this module.
@@ -510,6 +582,14 @@ pub struct Node<S, W> {
     /// The log stream's clean end (primary: records shipped; backup: records taken).
     pub(crate) end: LogEnd,
     pub(crate) stats: Stats,
+    /// A clone being sent (a live machine).
+    pub(crate) clone_out: Option<Box<CloneSender>>,
+    /// A clone being received (a clone target).
+    pub(crate) clone_in: Option<Box<CloneReceiver>>,
+    /// Clone messages to send before anything else.
+    pub(crate) clone_queue: VecDeque<CloneMsg>,
+    /// Sender after the final pause: the digest the new backup must confirm.
+    pub(crate) clone_ready: Option<u64>,
 }
 
 impl<S: EventSource, W: World> Node<S, W> {
@@ -532,7 +612,14 @@ impl<S: EventSource, W: World> Node<S, W> {
         n
     }
 
-    fn new(role: Role, phase: Phase, cfg: Config, source: S, world: W, now: Nanos) -> Self {
+    pub(crate) fn new(
+        role: Role,
+        phase: Phase,
+        cfg: Config,
+        source: S,
+        world: W,
+        now: Nanos,
+    ) -> Self {
         let start = source.point();
         let next_digest = next_multiple(start.count, cfg.digest_interval);
         Node {
@@ -568,10 +655,14 @@ impl<S: EventSource, W: World> Node<S, W> {
             async_buf: Vec::new(),
             end: LogEnd::default(),
             stats: Stats::default(),
+            clone_out: None,
+            clone_in: None,
+            clone_queue: VecDeque::new(),
+            clone_ready: None,
         }
     }
 
-    /// The role this node started in.
+    /// The role this node plays on its link ([`Role`]).
     pub fn role(&self) -> Role {
         self.role
     }
@@ -630,7 +721,7 @@ impl<S: EventSource, W: World> Node<S, W> {
     /// Records produced (primary) or received (backup) so far: the last sequence
     /// number.
     pub fn last_seq(&self) -> u64 {
-        self.next_seq - 1
+        self.next_seq.saturating_sub(1)
     }
 
     /// Backup: the last record replayed. Primary: the last record the backup reported
@@ -727,7 +818,11 @@ impl<S: EventSource, W: World> Node<S, W> {
                     take(self.outbox_since.saturating_add(self.cfg.batch_delay));
                 }
             }
-            Phase::Replaying => {
+            Phase::Replaying | Phase::Receiving => {
+                take(self.heartbeat.deadline());
+                take(self.detector.deadline());
+            }
+            Phase::Live if self.clone_out.is_some() => {
                 take(self.heartbeat.deadline());
                 take(self.detector.deadline());
             }
@@ -776,6 +871,13 @@ impl<S: EventSource, W: World> Node<S, W> {
     pub fn handle_records(&mut self, records: Vec<Record>, now: Nanos) -> Result<()> {
         if self.role != Role::Backup {
             return Err(EngineError::WrongRole("handle_records", self.role));
+        }
+        if self.phase == Phase::Receiving {
+            return Err(CloneError::Unexpected {
+                msg: "records",
+                state: "receiving a clone",
+            }
+            .into());
         }
         if self.phase != Phase::Replaying {
             // Once the primary is suspected, nothing new is taken or acknowledged: the
@@ -833,6 +935,12 @@ impl<S: EventSource, W: World> Node<S, W> {
     /// The next thing to send to the peer, if any is due at `now`.
     pub fn poll_transmit(&mut self, now: Nanos) -> Option<Transmit> {
         self.check_peer(now);
+        if let Some(t) = self.poll_clone_transmit(now) {
+            return Some(t);
+        }
+        if self.is_halted() {
+            return None;
+        }
         match self.role {
             Role::Primary => self.poll_transmit_records(now),
             Role::Backup => {
@@ -866,6 +974,11 @@ impl<S: EventSource, W: World> Node<S, W> {
             Phase::Arbitrating => {
                 self.issue_test_and_set(now);
                 return Ok(StepOutcome::Blocked(Blocked::Arbitrating));
+            }
+            Phase::Receiving => return Ok(StepOutcome::Blocked(Blocked::Receiving)),
+            Phase::Live if self.clone_final_due() => {
+                self.clone_pause(now);
+                self.record_step(now)
             }
             Phase::Recording | Phase::Live => self.record_step(now),
             Phase::Replaying | Phase::Draining => self.replay_step(now),
@@ -949,14 +1062,23 @@ impl<S: EventSource, W: World> Node<S, W> {
                     .push_back((now, Notice::PeerSuspected { last_heard }));
                 self.phase = Phase::Draining;
             }
+            Phase::Receiving => self.clone_peer_lost("the link failed", now),
+            Phase::Live if self.clone_out.is_some() => self.clone_peer_lost("the link failed", now),
             _ => {}
         }
     }
 
     fn check_peer(&mut self, now: Nanos) {
-        if matches!(self.phase, Phase::Recording | Phase::Replaying) && self.detector.suspects(now)
-        {
-            self.peer_failed(now);
+        let watched = match self.phase {
+            Phase::Recording | Phase::Replaying | Phase::Receiving => true,
+            Phase::Live => self.clone_out.is_some(),
+            _ => false,
+        };
+        if watched && self.detector.suspects(now) {
+            match self.phase {
+                Phase::Recording | Phase::Replaying => self.peer_failed(now),
+                _ => self.clone_peer_lost("silent past the peer timeout", now),
+            }
         }
     }
 

@@ -261,6 +261,7 @@ fn report(log: &Log, t: Nanos, n: &Notice) {
         )),
         Notice::Diverged(d) => log.line(format_args!("DIVERGED: {d}")),
         Notice::GuestExited { code } => log.line(format_args!("guest exited with code {code}")),
+        other => log.line(format_args!("{other} {at}")),
     }
 }
 

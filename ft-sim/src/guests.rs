@@ -282,6 +282,115 @@ pub fn service() -> Result<Vec<u8>, AsmError> {
     a.finish()
 }
 
+/// Guest address of the [`dirtier`]'s working set (1 MiB into RAM, above its code).
+pub const DIRTY_BASE: u64 = RAM_BASE + 0x10_0000;
+
+/// Build a guest that keeps writing a working set: pass after pass, it reads the RNG
+/// and stores a value derived from it into the first dword of every 4 KiB page of
+/// `[DIRTY_BASE, DIRTY_BASE + ws_bytes)`, so every page of the working set is dirty
+/// again in each pass and its contents depend on logged input. Every `print_every`
+/// passes (0: never) it prints a line with one letter on the console, `a` to `p` and
+/// round again (pass `k * print_every` prints letter `k % 16`); after `passes`
+/// passes (0: never) it exits with code 0. The machine needs RAM up to
+/// `DIRTY_BASE + ws_bytes`. The image is raw code for the start of RAM.
+///
+/// # Errors
+///
+/// [`AsmError`] when the parameters do not assemble (a working set past the address
+/// space).
+pub fn dirtier(ws_bytes: u64, passes: u64, print_every: u64) -> Result<Vec<u8>, AsmError> {
+    let mut a = Assembler::with_base(RAM_BASE);
+    let main = a.label();
+    let inner = a.label();
+    let pass_done = a.label();
+    let no_print = a.label();
+    let exit = a.label();
+    let limit = 1u64 << 40;
+    let end = match DIRTY_BASE.checked_add(ws_bytes) {
+        Some(e) if e < limit => e,
+        _ => {
+            return Err(AsmError::ImmediateOutOfRange {
+                what: "working set end",
+                value: ws_bytes.min(i64::MAX as u64) as i64,
+                min: 0,
+                max: (limit - DIRTY_BASE) as i64,
+            })
+        }
+    };
+    a.li(S0, 0);
+    a.bind(main);
+    a.li(T1, addr(map::RNG));
+    a.ld(S1, T1, 0);
+    a.li(T0, addr(DIRTY_BASE));
+    a.li(T2, addr(end));
+    a.li(A1, 4096);
+    a.bind(inner);
+    a.bgeu(T0, T2, pass_done);
+    a.sd(S1, T0, 0);
+    a.addi(S1, S1, 1);
+    a.add(T0, T0, A1);
+    a.j(inner);
+    a.bind(pass_done);
+    a.addi(S0, S0, 1);
+    if print_every > 0 {
+        a.li(A0, print_every as i64);
+        a.remu(A1, S0, A0);
+        a.bnez(A1, no_print);
+        a.li(T1, addr(map::UART));
+        a.divu(A0, S0, A0);
+        a.andi(A0, A0, 15);
+        a.addi(A0, A0, i64::from(b'a'));
+        a.sd(A0, T1, reg::UART_TX as i64);
+        a.li(A0, i64::from(b'\n'));
+        a.sd(A0, T1, reg::UART_TX as i64);
+    }
+    a.bind(no_print);
+    if passes > 0 {
+        a.li(A0, passes as i64);
+        a.beq(S0, A0, exit);
+    }
+    a.j(main);
+    a.bind(exit);
+    a.li(T1, addr(map::EXIT));
+    a.sd(ZERO, T1, 0);
+    a.j(exit);
+    a.finish()
+}
+
+/// Check the [`dirtier`]'s console lines, in sequence order: each letter follows the
+/// one before (`a` to `p`, then `a` again), so none is missing or repeated. Returns how
+/// many there were.
+///
+/// # Errors
+///
+/// The first pair of outputs that do not follow each other, or an output that is not
+/// one of the dirtier's lines.
+pub fn check_dirtier_letters(outputs: &[ft_core::Output]) -> Result<usize, String> {
+    let letter = |o: &ft_core::Output| match o.data.first() {
+        Some(&c @ b'a'..=b'p') => Ok(c - b'a'),
+        _ => Err(format!(
+            "output #{} is not a dirtier line: {:?}",
+            o.seq.0, o.data
+        )),
+    };
+    for w in outputs.windows(2) {
+        let (a, b) = (letter(&w[0])?, letter(&w[1])?);
+        if (a + 1) % 16 != b {
+            return Err(format!(
+                "outputs #{} ({}) and #{} ({}) do not follow each other",
+                w[0].seq.0,
+                char::from(b'a' + a),
+                w[1].seq.0,
+                char::from(b'a' + b)
+            ));
+        }
+    }
+    if let Some(o) = outputs.first() {
+        letter(o)?;
+    }
+    Ok(outputs.len())
+}
+
 /// A decoded reply of the service guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {

@@ -13,7 +13,9 @@
 //! * [`world`]: the host half of the devices, a seeded stand-in for the real world;
 //! * [`loader`], [`asm`], [`guests`]: how programs get in (ELF with HTIF `tohost`,
 //!   raw images, and an assembler for generated programs);
-//! * [`cluster`]: a deterministic simulation of a whole protected pair.
+//! * [`cluster`]: a deterministic simulation of a whole protected pair;
+//! * [`redundancy`]: a protected VM through a chain of failures, each followed by a
+//!   live clone to a new backup.
 
 pub mod asm;
 pub mod cluster;
@@ -24,8 +26,10 @@ pub mod loader;
 pub mod machine;
 pub mod memory;
 pub mod progen;
+pub mod redundancy;
 pub mod world;
 
 pub use cluster::{PairConfig, PairSim, Side};
 pub use machine::{DiskMode, Machine, MachineConfig};
+pub use redundancy::{ChainError, ChainSim};
 pub use world::{Disk, Network, OutputSink, SimWorld, SimWorldConfig};

@@ -3,12 +3,12 @@
 use ft_core::device_set::model::input_value;
 use ft_core::digest::StateHasher;
 use ft_core::snapshot_frame;
-use ft_core::{AsyncEvent, EventSource, ExecPoint, SourceError, SourceResult, Stop};
+use ft_core::{AsyncEvent, EventSource, ExecPoint, MemoryLayout, SourceError, SourceResult, Stop};
 use serde::{Deserialize, Serialize};
 
 use crate::cpu::{Cpu, StepExit};
 use crate::devices::{Action, Devices};
-use crate::memory::{Ram, RAM_BASE};
+use crate::memory::{Ram, PAGE_SIZE, RAM_BASE};
 
 /// How the block device's disk is attached (the standard device set's).
 pub use ft_core::device_set::model::DiskMode;
@@ -60,6 +60,8 @@ pub struct Machine {
 }
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"FTSIMSNP";
+/// The frame of [`EventSource::save_cpu_devices`]: a snapshot with no memory.
+const STATE_MAGIC: &[u8; 8] = b"FTSIMCPU";
 const SNAPSHOT_VERSION: u32 = 1;
 
 #[derive(Serialize, Deserialize)]
@@ -124,6 +126,30 @@ impl Machine {
     /// Packets the network device dropped because its queue was full.
     pub fn net_dropped(&self) -> u64 {
         self.dev.model.net_dropped
+    }
+
+    fn meta(&self) -> SnapshotMeta {
+        SnapshotMeta {
+            cfg: self.cfg,
+            cpu: self.cpu.clone(),
+            dev: self.dev.clone(),
+            exited: self.exited,
+            tohost: self.tohost,
+        }
+    }
+
+    /// The guest-physical address of page `index` and how many of a `buf_len`-byte
+    /// page transfer lie inside RAM (the last page may be short).
+    fn page_span(&self, index: u64, buf_len: usize) -> SourceResult<(u64, usize)> {
+        if buf_len as u64 != PAGE_SIZE || index >= self.ram.page_count() {
+            return Err(SourceError::Backend(format!(
+                "page {index} ({buf_len} bytes) is not one of the {} pages of {PAGE_SIZE} bytes",
+                self.ram.page_count()
+            )));
+        }
+        let off = index * PAGE_SIZE;
+        let len = (self.ram.size() as u64 - off).min(PAGE_SIZE) as usize;
+        Ok((RAM_BASE + off, len))
     }
 
     fn update_irqs(&mut self) {
@@ -251,13 +277,7 @@ impl EventSource for Machine {
     }
 
     fn snapshot(&self) -> SourceResult<Vec<u8>> {
-        let meta = SnapshotMeta {
-            cfg: self.cfg,
-            cpu: self.cpu.clone(),
-            dev: self.dev.clone(),
-            exited: self.exited,
-            tohost: self.tohost,
-        };
+        let meta = self.meta();
         let meta = postcard::to_stdvec(&meta).map_err(|e| SourceError::Snapshot(e.to_string()))?;
         Ok(snapshot_frame::encode(
             SNAPSHOT_MAGIC,
@@ -265,6 +285,73 @@ impl EventSource for Machine {
             &meta,
             self.ram.as_slice(),
         ))
+    }
+
+    fn memory_layout(&self) -> SourceResult<MemoryLayout> {
+        Ok(MemoryLayout {
+            page_size: PAGE_SIZE as u32,
+            pages: self.ram.page_count(),
+        })
+    }
+
+    fn start_dirty_log(&mut self) -> SourceResult<()> {
+        // The bitmap is always kept (every store marks it); a log starts clean.
+        self.ram.clear_dirty();
+        Ok(())
+    }
+
+    fn take_dirty_pages(&mut self, out: &mut Vec<u64>) -> SourceResult<()> {
+        out.extend(self.ram.take_dirty_pages());
+        Ok(())
+    }
+
+    fn read_page(&self, index: u64, buf: &mut [u8]) -> SourceResult<()> {
+        let (addr, len) = self.page_span(index, buf.len())?;
+        buf.fill(0);
+        self.ram
+            .read(addr, &mut buf[..len])
+            .map_err(|e| SourceError::Backend(e.to_string()))
+    }
+
+    fn write_page(&mut self, index: u64, data: &[u8]) -> SourceResult<()> {
+        let (addr, len) = self.page_span(index, data.len())?;
+        self.ram
+            .write(addr, &data[..len])
+            .map_err(|e| SourceError::Backend(e.to_string()))
+    }
+
+    fn save_cpu_devices(&self) -> SourceResult<Vec<u8>> {
+        let meta = self.meta();
+        let meta = postcard::to_stdvec(&meta).map_err(|e| SourceError::Snapshot(e.to_string()))?;
+        Ok(snapshot_frame::encode(
+            STATE_MAGIC,
+            SNAPSHOT_VERSION,
+            &meta,
+            &[],
+        ))
+    }
+
+    fn load_cpu_devices(&mut self, state: &[u8]) -> SourceResult<()> {
+        let (meta, rest) =
+            snapshot_frame::decode(state, STATE_MAGIC, SNAPSHOT_VERSION, "sim CPU and device")?;
+        if !rest.is_empty() {
+            return Err(SourceError::Snapshot(
+                "CPU and device state carries memory".into(),
+            ));
+        }
+        let meta: SnapshotMeta =
+            postcard::from_bytes(meta).map_err(|e| SourceError::Snapshot(e.to_string()))?;
+        if meta.cfg != self.cfg {
+            return Err(SourceError::Snapshot(format!(
+                "the state is of a machine configured {:?}, this one is {:?}",
+                meta.cfg, self.cfg
+            )));
+        }
+        self.cpu = meta.cpu;
+        self.dev = meta.dev;
+        self.exited = meta.exited;
+        self.tohost = meta.tohost;
+        Ok(())
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> SourceResult<()> {

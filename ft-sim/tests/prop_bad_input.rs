@@ -383,7 +383,9 @@ fn corrupted_or_truncated_frames_are_typed_errors() {
             let err = loop {
                 match dec.next_frame() {
                     Ok(Some(Frame::Records(_))) => decoded += 1,
-                    Ok(Some(Frame::Ack(_))) => prop_assert!(false, "ack in a record stream"),
+                    Ok(Some(Frame::Ack(_) | Frame::Clone(_))) => {
+                        prop_assert!(false, "a frame of another kind in a record stream")
+                    }
                     Ok(None) => break dec.finish().err(),
                     Err(e) => break Some(e),
                 }

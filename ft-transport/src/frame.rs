@@ -170,6 +170,9 @@ impl<L: FrameLink> LogChannel for PrimaryEnd<L> {
             Some(Frame::Records(_)) => Err(self.inbound.fail(CodecError::Payload(
                 "records frame received on the ack direction".into(),
             ))),
+            Some(Frame::Clone(_)) => Err(self.inbound.fail(CodecError::Payload(
+                "live-clone frame received on a log channel that does not carry them".into(),
+            ))),
         }
     }
 }
@@ -194,6 +197,9 @@ impl<L: FrameLink> LogReceiver for BackupEnd<L> {
             Some(Frame::Records(records)) => Ok(Some(records)),
             Some(Frame::Ack(_)) => Err(self.inbound.fail(CodecError::Payload(
                 "ack frame received on the records direction".into(),
+            ))),
+            Some(Frame::Clone(_)) => Err(self.inbound.fail(CodecError::Payload(
+                "live-clone frame received on a log channel that does not carry them".into(),
             ))),
         }
     }

@@ -64,6 +64,7 @@ impl<C: LogChannel> Link for PrimaryLink<C> {
             Transmit::Records(r) => self.0.send_records(r),
             // A primary never produces acknowledgements.
             Transmit::Ack(_) => Ok(()),
+            Transmit::Clone(_) => Err(ChannelError::Unsupported("live-clone frames")),
         }
     }
 
@@ -82,6 +83,7 @@ impl<R: LogReceiver> Link for BackupLink<R> {
             Transmit::Ack(a) => self.0.send_ack(*a),
             // A backup never produces records.
             Transmit::Records(_) => Ok(()),
+            Transmit::Clone(_) => Err(ChannelError::Unsupported("live-clone frames")),
         }
     }
 

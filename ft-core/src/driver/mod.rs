@@ -263,7 +263,10 @@ impl Driver {
         };
 
         // 3. The end of a backup's log stream.
-        if node.role() == Role::Backup && !self.inbound_ended && *node.phase() != Phase::Replaying {
+        if node.role() == Role::Backup
+            && !self.inbound_ended
+            && !matches!(node.phase(), Phase::Replaying | Phase::Receiving)
+        {
             self.inbound_ended = true;
             self.stash = None;
             if self.link_up {
@@ -273,9 +276,9 @@ impl Driver {
             }
         }
 
-        // 4. Outbound, in order. A live node has no peer any more: what still waited
-        // for the link is moot.
-        if node.is_live() {
+        // 4. Outbound, in order. A live node has no peer any more (unless it sends a
+        // clone): what still waited for the link is moot.
+        if node.is_live() && !node.cloning() {
             self.pending = None;
         }
         loop {
@@ -403,6 +406,8 @@ impl Driver {
                         found: "acknowledgement",
                     })
                 }
+                // Clone messages go either way; the node tells which fit.
+                (_, Frame::Clone(msg)) => node.handle_clone(msg, now),
             };
             if let Err(e) = taken {
                 self.errors.push(e.into());

@@ -210,6 +210,7 @@ impl Link for WireEnd<'_> {
                 }
             }
             Transmit::Ack(ack) => log_codec::encode_ack(ack, &mut buf)?,
+            Transmit::Clone(msg) => log_codec::encode_clone(msg, &mut buf)?,
         }
         self.out.stats.frames += 1;
         self.out.stats.bytes += buf.len() as u64;

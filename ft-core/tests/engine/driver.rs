@@ -38,7 +38,7 @@ fn sent_seqs(link: &ScriptLink) -> Vec<u64> {
         .iter()
         .flat_map(|t| match t {
             Transmit::Records(r) => r.iter().map(|r| r.seq).collect(),
-            Transmit::Ack(_) => Vec::new(),
+            Transmit::Ack(_) | Transmit::Clone(_) => Vec::new(),
         })
         .collect()
 }

@@ -921,6 +921,7 @@ impl Pair {
                         self.to_backup.push_back(recs);
                     }
                     Transmit::Ack(a) => panic!("primary transmitted an ack {a:?}"),
+                    Transmit::Clone(m) => panic!("primary transmitted a clone message {m:?}"),
                 }
             }
         }
@@ -932,6 +933,7 @@ impl Pair {
                         self.to_primary.push_back(a);
                     }
                     Transmit::Records(r) => panic!("backup transmitted records {r:?}"),
+                    Transmit::Clone(m) => panic!("backup transmitted a clone message {m:?}"),
                 }
             }
         }

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use ft_core::{AsyncEvent, Event, EventSource, Nanos, Output};
 use ft_sim::devices::id;
 use ft_sim::progen::{self, Family, Params, Program};
-use ft_sim::{Disk, PairConfig, PairSim};
+use ft_sim::{ChainSim, Disk, OutputSink, PairConfig, PairSim};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -238,6 +238,48 @@ pub fn check_equivalence(case: &mut Case) {
     );
 }
 
+/// What a [`Client`] talks to: a simulated pair, or a chain of them.
+pub trait Served {
+    /// Virtual time now.
+    fn now(&self) -> Nanos;
+    /// Advance one tick.
+    fn tick(&mut self);
+    /// A packet reaches the serving side `delay` from now.
+    fn send_packet(&mut self, delay: Nanos, data: Bytes);
+    /// The outside world's outputs.
+    fn sink(&self) -> &OutputSink;
+}
+
+impl Served for PairSim {
+    fn now(&self) -> Nanos {
+        PairSim::now(self)
+    }
+    fn tick(&mut self) {
+        PairSim::tick(self)
+    }
+    fn send_packet(&mut self, delay: Nanos, data: Bytes) {
+        PairSim::send_packet(self, delay, data)
+    }
+    fn sink(&self) -> &OutputSink {
+        PairSim::sink(self)
+    }
+}
+
+impl Served for ChainSim {
+    fn now(&self) -> Nanos {
+        ChainSim::now(self)
+    }
+    fn tick(&mut self) {
+        ChainSim::tick(self)
+    }
+    fn send_packet(&mut self, delay: Nanos, data: Bytes) {
+        ChainSim::send_packet(self, delay, data)
+    }
+    fn sink(&self) -> &OutputSink {
+        ChainSim::sink(self)
+    }
+}
+
 /// A client of the service guest: requests `req-<id>` with unique ids, resends those
 /// whose reply it has not seen after `timeout`, and matches replies (network outputs
 /// of either side) by their echoed payload.
@@ -269,21 +311,21 @@ impl Client {
     }
 
     /// Send a new request, `delay` from now; returns its id.
-    pub fn request(&mut self, sim: &mut PairSim, delay: Nanos) -> u64 {
+    pub fn request(&mut self, sim: &mut impl Served, delay: Nanos) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         self.send(sim, id, delay);
         id
     }
 
-    fn send(&mut self, sim: &mut PairSim, id: u64, delay: Nanos) {
+    fn send(&mut self, sim: &mut impl Served, id: u64, delay: Nanos) {
         sim.send_packet(delay, Bytes::from(format!("req-{id}")));
         self.pending.insert(id, sim.now() + delay);
         self.sends += 1;
     }
 
     /// Read new replies from the sink and resend what timed out.
-    pub fn poll(&mut self, sim: &mut PairSim) {
+    pub fn poll(&mut self, sim: &mut impl Served) {
         let all = sim.sink().all();
         for e in &all[self.seen.min(all.len())..] {
             if e.output.device != id::NET {
@@ -314,7 +356,7 @@ impl Client {
     }
 
     /// Tick `sim` once and poll.
-    pub fn tick(&mut self, sim: &mut PairSim) {
+    pub fn tick(&mut self, sim: &mut impl Served) {
         sim.tick();
         self.poll(sim);
     }

@@ -1,0 +1,218 @@
+//! The sending side of a live clone: pre-copy rounds, the convergence rule and the
+//! final pause's messages.
+
+use bytes::Bytes;
+
+use super::{CloneConfig, CloneError, CloneMsg, PageCopy, PageData, Resume};
+use crate::arbiter::{NodeId, PairId};
+use crate::event_source::{EventSource, MemoryLayout};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// `Begin` is still to go.
+    Begin,
+    /// Pages of the current round are going out.
+    Sending,
+    /// `RoundEnd` went out; waiting for its acknowledgement.
+    AwaitAck,
+    /// Pre-copy converged: the next machine step is the final pause.
+    FinalDue,
+    /// The final messages were made.
+    Done,
+}
+
+/// What a finished clone sent, for notices and benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Summary {
+    /// Pre-copy rounds, round 0 included.
+    pub(crate) rounds: u32,
+    /// Pages sent in the final pause.
+    pub(crate) final_pages: u64,
+    /// Pages sent in all (zero pages included).
+    pub(crate) pages: u64,
+    /// Bytes of page data and state sent.
+    pub(crate) bytes: u64,
+}
+
+/// The sender's state machine. It reads the machine only when asked for a message,
+/// so a page is always sent as it is at that moment.
+#[derive(Debug)]
+pub(crate) struct CloneSender {
+    cfg: CloneConfig,
+    pair: PairId,
+    me: NodeId,
+    layout: MemoryLayout,
+    state: State,
+    round: u32,
+    to_send: Vec<u64>,
+    cursor: usize,
+    previous_dirty: u64,
+    summary: Summary,
+    buf: Vec<u8>,
+}
+
+impl CloneSender {
+    /// Start: check the machine and the parameters, start dirty tracking, and plan
+    /// round 0 (every page).
+    pub(crate) fn start<S: EventSource>(
+        cfg: CloneConfig,
+        pair: PairId,
+        me: NodeId,
+        source: &mut S,
+    ) -> Result<CloneSender, CloneError> {
+        let layout = source.memory_layout()?;
+        cfg.validate(&layout)?;
+        source.start_dirty_log()?;
+        Ok(CloneSender {
+            cfg,
+            pair,
+            me,
+            layout,
+            state: State::Begin,
+            round: 0,
+            to_send: (0..layout.pages).collect(),
+            cursor: 0,
+            previous_dirty: layout.pages,
+            summary: Summary::default(),
+            buf: vec![0; layout.page_size as usize],
+        })
+    }
+
+    /// The pair the clone belongs to.
+    pub(crate) fn pair(&self) -> PairId {
+        self.pair
+    }
+
+    /// Pages in the machine.
+    pub(crate) fn pages(&self) -> u64 {
+        self.layout.pages
+    }
+
+    /// Whether pre-copy converged and the final pause is due.
+    pub(crate) fn final_due(&self) -> bool {
+        self.state == State::FinalDue
+    }
+
+    fn read_chunk<S: EventSource>(
+        &mut self,
+        source: &S,
+        pages: &[u64],
+    ) -> Result<Vec<PageCopy>, CloneError> {
+        let mut out = Vec::with_capacity(pages.len());
+        for &index in pages {
+            source.read_page(index, &mut self.buf)?;
+            let data = if self.buf.iter().all(|&b| b == 0) {
+                PageData::Zero
+            } else {
+                self.summary.bytes += self.buf.len() as u64;
+                PageData::Full(Bytes::copy_from_slice(&self.buf))
+            };
+            self.summary.pages += 1;
+            out.push(PageCopy { index, data });
+        }
+        Ok(out)
+    }
+
+    /// The next message of pre-copy, if one is due now.
+    pub(crate) fn next_message<S: EventSource>(
+        &mut self,
+        source: &S,
+    ) -> Result<Option<CloneMsg>, CloneError> {
+        match self.state {
+            State::Begin => {
+                self.state = State::Sending;
+                Ok(Some(CloneMsg::Begin {
+                    pair: self.pair,
+                    sender: self.me,
+                    layout: self.layout,
+                }))
+            }
+            State::Sending if self.cursor < self.to_send.len() => {
+                let end = (self.cursor + self.cfg.chunk_pages).min(self.to_send.len());
+                let pages = self.to_send[self.cursor..end].to_vec();
+                self.cursor = end;
+                let pages = self.read_chunk(source, &pages)?;
+                Ok(Some(CloneMsg::Pages {
+                    round: self.round,
+                    pages,
+                }))
+            }
+            State::Sending => {
+                self.state = State::AwaitAck;
+                Ok(Some(CloneMsg::RoundEnd { round: self.round }))
+            }
+            State::AwaitAck | State::FinalDue | State::Done => Ok(None),
+        }
+    }
+
+    /// The receiver applied a round: take the dirty set and decide between another
+    /// round and the final pause.
+    pub(crate) fn on_round_ack<S: EventSource>(
+        &mut self,
+        round: u32,
+        source: &mut S,
+    ) -> Result<(u32, u64), CloneError> {
+        if self.state != State::AwaitAck || round != self.round {
+            return Err(CloneError::Unexpected {
+                msg: "round-ack",
+                state: "no round was awaiting its acknowledgement",
+            });
+        }
+        let mut dirty = Vec::new();
+        source.take_dirty_pages(&mut dirty)?;
+        let n = dirty.len() as u64;
+        let rounds_done = self.round + 1;
+        let converged = n <= self.cfg.converge_pages
+            || rounds_done >= self.cfg.max_rounds
+            || (self.round >= 1 && n >= self.previous_dirty);
+        self.previous_dirty = n;
+        self.to_send = dirty;
+        self.cursor = 0;
+        if converged {
+            self.state = State::FinalDue;
+        } else {
+            self.round += 1;
+            self.state = State::Sending;
+        }
+        Ok((round, n))
+    }
+
+    /// The final pause: the pages dirtied since the last round (and those that round
+    /// left), the CPU and device state and the digest, as the messages to send in
+    /// order. Dirty tracking stops.
+    pub(crate) fn finish<S: EventSource>(
+        &mut self,
+        source: &mut S,
+        resume: Resume,
+    ) -> Result<(Vec<CloneMsg>, u64, Summary), CloneError> {
+        if self.state != State::FinalDue {
+            return Err(CloneError::Unexpected {
+                msg: "final",
+                state: "pre-copy has not converged",
+            });
+        }
+        let mut dirty = std::mem::take(&mut self.to_send);
+        source.take_dirty_pages(&mut dirty)?;
+        dirty.sort_unstable();
+        dirty.dedup();
+        let round = self.round + 1;
+        let mut msgs = Vec::with_capacity(dirty.len() / self.cfg.chunk_pages + 2);
+        for chunk in dirty.chunks(self.cfg.chunk_pages) {
+            let pages = self.read_chunk(source, chunk)?;
+            msgs.push(CloneMsg::Pages { round, pages });
+        }
+        let state = source.save_cpu_devices()?;
+        let digest = source.digest();
+        source.stop_dirty_log();
+        self.summary.bytes += state.len() as u64;
+        self.summary.rounds = round + 1;
+        self.summary.final_pages = dirty.len() as u64;
+        msgs.push(CloneMsg::Final {
+            resume,
+            state: Bytes::from(state),
+            digest,
+        });
+        self.state = State::Done;
+        Ok((msgs, digest, self.summary))
+    }
+}
