@@ -71,6 +71,7 @@ impl<S: EventSource, W: World> Node<S, W> {
         ));
         self.clone_out = Some(Box::new(sender));
         self.clone_queue.clear();
+        self.clone_ready = None;
         // From here on this node is the sending end of a new link: the one that will
         // be its backup's primary.
         self.role = Role::Primary;
