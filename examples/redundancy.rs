@@ -39,7 +39,9 @@ fn seed_arg() -> Result<u64, String> {
         match a.as_str() {
             "--seed" => {
                 let v = args.next().ok_or("--seed needs a number")?;
-                seed = v.parse().map_err(|_| format!("--seed: not a number: {v}"))?;
+                seed = v
+                    .parse()
+                    .map_err(|_| format!("--seed: not a number: {v}"))?;
             }
             "--help" | "-h" => {
                 println!("usage: redundancy [--seed N]");
@@ -72,7 +74,10 @@ fn serve(
     if done(sim) {
         Ok(())
     } else {
-        Err(format!("nothing happened for {max} ticks at {:.1} ms", ms(sim.now())))
+        Err(format!(
+            "nothing happened for {max} ticks at {:.1} ms",
+            ms(sim.now())
+        ))
     }
 }
 
@@ -99,14 +104,22 @@ fn run() -> Result<(), String> {
             "{:>9.3} ms  failure {round}: {} ({}) KILLED",
             ms(sim.now()),
             name(victim),
-            if victim == primary { "primary" } else { "backup" }
+            if victim == primary {
+                "primary"
+            } else {
+                "backup"
+            }
         );
         sim.crash(victim).map_err(|e| e.to_string())?;
         serve(&mut sim, &mut sent, gap, 1_000_000, |s| {
             s.live_members().len() == 1 && s.running().len() == 1
         })?;
         let survivor = sim.live_members()[0];
-        println!("{:>9.3} ms  {} is live alone", ms(sim.now()), name(survivor));
+        println!(
+            "{:>9.3} ms  {} is live alone",
+            ms(sim.now()),
+            name(survivor)
+        );
         let target = sim.start_clone(survivor).map_err(|e| e.to_string())?;
         let mark = sim.trace().notices.len();
         serve(&mut sim, &mut sent, gap, 1_000_000, |s| {

@@ -66,7 +66,7 @@ pub use event_source::{EventSource, MemoryLayout, SourceError, SourceResult, Sto
 pub use exec_point::ExecPoint;
 pub use failure_detector::{FailureDetector, Heartbeat};
 pub use flow_control::{LagMonitor, Throttle};
-pub use live_clone::{CloneConfig, CloneError, CloneMsg};
+pub use live_clone::{CloneConfig, CloneError, CloneFrame, CloneMsg};
 pub use log_channel::{ChannelError, LogChannel, LogReceiver};
 pub use node::{
     Blocked, Command, Config, EngineError, HaltReason, Node, Notice, Phase, Role, Stats,

@@ -21,7 +21,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::live_clone::CloneMsg;
+use crate::live_clone::CloneFrame;
 use crate::record::{Ack, Event, Record};
 use crate::ExecPoint;
 
@@ -126,7 +126,7 @@ pub enum Frame {
     /// An acknowledgement.
     Ack(Ack),
     /// A message of a live clone.
-    Clone(CloneMsg),
+    Clone(CloneFrame),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -228,7 +228,7 @@ pub fn encode_ack(ack: &Ack, out: &mut Vec<u8>) -> Result<()> {
 }
 
 /// Append one frame holding a live-clone message to `out`.
-pub fn encode_clone(msg: &CloneMsg, out: &mut Vec<u8>) -> Result<()> {
+pub fn encode_clone(msg: &CloneFrame, out: &mut Vec<u8>) -> Result<()> {
     let payload = postcard::to_stdvec(msg).map_err(|e| CodecError::Payload(e.to_string()))?;
     push_frame(KIND_CLONE, &payload, out)
 }
@@ -513,7 +513,7 @@ mod tests {
 
     #[test]
     fn clone_frames_round_trip_and_refuse_damage() {
-        use crate::live_clone::{PageCopy, PageData};
+        use crate::live_clone::{CloneMsg, PageCopy, PageData};
         let msgs = vec![
             CloneMsg::Pages {
                 round: 3,
@@ -533,6 +533,11 @@ mod tests {
                 reason: "no".into(),
             },
         ];
+        let msgs: Vec<CloneFrame> = msgs
+            .into_iter()
+            .enumerate()
+            .map(|(n, msg)| CloneFrame { n: n as u64, msg })
+            .collect();
         let mut buf = Vec::new();
         for m in &msgs {
             encode_clone(m, &mut buf).unwrap();

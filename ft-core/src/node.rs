@@ -24,7 +24,7 @@ use crate::arbiter::{ArbiterError, Decision, NodeId, PairId};
 use crate::event_source::{EventSource, SourceError};
 use crate::failure_detector::{FailureDetector, Heartbeat};
 use crate::flow_control::LagMonitor;
-use crate::live_clone::{CloneError, CloneMsg, CloneReceiver, CloneSender};
+use crate::live_clone::{CloneError, CloneFrame, CloneMsg, CloneReceiver, CloneSender};
 use crate::log_end::LogEnd;
 use crate::output_gate::OutputGate;
 use crate::record::{Ack, AsyncEvent, IoId, IoRequest, Nanos, Output, OutputSeq, Record};
@@ -304,7 +304,7 @@ pub enum Transmit {
     /// Backup to primary: an acknowledgement (also its heartbeat).
     Ack(Ack),
     /// Either way: a message of a live clone ([`crate::live_clone`]).
-    Clone(CloneMsg),
+    Clone(CloneFrame),
 }
 
 /// A request the caller must carry out and answer.
@@ -590,6 +590,9 @@ pub struct Node<S, W> {
     pub(crate) clone_queue: VecDeque<CloneMsg>,
     /// Sender after the final pause: the digest the new backup must confirm.
     pub(crate) clone_ready: Option<u64>,
+    /// The next clone message's number, out and in.
+    pub(crate) clone_tx: u64,
+    pub(crate) clone_rx: u64,
 }
 
 impl<S: EventSource, W: World> Node<S, W> {
@@ -659,6 +662,8 @@ impl<S: EventSource, W: World> Node<S, W> {
             clone_in: None,
             clone_queue: VecDeque::new(),
             clone_ready: None,
+            clone_tx: 0,
+            clone_rx: 0,
         }
     }
 

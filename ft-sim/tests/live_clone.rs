@@ -428,7 +428,7 @@ fn a_final_state_that_resumes_the_log_at_record_zero_is_refused() {
         s.step(now).unwrap();
         while let Some(t) = s.poll_transmit(now) {
             let Transmit::Clone(mut m) = t else { continue };
-            if let ft_core::CloneMsg::Final { resume, .. } = &mut m {
+            if let ft_core::CloneMsg::Final { resume, .. } = &mut m.msg {
                 resume.next_seq = 0;
             }
             if let Err(e) = r.handle_clone(m, now) {
@@ -451,4 +451,74 @@ fn a_final_state_that_resumes_the_log_at_record_zero_is_refused() {
         Phase::Halted(HaltReason::CloneFailed(_))
     ));
     assert_eq!(r.last_seq(), 0);
+}
+
+/// A link that loses a clone message (a reconnect that resumed only the records, say)
+/// must end the clone, not stall it: here the round's last message is lost, so nothing
+/// else follows it but heartbeats, and the first of them shows the gap.
+#[test]
+fn a_lost_clone_message_ends_the_clone_at_the_next_heartbeat_instead_of_stalling_it() {
+    use ft_core::{CloneMsg, Transmit};
+    let sink = OutputSink::new();
+    let disk = Disk::new(4096);
+    let w = |live| SimWorld::new("w", Default::default(), disk.clone(), sink.clone(), live);
+    let cfg = Config::default();
+    let mut s = Node::unprotected(cfg.clone(), dirtier(4), w(true), 0);
+    let rcfg = Config {
+        node: NodeId(2),
+        ..cfg.clone()
+    };
+    let mut r = Node::clone_target(rcfg, dirtier(4), w(false), 0);
+    let pair = PairId {
+        vm: 1,
+        generation: 2,
+    };
+    s.start_clone(pair, CloneConfig::default(), 0).unwrap();
+    let mut dropped = false;
+    let mut refusal = None;
+    let step = 100_000;
+    let mut now = 0;
+    while now < cfg.peer_timeout / 2 && refusal.is_none() {
+        now += step;
+        s.step(now).unwrap();
+        while let Some(t) = s.poll_transmit(now) {
+            let Transmit::Clone(f) = t else { continue };
+            if !dropped && matches!(f.msg, CloneMsg::RoundEnd { .. }) {
+                dropped = true;
+                continue;
+            }
+            if let Err(e) = r.handle_clone(f, now) {
+                refusal = Some((now, e));
+            }
+        }
+        while let Some(t) = r.poll_transmit(now) {
+            if let Transmit::Clone(f) = t {
+                let _ = s.handle_clone(f, now);
+            }
+        }
+    }
+    let (at, e) = refusal.expect("the gap was noticed");
+    assert!(dropped);
+    assert!(
+        matches!(e, EngineError::Clone(CloneError::Sequence { .. })),
+        "{e}"
+    );
+    assert!(
+        at <= cfg.heartbeat_interval + 2 * step,
+        "noticed at {at} ns, a heartbeat after the loss"
+    );
+    assert!(matches!(
+        r.phase(),
+        Phase::Halted(HaltReason::CloneFailed(_))
+    ));
+    let mut seen = Vec::new();
+    while let Some((_, n)) = s.poll_notice() {
+        seen.push(n);
+    }
+    assert!(
+        seen.iter()
+            .any(|n| matches!(n, Notice::CloneAborted { reason } if reason.contains("refused"))),
+        "{seen:?}"
+    );
+    assert!(s.is_live() && !s.cloning());
 }

@@ -118,6 +118,8 @@ enum Op {
     Damaged(u16, u16, u8),
     /// The genuine frame `i`'s message, edited, in a valid frame.
     Edited(u16, Edit),
+    /// The genuine frame `i` renumbered `n` (a lost, repeated or reordered message).
+    Renumbered(u16, u64),
     /// Bytes of the fuzzer's.
     Raw(Vec<u8>),
 }
@@ -212,7 +214,19 @@ fuzz_target!(|data: &[u8]| {
                 else {
                     continue;
                 };
-                edit(&mut m, e);
+                edit(&mut m.msg, e);
+                let mut b = Vec::new();
+                if log_codec::encode_clone(&m, &mut b).is_err() {
+                    continue;
+                }
+                b
+            }
+            Op::Renumbered(i, k) => {
+                let Ok(Frame::Clone(mut m)) = log_codec::decode_frame(&g.frames[i as usize % n])
+                else {
+                    continue;
+                };
+                m.n = k;
                 let mut b = Vec::new();
                 if log_codec::encode_clone(&m, &mut b).is_err() {
                     continue;

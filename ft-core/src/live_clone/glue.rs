@@ -4,7 +4,9 @@
 
 use std::collections::VecDeque;
 
-use super::{CloneConfig, CloneError, CloneMsg, CloneReceiver, CloneSender, Received, Resume};
+use super::{
+    CloneConfig, CloneError, CloneFrame, CloneMsg, CloneReceiver, CloneSender, Received, Resume,
+};
 use crate::event_source::EventSource;
 use crate::failure_detector::{FailureDetector, Heartbeat};
 use crate::flow_control::LagMonitor;
@@ -72,6 +74,8 @@ impl<S: EventSource, W: World> Node<S, W> {
         self.clone_out = Some(Box::new(sender));
         self.clone_queue.clear();
         self.clone_ready = None;
+        self.clone_tx = 0;
+        self.clone_rx = 0;
         // From here on this node is the sending end of a new link: the one that will
         // be its backup's primary.
         self.role = Role::Primary;
@@ -104,7 +108,23 @@ impl<S: EventSource, W: World> Node<S, W> {
     /// [`EngineError::Clone`] for a message that does not fit, or the receiver's
     /// refusal (a mismatched layout, a bad page, a digest mismatch); the receiver then
     /// halts, and the sender abandons its clone.
-    pub fn handle_clone(&mut self, msg: CloneMsg, now: Nanos) -> Result<()> {
+    pub fn handle_clone(&mut self, frame: CloneFrame, now: Nanos) -> Result<()> {
+        let expected = self.clone_rx;
+        if frame.n != expected {
+            let e = CloneError::Sequence {
+                expected,
+                found: frame.n,
+            };
+            let in_clone = self.phase == Phase::Receiving
+                || self.clone_out.is_some()
+                || self.clone_ready.is_some();
+            if in_clone {
+                self.clone_broken(e.to_string(), now);
+            }
+            return Err(e.into());
+        }
+        self.clone_rx += 1;
+        let msg = frame.msg;
         if self.phase == Phase::Receiving {
             return self.receive(msg, now);
         }
@@ -264,6 +284,21 @@ impl<S: EventSource, W: World> Node<S, W> {
             .push_back((now, Notice::CloneAborted { reason }));
     }
 
+    /// The clone's stream cannot be trusted any more: end the clone on this side.
+    fn clone_broken(&mut self, why: String, now: Nanos) {
+        if self.phase == Phase::Receiving {
+            self.fail_receiving(why, true, now);
+        } else if self.clone_out.is_some() {
+            self.abort_clone(why, true, now);
+        } else if self.clone_ready.take().is_some() {
+            // After the final pause: the new backup may lack its state; the arbiter
+            // decides, in the new generation.
+            self.notices
+                .push_back((now, Notice::CloneAborted { reason: why }));
+            self.peer_failed(now);
+        }
+    }
+
     /// The peer of a clone is gone (silent past the timeout, or the link broke).
     pub(crate) fn clone_peer_lost(&mut self, why: &str, now: Nanos) {
         if self.phase == Phase::Receiving {
@@ -338,9 +373,16 @@ impl<S: EventSource, W: World> Node<S, W> {
     /// The next clone message to send, if any: queued answers and final messages
     /// first, then pre-copy pages, then a heartbeat when the link was quiet.
     pub(crate) fn poll_clone_transmit(&mut self, now: Nanos) -> Option<Transmit> {
+        let msg = self.next_clone_message(now)?;
+        let n = self.clone_tx;
+        self.clone_tx += 1;
+        self.heartbeat.sent(now);
+        Some(Transmit::Clone(CloneFrame { n, msg }))
+    }
+
+    fn next_clone_message(&mut self, now: Nanos) -> Option<CloneMsg> {
         if let Some(m) = self.clone_queue.pop_front() {
-            self.heartbeat.sent(now);
-            return Some(Transmit::Clone(m));
+            return Some(m);
         }
         if self.phase == Phase::Live {
             let res = match self.clone_out.as_mut() {
@@ -348,22 +390,18 @@ impl<S: EventSource, W: World> Node<S, W> {
                 None => return None,
             };
             match res {
-                Ok(Some(m)) => {
-                    self.heartbeat.sent(now);
-                    return Some(Transmit::Clone(m));
-                }
+                Ok(Some(m)) => return Some(m),
                 Ok(None) => {}
                 Err(e) => {
                     self.abort_clone(e.to_string(), true, now);
-                    return self.clone_queue.pop_front().map(Transmit::Clone);
+                    return self.clone_queue.pop_front();
                 }
             }
         }
         let talking = (self.phase == Phase::Live && self.clone_out.is_some())
             || self.phase == Phase::Receiving;
         if talking && self.heartbeat.due(now) {
-            self.heartbeat.sent(now);
-            return Some(Transmit::Clone(CloneMsg::Heartbeat));
+            return Some(CloneMsg::Heartbeat);
         }
         None
     }

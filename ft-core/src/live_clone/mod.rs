@@ -145,6 +145,18 @@ pub struct Resume {
     pub pending_io: Vec<IoRequest>,
 }
 
+/// A clone message as it crosses the link: numbered from 0 in each direction of each
+/// clone, so that a lost, repeated or reordered message (a link that reconnected and
+/// resumed only its records, say) is detected at the next message, a heartbeat at
+/// the latest, and ends the clone instead of stalling it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloneFrame {
+    /// The message's number in its direction.
+    pub n: u64,
+    /// The message.
+    pub msg: CloneMsg,
+}
+
 /// A message of the clone protocol, carried as a frame of the log link.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CloneMsg {
@@ -297,6 +309,14 @@ pub enum CloneError {
     /// The peer abandoned the clone.
     #[error("the peer abandoned the clone: {0}")]
     Aborted(String),
+    /// A message was lost, repeated or reordered on the way.
+    #[error("clone message {found} arrived where {expected} was due: the link lost or reordered clone frames")]
+    Sequence {
+        /// The number due.
+        expected: u64,
+        /// The number that arrived.
+        found: u64,
+    },
     /// The peer went silent or the link broke.
     #[error("the peer is gone: {0}")]
     PeerLost(String),
