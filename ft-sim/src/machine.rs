@@ -138,6 +138,27 @@ impl Machine {
         }
     }
 
+    /// The state frame (`magic`) of everything but RAM, with `memory` after it.
+    fn encode_state(&self, magic: &[u8; 8], memory: &[u8]) -> SourceResult<Vec<u8>> {
+        let meta =
+            postcard::to_stdvec(&self.meta()).map_err(|e| SourceError::Snapshot(e.to_string()))?;
+        Ok(snapshot_frame::encode(
+            magic,
+            SNAPSHOT_VERSION,
+            &meta,
+            memory,
+        ))
+    }
+
+    /// Take the CPU and device state of `meta` (its configuration is checked by the
+    /// caller).
+    fn apply(&mut self, meta: SnapshotMeta) {
+        self.cpu = meta.cpu;
+        self.dev = meta.dev;
+        self.exited = meta.exited;
+        self.tohost = meta.tohost;
+    }
+
     /// The guest-physical address of page `index` and how many of a `buf_len`-byte
     /// page transfer lie inside RAM (the last page may be short).
     fn page_span(&self, index: u64, buf_len: usize) -> SourceResult<(u64, usize)> {
@@ -277,14 +298,7 @@ impl EventSource for Machine {
     }
 
     fn snapshot(&self) -> SourceResult<Vec<u8>> {
-        let meta = self.meta();
-        let meta = postcard::to_stdvec(&meta).map_err(|e| SourceError::Snapshot(e.to_string()))?;
-        Ok(snapshot_frame::encode(
-            SNAPSHOT_MAGIC,
-            SNAPSHOT_VERSION,
-            &meta,
-            self.ram.as_slice(),
-        ))
+        self.encode_state(SNAPSHOT_MAGIC, self.ram.as_slice())
     }
 
     fn memory_layout(&self) -> SourceResult<MemoryLayout> {
@@ -321,44 +335,28 @@ impl EventSource for Machine {
     }
 
     fn save_cpu_devices(&self) -> SourceResult<Vec<u8>> {
-        let meta = self.meta();
-        let meta = postcard::to_stdvec(&meta).map_err(|e| SourceError::Snapshot(e.to_string()))?;
-        Ok(snapshot_frame::encode(
-            STATE_MAGIC,
-            SNAPSHOT_VERSION,
-            &meta,
-            &[],
-        ))
+        self.encode_state(STATE_MAGIC, &[])
     }
 
     fn load_cpu_devices(&mut self, state: &[u8]) -> SourceResult<()> {
-        let (meta, rest) =
-            snapshot_frame::decode(state, STATE_MAGIC, SNAPSHOT_VERSION, "sim CPU and device")?;
+        let (meta, rest) = decode_state(state, STATE_MAGIC, "sim CPU and device")?;
         if !rest.is_empty() {
             return Err(SourceError::Snapshot(
                 "CPU and device state carries memory".into(),
             ));
         }
-        let meta: SnapshotMeta =
-            postcard::from_bytes(meta).map_err(|e| SourceError::Snapshot(e.to_string()))?;
         if meta.cfg != self.cfg {
             return Err(SourceError::Snapshot(format!(
                 "the state is of a machine configured {:?}, this one is {:?}",
                 meta.cfg, self.cfg
             )));
         }
-        self.cpu = meta.cpu;
-        self.dev = meta.dev;
-        self.exited = meta.exited;
-        self.tohost = meta.tohost;
+        self.apply(meta);
         Ok(())
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> SourceResult<()> {
-        let (meta, rest) =
-            snapshot_frame::decode(snapshot, SNAPSHOT_MAGIC, SNAPSHOT_VERSION, "sim machine")?;
-        let meta: SnapshotMeta =
-            postcard::from_bytes(meta).map_err(|e| SourceError::Snapshot(e.to_string()))?;
+        let (meta, rest) = decode_state(snapshot, SNAPSHOT_MAGIC, "sim machine")?;
         if rest.len() != meta.cfg.ram_size {
             return Err(SourceError::Snapshot(
                 "snapshot RAM size does not match its configuration".into(),
@@ -367,11 +365,19 @@ impl EventSource for Machine {
         let mut ram = Ram::new(rest.len());
         ram.as_mut_slice().copy_from_slice(rest);
         self.cfg = meta.cfg;
-        self.cpu = meta.cpu;
-        self.dev = meta.dev;
-        self.exited = meta.exited;
-        self.tohost = meta.tohost;
+        self.apply(meta);
         self.ram = ram;
         Ok(())
     }
+}
+
+/// Check a state frame (`magic`) and decode its metadata; the rest is its memory.
+fn decode_state<'a>(
+    bytes: &'a [u8],
+    magic: &[u8; 8],
+    kind: &'static str,
+) -> SourceResult<(SnapshotMeta, &'a [u8])> {
+    let (meta, rest) = snapshot_frame::decode(bytes, magic, SNAPSHOT_VERSION, kind)?;
+    let meta = postcard::from_bytes(meta).map_err(|e| SourceError::Snapshot(e.to_string()))?;
+    Ok((meta, rest))
 }

@@ -292,6 +292,26 @@ fn clone_requests_that_do_not_fit_are_refused() {
     ));
 }
 
+/// A live sender (node 1, default configuration) already cloning into a fresh clone
+/// target (node 2), for tests that move the frames by hand; both over one shared disk.
+fn hand_clone<S: EventSource>(sender: S, target: S) -> (Node<S, SimWorld>, Node<S, SimWorld>) {
+    let sink = OutputSink::new();
+    let disk = Disk::new(4096);
+    let w = |name, live| SimWorld::new(name, Default::default(), disk.clone(), sink.clone(), live);
+    let mut s = Node::unprotected(Config::default(), sender, w("s", true), 0);
+    let rcfg = Config {
+        node: NodeId(2),
+        ..Config::default()
+    };
+    let r = Node::clone_target(rcfg, target, w("r", false), 0);
+    let pair = PairId {
+        vm: 1,
+        generation: 2,
+    };
+    s.start_clone(pair, CloneConfig::default(), 0).unwrap();
+    (s, r)
+}
+
 /// A backend that loses one byte of one page on its way in: a clone that is not exact.
 struct Lossy(Machine);
 
@@ -346,20 +366,7 @@ impl EventSource for Lossy {
 
 #[test]
 fn a_clone_that_is_not_exact_is_refused_by_its_digest_and_never_serves() {
-    let sink = OutputSink::new();
-    let disk = Disk::new(4096);
-    let w = |name, live| SimWorld::new(name, Default::default(), disk.clone(), sink.clone(), live);
-    let mut sender = Node::unprotected(Config::default(), Lossy(dirtier(8)), w("s", true), 0);
-    let rcfg = Config {
-        node: NodeId(2),
-        ..Config::default()
-    };
-    let mut receiver = Node::clone_target(rcfg, Lossy(dirtier(8)), w("r", false), 0);
-    let pair = PairId {
-        vm: 1,
-        generation: 2,
-    };
-    sender.start_clone(pair, CloneConfig::default(), 0).unwrap();
+    let (mut sender, mut receiver) = hand_clone(Lossy(dirtier(8)), Lossy(dirtier(8)));
     let mut wire = VirtualWire::new(WireConfig::default());
     let arb = InProcessArbiter::new();
     let (mut sa, mut ra) = (Immediate::new(&arb), Immediate::new(&arb));
@@ -409,20 +416,7 @@ fn errors_mention(d: &mut Driver, what: &str) -> bool {
 #[test]
 fn a_final_state_that_resumes_the_log_at_record_zero_is_refused() {
     use ft_core::Transmit;
-    let sink = OutputSink::new();
-    let disk = Disk::new(4096);
-    let w = |live| SimWorld::new("w", Default::default(), disk.clone(), sink.clone(), live);
-    let mut s = Node::unprotected(Config::default(), dirtier(1), w(true), 0);
-    let rcfg = Config {
-        node: NodeId(2),
-        ..Config::default()
-    };
-    let mut r = Node::clone_target(rcfg, dirtier(1), w(false), 0);
-    let pair = PairId {
-        vm: 1,
-        generation: 2,
-    };
-    s.start_clone(pair, CloneConfig::default(), 0).unwrap();
+    let (mut s, mut r) = hand_clone(dirtier(1), dirtier(1));
     let mut refused = None;
     'outer: for now in 1..10_000 {
         s.step(now).unwrap();
@@ -459,21 +453,8 @@ fn a_final_state_that_resumes_the_log_at_record_zero_is_refused() {
 #[test]
 fn a_lost_clone_message_ends_the_clone_at_the_next_heartbeat_instead_of_stalling_it() {
     use ft_core::{CloneMsg, Transmit};
-    let sink = OutputSink::new();
-    let disk = Disk::new(4096);
-    let w = |live| SimWorld::new("w", Default::default(), disk.clone(), sink.clone(), live);
     let cfg = Config::default();
-    let mut s = Node::unprotected(cfg.clone(), dirtier(4), w(true), 0);
-    let rcfg = Config {
-        node: NodeId(2),
-        ..cfg.clone()
-    };
-    let mut r = Node::clone_target(rcfg, dirtier(4), w(false), 0);
-    let pair = PairId {
-        vm: 1,
-        generation: 2,
-    };
-    s.start_clone(pair, CloneConfig::default(), 0).unwrap();
+    let (mut s, mut r) = hand_clone(dirtier(4), dirtier(4));
     let mut dropped = false;
     let mut refusal = None;
     let step = 100_000;

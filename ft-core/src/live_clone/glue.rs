@@ -96,11 +96,6 @@ impl<S: EventSource, W: World> Node<S, W> {
         self.clone_queue.len()
     }
 
-    /// Whether this node is a clone target still receiving its state.
-    pub fn receiving_clone(&self) -> bool {
-        self.phase == Phase::Receiving
-    }
-
     /// A clone message arrived from the peer.
     ///
     /// # Errors
