@@ -27,8 +27,8 @@ use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
 use ft_core::log_codec::{self, Frame};
 use ft_core::{
-    Ack, ArbiterError, AsyncEvent, Decision, DeviceId, EngineError, Event, ExecPoint, IoId, Node,
-    NodeId, OutputSeq, Phase, Record, Role, StepOutcome, Transmit,
+    Ack, ArbiterError, AsyncEvent, CloneFrame, CloneMsg, Decision, DeviceId, EngineError, Event,
+    ExecPoint, IoId, Node, NodeId, OutputSeq, Phase, Record, Role, StepOutcome, Transmit,
 };
 use ft_sim::{Disk, Machine, OutputSink, SimWorld, SimWorldConfig};
 use libfuzzer_sys::fuzz_target;
@@ -280,6 +280,36 @@ fn genuine(r: &common::Reference, b: &Backup, skew: i8, len: u8) -> Vec<Record> 
     r.records[start..end].to_vec()
 }
 
+/// Offer a clone message to a replaying backup, which is in no clone: anything but
+/// a heartbeat is refused, and nothing about the replay changes either way.
+fn offer_clone(b: &mut Backup, c: CloneFrame, now: u64) {
+    let before = (
+        b.last_seq(),
+        b.buffered_records(),
+        b.replayed_seq(),
+        b.is_halted(),
+    );
+    let heartbeat = matches!(c.msg, CloneMsg::Heartbeat);
+    let res = b.handle_clone(c, now);
+    if let Err(e) = &res {
+        let _ = e.to_string();
+    }
+    assert!(
+        res.is_err() || heartbeat,
+        "a replaying backup accepted a clone message: {res:?}"
+    );
+    assert_eq!(
+        (
+            b.last_seq(),
+            b.buffered_records(),
+            b.replayed_seq(),
+            b.is_halted()
+        ),
+        before,
+        "a clone message changed a replaying backup"
+    );
+}
+
 /// Offer records; check that a refusal took nothing.
 fn offer(b: &mut Backup, recs: Vec<Record>, now: u64) {
     let (last, buffered, replayed) = (b.last_seq(), b.buffered_records(), b.replayed_seq());
@@ -312,6 +342,7 @@ fn offer_frame(b: &mut Backup, bytes: &[u8], now: u64) {
     match log_codec::decode_frame(bytes) {
         Ok(Frame::Records(recs)) => offer(b, recs, now),
         Ok(Frame::Ack(_)) => {}
+        Ok(Frame::Clone(c)) => offer_clone(b, c, now),
         Err(e) => {
             let _ = e.to_string();
         }
@@ -400,6 +431,9 @@ fn run(data: &[u8]) {
                         ),
                         Transmit::Records(recs) => {
                             panic!("a backup transmitted records: {recs:?}")
+                        }
+                        Transmit::Clone(c) => {
+                            panic!("a replaying backup transmitted a clone message: {c:?}")
                         }
                     }
                 }

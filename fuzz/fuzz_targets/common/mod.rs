@@ -250,6 +250,7 @@ pub fn run_pair(setup: &PairSetup, max_ticks: u64) -> PairRun {
                     to_backup.push_back((ticks + setup.link_ticks, batch));
                 }
                 Transmit::Ack(a) => panic!("the primary transmitted an ack: {a:?}"),
+                Transmit::Clone(c) => panic!("the primary transmitted a clone message: {c:?}"),
             }
         }
         if ticks % every == 0 {
@@ -268,6 +269,7 @@ pub fn run_pair(setup: &PairSetup, max_ticks: u64) -> PairRun {
                     to_primary.push_back((ticks + setup.link_ticks, a));
                 }
                 Transmit::Records(r) => panic!("the backup transmitted records: {r:?}"),
+                Transmit::Clone(c) => panic!("the backup transmitted a clone message: {c:?}"),
             }
         }
         if let Some(c) = primary.poll_command().or_else(|| backup.poll_command()) {
