@@ -15,11 +15,11 @@
 //! the clone point, which the clone protocol does not carry) and one output sink.
 
 use bytes::Bytes;
-use ft_core::driver::{Delayed, Driver, DriverConfig, DriverError, Link, VirtualWire, WireConfig};
-use ft_core::log_codec::Frame;
+use ft_core::driver::{
+    Delayed, Driver, DriverConfig, DriverError, NoLink, VirtualWire, WireConfig,
+};
 use ft_core::{
-    ChannelError, CloneConfig, EngineError, InProcessArbiter, Nanos, Node, NodeId, Notice, PairId,
-    Phase, Transmit,
+    CloneConfig, EngineError, InProcessArbiter, Nanos, Node, NodeId, Notice, PairId, Phase,
 };
 
 use crate::cluster::PairConfig;
@@ -83,18 +83,6 @@ impl Member {
     /// out is on the wire.
     pub fn link_idle(&self) -> bool {
         !self.driver.has_pending()
-    }
-}
-
-/// A link that is not there: a member with no peer.
-struct NoLink;
-
-impl Link for NoLink {
-    fn send(&mut self, _: &Transmit) -> Result<(), ChannelError> {
-        Err(ChannelError::Disconnected)
-    }
-    fn recv(&mut self) -> Result<Option<Frame>, ChannelError> {
-        Ok(None)
     }
 }
 

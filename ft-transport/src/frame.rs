@@ -4,12 +4,14 @@
 //! boundaries preserved. [`PrimaryEnd`] and [`BackupEnd`] turn any frame link into the
 //! engine's [`LogChannel`] and [`LogReceiver`]: they encode with
 //! [`ft_core::log_codec`], decode every frame they receive with its checks, and count
-//! the bytes and frames they send. A fault injector
+//! the bytes and frames they send. Both are also the driver's [`Link`], which carries
+//! live-clone messages as well, both ways. A fault injector
 //! ([`crate::fault::FaultyLink`]) sits between an end and its link.
 
 use bytes::Bytes;
+use ft_core::driver::Link;
 use ft_core::log_codec::{self, CodecError, Frame};
-use ft_core::{Ack, ChannelError, LogChannel, LogReceiver, Record};
+use ft_core::{Ack, ChannelError, LogChannel, LogReceiver, Record, Transmit};
 
 /// Result alias of this module (its errors are the engine's [`ChannelError`]).
 pub type Result<T, E = ChannelError> = std::result::Result<T, E>;
@@ -208,5 +210,81 @@ impl<L: FrameLink> LogReceiver for BackupEnd<L> {
         let mut buf = Vec::new();
         log_codec::encode_ack(&ack, &mut buf)?;
         send(&mut self.link, buf, &mut self.traffic)
+    }
+}
+
+/// Send a live-clone message on `link`.
+fn send_clone<L: FrameLink>(
+    link: &mut L,
+    msg: &ft_core::CloneFrame,
+    traffic: &mut Traffic,
+) -> Result<()> {
+    let mut buf = Vec::new();
+    log_codec::encode_clone(msg, &mut buf)?;
+    send(link, buf, traffic)
+}
+
+/// The next frame for the driver: anything but the kind this end only ever sends
+/// (`refused`, named `what`), which poisons the stream.
+fn recv_for_driver<L: FrameLink>(
+    inbound: &mut Inbound,
+    link: &mut L,
+    traffic: &mut Traffic,
+    refused: fn(&Frame) -> bool,
+    what: &str,
+) -> Result<Option<Frame>> {
+    match inbound.next(link, traffic)? {
+        Some(f) if refused(&f) => Err(inbound.fail(CodecError::Payload(what.into()))),
+        other => Ok(other),
+    }
+}
+
+/// The primary's end as the driver's link: records out, acknowledgements in, and the
+/// messages of a live clone both ways (the primary is the clone's sender).
+impl<L: FrameLink> Link for PrimaryEnd<L> {
+    fn send(&mut self, item: &Transmit) -> Result<()> {
+        match item {
+            Transmit::Records(r) => self.send_records(r),
+            // A primary never produces acknowledgements.
+            Transmit::Ack(_) => Ok(()),
+            Transmit::Clone(c) => send_clone(&mut self.link, c, &mut self.traffic),
+        }
+    }
+
+    /// The next acknowledgement or clone message. A records frame is
+    /// [`ChannelError::Corrupt`], and so is every later call.
+    fn recv(&mut self) -> Result<Option<Frame>> {
+        recv_for_driver(
+            &mut self.inbound,
+            &mut self.link,
+            &mut self.traffic,
+            |f| matches!(f, Frame::Records(_)),
+            "records frame received on the ack direction",
+        )
+    }
+}
+
+/// The backup's end as the driver's link: records in, acknowledgements out, and the
+/// messages of a live clone both ways (a backup being filled by a clone receives it).
+impl<L: FrameLink> Link for BackupEnd<L> {
+    fn send(&mut self, item: &Transmit) -> Result<()> {
+        match item {
+            Transmit::Ack(a) => self.send_ack(*a),
+            // A backup never produces records.
+            Transmit::Records(_) => Ok(()),
+            Transmit::Clone(c) => send_clone(&mut self.link, c, &mut self.traffic),
+        }
+    }
+
+    /// The next records or clone message. An ack frame is [`ChannelError::Corrupt`],
+    /// and so is every later call.
+    fn recv(&mut self) -> Result<Option<Frame>> {
+        recv_for_driver(
+            &mut self.inbound,
+            &mut self.link,
+            &mut self.traffic,
+            |f| matches!(f, Frame::Ack(_)),
+            "ack frame received on the records direction",
+        )
     }
 }

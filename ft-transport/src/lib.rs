@@ -10,8 +10,9 @@
 //!   [`memory::pair`];
 //! * [`fault`]: a seeded, deterministic fault injector ([`FaultyLink`]) that sits
 //!   between a channel end and its link;
-//! * [`runtime`]: [`run_primary`] and [`run_backup`], which drive one
-//!   [`ft_core::Node`] with a real clock on the calling thread.
+//! * [`runtime`]: [`run`] (and [`run_primary`], [`run_backup`] over plain log
+//!   channels), which drive one [`ft_core::Node`] with a real clock on the calling
+//!   thread.
 //!
 //! ```
 //! use ft_core::{Ack, Event, ExecPoint, LogChannel, LogReceiver, Record};
@@ -35,5 +36,6 @@ pub use fault::{Delay, Direction, FaultHandle, FaultPlan, FaultStats, Faults, Fa
 pub use frame::{BackupEnd, FrameLink, PrimaryEnd, Traffic};
 pub use memory::{link_pair, pair, MemoryBackupEnd, MemoryLink, MemoryPrimaryEnd};
 pub use runtime::{
-    nanos_since, run_backup, run_primary, Control, Exit, RunReport, RuntimeConfig, RuntimeError,
+    nanos_since, run, run_backup, run_primary, Control, Exit, RunReport, RuntimeConfig,
+    RuntimeError,
 };

@@ -1,8 +1,12 @@
 //! A thin threaded runtime: turns ft-core's one driver loop ([`ft_core::driver`]) on
 //! the calling thread, with the host's clock, a log channel end and a blocking arbiter.
 //!
-//! [`run_primary`] and [`run_backup`] loop until the node is done (or halted, stopped,
-//! crashed); the caller spawns the threads. Time is [`std::time::Instant`] measured
+//! [`run`] loops over any driver [`Link`] until the node is done (or halted, stopped,
+//! crashed); the caller spawns the threads. A [`crate::PrimaryEnd`] or
+//! [`crate::BackupEnd`] over a frame link is such a link, and carries live-clone
+//! messages too; [`run_primary`] and [`run_backup`] take a plain [`LogChannel`] or
+//! [`LogReceiver`] instead, which carry the log alone. A machine running alone runs
+//! over [`ft_core::driver::NoLink`]. Time is [`std::time::Instant`] measured
 //! from an `epoch` shared by both sides of an in-process pair, as [`Nanos`].
 //!
 //! Each iteration checks the [`Control`] flags, takes one [`Driver::turn`] (inbound,
@@ -116,6 +120,19 @@ pub struct RunReport<S, W, C> {
     pub iterations: u64,
 }
 
+impl<S, W, C> RunReport<S, W, C> {
+    /// The same report, with the channel replaced by `f` of it (to unwrap an adapter).
+    pub fn map_channel<D>(self, f: impl FnOnce(C) -> D) -> RunReport<S, W, D> {
+        RunReport {
+            node: self.node,
+            channel: f(self.channel),
+            exit: self.exit,
+            errors: self.errors,
+            iterations: self.iterations,
+        }
+    }
+}
+
 impl<S: EventSource, W: World, C> std::fmt::Debug for RunReport<S, W, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunReport")
@@ -160,22 +177,16 @@ where
     W: World,
     C: LogChannel,
 {
-    let (node, link, exit, errors, iterations) = drive(
+    run(
         node,
         PrimaryLink(chan),
-        &*arbiter,
+        arbiter,
         epoch,
-        &cfg,
-        &control,
+        cfg,
+        control,
         on_notice,
-    );
-    RunReport {
-        node,
-        channel: link.0,
-        exit,
-        errors,
-        iterations,
-    }
+    )
+    .map_channel(|l| l.0)
 }
 
 /// Drive a backup until it is done (replayed the guest's end, or went live and the
@@ -196,18 +207,44 @@ where
     W: World,
     R: LogReceiver,
 {
-    let (node, link, exit, errors, iterations) = drive(
+    run(
         node,
         BackupLink(rx),
-        &*arbiter,
+        arbiter,
         epoch,
-        &cfg,
-        &control,
+        cfg,
+        control,
         on_notice,
-    );
+    )
+    .map_channel(|l| l.0)
+}
+
+/// Drive `node` over `link` until it is done (the guest ended and, for a primary,
+/// the log is acknowledged), halted, stopped or crashed. See the module docs.
+///
+/// `node` must have been created with [`nanos_since`]`(epoch)` as its start time.
+/// This is the loop to use for a live clone: the sender's node (after
+/// [`Node::start_clone`]) over a [`crate::PrimaryEnd`], the new backup's
+/// ([`Node::clone_target`]) over a [`crate::BackupEnd`].
+pub fn run<S, W, L>(
+    node: Node<S, W>,
+    link: L,
+    arbiter: Arc<dyn Arbiter>,
+    epoch: Instant,
+    cfg: RuntimeConfig,
+    control: Control,
+    on_notice: impl FnMut(Nanos, &Notice),
+) -> RunReport<S, W, L>
+where
+    S: EventSource,
+    W: World,
+    L: Link,
+{
+    let (node, channel, exit, errors, iterations) =
+        drive(node, link, &*arbiter, epoch, &cfg, &control, on_notice);
     RunReport {
         node,
-        channel: link.0,
+        channel,
         exit,
         errors,
         iterations,

@@ -91,3 +91,20 @@ impl<R: LogReceiver> Link for BackupLink<R> {
         Ok(self.0.try_recv_records()?.map(Frame::Records))
     }
 }
+
+/// No link at all: a node running alone, with no peer to send to or hear from. Every
+/// send reports [`ChannelError::Disconnected`] and nothing arrives, so a driver over it
+/// treats the peer as gone at once. A live machine runs alone over it until a new
+/// backup connects and a live clone starts (over a real link, with a fresh driver).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoLink;
+
+impl Link for NoLink {
+    fn send(&mut self, _: &Transmit) -> Result<(), ChannelError> {
+        Err(ChannelError::Disconnected)
+    }
+
+    fn recv(&mut self) -> Result<Option<Frame>, ChannelError> {
+        Ok(None)
+    }
+}

@@ -92,7 +92,7 @@ mod link;
 mod virtual_wire;
 
 pub use arbiter_port::{ArbiterPort, Delayed, Immediate};
-pub use link::{BackupLink, Clock, Link, PrimaryLink};
+pub use link::{BackupLink, Clock, Link, NoLink, PrimaryLink};
 pub use virtual_wire::{VirtualWire, WireConfig, WireEnd, WireStats};
 
 use crate::event_source::EventSource;
