@@ -147,6 +147,22 @@ pub trait EventSource {
         Err(SourceError::Unsupported("page writes"))
     }
 
+    /// Whether page `index` is known to hold only zeros, without reading it (a
+    /// machine that tracks what was never written since it was zero). A hint: `false`
+    /// means unknown, and is the default. State transfer skips reading such pages.
+    fn page_is_zero(&self, index: u64) -> bool {
+        let _ = index;
+        false
+    }
+
+    /// Fill page `index` with zeros. The default writes a page of zeros with
+    /// [`EventSource::write_page`]; a machine that knows the page is zero already may
+    /// skip the write.
+    fn zero_page(&mut self, index: u64) -> SourceResult<()> {
+        let size = self.memory_layout()?.page_size as usize;
+        self.write_page(index, &vec![0; size])
+    }
+
     /// Serialize the machine's whole state apart from guest memory: CPU registers and
     /// device models, everything [`EventSource::digest`] covers besides memory.
     fn save_cpu_devices(&self) -> SourceResult<Vec<u8>> {
@@ -200,6 +216,12 @@ impl<T: EventSource + ?Sized> EventSource for Box<T> {
     }
     fn write_page(&mut self, index: u64, data: &[u8]) -> SourceResult<()> {
         (**self).write_page(index, data)
+    }
+    fn page_is_zero(&self, index: u64) -> bool {
+        (**self).page_is_zero(index)
+    }
+    fn zero_page(&mut self, index: u64) -> SourceResult<()> {
+        (**self).zero_page(index)
     }
     fn save_cpu_devices(&self) -> SourceResult<Vec<u8>> {
         (**self).save_cpu_devices()

@@ -227,10 +227,35 @@ pub fn encode_ack(ack: &Ack, out: &mut Vec<u8>) -> Result<()> {
     push_frame(KIND_ACK, &payload, out)
 }
 
-/// Append one frame holding a live-clone message to `out`.
+/// Append one frame holding a live-clone message to `out`. The message is
+/// serialized in place, behind its header, since a message of pages is large; on an
+/// error `out` is as it was.
 pub fn encode_clone(msg: &CloneFrame, out: &mut Vec<u8>) -> Result<()> {
-    let payload = postcard::to_stdvec(msg).map_err(|e| CodecError::Payload(e.to_string()))?;
-    push_frame(KIND_CLONE, &payload, out)
+    let start = out.len();
+    out.reserve(HEADER_LEN + msg.msg.size_hint());
+    out.extend_from_slice(&[0u8; HEADER_LEN]);
+    let res = postcard::to_extend(msg, Append(out))
+        .map_err(|e| CodecError::Payload(e.to_string()))
+        .and_then(|Append(out)| header(KIND_CLONE, &out[start + HEADER_LEN..]));
+    match res {
+        Ok(h) => {
+            out[start..start + HEADER_LEN].copy_from_slice(&h);
+            Ok(())
+        }
+        Err(e) => {
+            out.truncate(start);
+            Err(e)
+        }
+    }
+}
+
+/// Serialization straight onto the end of a borrowed buffer.
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl Extend<u8> for Append<'_> {
+    fn extend<I: IntoIterator<Item = u8>>(&mut self, iter: I) {
+        self.0.extend(iter);
+    }
 }
 
 /// The size in bytes of a whole frame that starts at the front of `bytes`, once its

@@ -981,9 +981,12 @@ impl<S: EventSource, W: World> Node<S, W> {
                 return Ok(StepOutcome::Blocked(Blocked::Arbitrating));
             }
             Phase::Receiving => return Ok(StepOutcome::Blocked(Blocked::Receiving)),
+            // The final pause is a step of its own, with no guest slice: the guest
+            // runs again at the next step, once the driver has handed the final
+            // messages to the link.
             Phase::Live if self.clone_final_due() => {
                 self.clone_pause(now);
-                self.record_step(now)
+                Ok(StepOutcome::Progressed)
             }
             Phase::Recording | Phase::Live => self.record_step(now),
             Phase::Replaying | Phase::Draining => self.replay_step(now),

@@ -293,7 +293,7 @@ impl EventSource for Machine {
         h.write_bytes(&postcard::to_stdvec(&self.cpu).unwrap_or_default());
         h.write_bytes(&postcard::to_stdvec(&self.dev).unwrap_or_default());
         h.write_u64(self.exited.map_or(0, |c| c.wrapping_add(1)));
-        h.write_bytes(self.ram.as_slice());
+        h.write_u64(self.ram.content_digest());
         h.finish()
     }
 
@@ -321,7 +321,7 @@ impl EventSource for Machine {
 
     fn read_page(&self, index: u64, buf: &mut [u8]) -> SourceResult<()> {
         let (addr, len) = self.page_span(index, buf.len())?;
-        buf.fill(0);
+        buf[len..].fill(0);
         self.ram
             .read(addr, &mut buf[..len])
             .map_err(|e| SourceError::Backend(e.to_string()))
@@ -331,6 +331,20 @@ impl EventSource for Machine {
         let (addr, len) = self.page_span(index, data.len())?;
         self.ram
             .write(addr, &data[..len])
+            .map_err(|e| SourceError::Backend(e.to_string()))
+    }
+
+    fn page_is_zero(&self, index: u64) -> bool {
+        self.ram.page_is_zero(index)
+    }
+
+    fn zero_page(&mut self, index: u64) -> SourceResult<()> {
+        if self.ram.page_is_zero(index) {
+            return Ok(());
+        }
+        let (addr, len) = self.page_span(index, PAGE_SIZE as usize)?;
+        self.ram
+            .zero(addr, len as u64)
             .map_err(|e| SourceError::Backend(e.to_string()))
     }
 

@@ -1,9 +1,16 @@
-//! Guest RAM: a flat byte array mapped at [`RAM_BASE`], with 4 KiB dirty-page tracking.
+//! Guest RAM: a flat byte array mapped at [`RAM_BASE`], with 4 KiB dirty-page tracking
+//! and an incremental content digest.
 //!
 //! Every store through this type (the CPU's `store_*` fast path and [`Ram::write`])
-//! marks the touched pages dirty in a bitmap; [`Ram::take_dirty_pages`] returns and
-//! clears them (for incremental snapshots / live migration). Writes made through
-//! [`Ram::as_mut_slice`] bypass tracking.
+//! sets the touched pages' bits in one bitmap, and that is all the fast path does.
+//! The bitmap is folded, when someone asks, into what its consumers need:
+//! [`Ram::take_dirty_pages`] returns and clears the pages written since it was last
+//! called (live clone, incremental snapshots); [`Ram::content_digest`] rehashes only
+//! the pages written since the last digest and combines per-page hashes, so a digest
+//! of a large, mostly idle memory costs little; [`Ram::page_is_zero`] knows, without
+//! reading, the pages that were never written since they were last known to hold
+//! only zeros. Writes made through [`Ram::as_mut_slice`] bypass dirty tracking, and
+//! make the digest rehash and the zero knowledge forget everything.
 
 use std::fmt;
 
@@ -16,6 +23,18 @@ pub const RAM_BASE: u64 = 0x8000_0000;
 pub const PAGE_SIZE: u64 = 4096;
 
 const PAGE_SHIFT: u32 = 12;
+
+/// The hash of one page's bytes (a short last page is hashed at its length).
+fn page_hash(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(bytes)
+}
+
+/// Bit `page` of a bitmap.
+#[inline(always)]
+fn bit(map: &[u64], page: usize) -> bool {
+    map.get(page >> 6)
+        .is_some_and(|w| (w >> (page & 63)) & 1 == 1)
+}
 
 /// Errors of RAM accesses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,12 +53,31 @@ pub enum MemoryError {
 pub type Result<T> = std::result::Result<T, MemoryError>;
 
 /// Guest RAM of a fixed size mapped at [`RAM_BASE`], with a dirty-page bitmap.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// Two RAMs are equal when their contents are; the tracking state is not compared.
+#[derive(Clone)]
 pub struct Ram {
     data: Vec<u8>,
-    /// One bit per [`PAGE_SIZE`] page, page `i` is bit `i % 64` of word `i / 64`.
+    /// Pages stored to since the last fold. One bit per [`PAGE_SIZE`] page, page `i`
+    /// is bit `i % 64` of word `i / 64` (the same layout in every bitmap here).
     dirty: Vec<u64>,
+    /// Pages written since the dirty log was last taken or cleared (folded).
+    log: Vec<u64>,
+    /// Pages whose entry in `hashes` is out of date (folded).
+    stale: Vec<u64>,
+    /// Pages known to hold only zeros, unless their `dirty` bit says otherwise.
+    zero: Vec<u64>,
+    /// Per-page content hashes, valid where `stale` is clear.
+    hashes: Vec<u64>,
 }
+
+impl PartialEq for Ram {
+    fn eq(&self, other: &Ram) -> bool {
+        self.data == other.data
+    }
+}
+
+impl Eq for Ram {}
 
 impl fmt::Debug for Ram {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -54,9 +92,32 @@ impl Ram {
     /// Creates zero-filled RAM of `size` bytes at [`RAM_BASE`], with no page dirty.
     pub fn new(size: usize) -> Ram {
         let pages = size.div_ceil(PAGE_SIZE as usize);
+        let words = pages.div_ceil(64);
+        let full = size / PAGE_SIZE as usize;
+        let mut hashes = vec![page_hash(&[0u8; PAGE_SIZE as usize]); pages];
+        if full < pages {
+            // A short last page: hashed at its own length.
+            hashes[full] = page_hash(&vec![0u8; size - full * PAGE_SIZE as usize]);
+        }
         Ram {
             data: vec![0; size],
-            dirty: vec![0; pages.div_ceil(64)],
+            dirty: vec![0; words],
+            log: vec![0; words],
+            stale: vec![0; words],
+            zero: vec![u64::MAX; words],
+            hashes,
+        }
+    }
+
+    /// Move the stores' bits into the consumers' bitmaps.
+    fn fold(&mut self) {
+        for (i, d) in self.dirty.iter_mut().enumerate() {
+            let w = std::mem::take(d);
+            if w != 0 {
+                self.log[i] |= w;
+                self.stale[i] |= w;
+                self.zero[i] &= !w;
+            }
         }
     }
 
@@ -219,24 +280,33 @@ impl Ram {
     }
 
     /// The whole RAM contents, mutable. Writes through this slice are NOT tracked
-    /// as dirty (use [`Ram::write`] for tracked bulk writes).
+    /// as dirty (use [`Ram::write`] for tracked bulk writes); the digest rehashes all
+    /// of memory next time, and no page is known to be zero any more.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        self.stale.fill(u64::MAX);
+        self.zero.fill(0);
         &mut self.data
     }
 
     /// Whether page `page` (covering `RAM_BASE + page * PAGE_SIZE`) is dirty.
     pub fn is_page_dirty(&self, page: u64) -> bool {
-        usize::try_from(page)
-            .ok()
-            .and_then(|p| self.dirty.get(p >> 6).map(|w| (w >> (p & 63)) & 1 == 1))
-            .unwrap_or(false)
+        usize::try_from(page).is_ok_and(|p| bit(&self.dirty, p) || bit(&self.log, p))
+    }
+
+    /// Whether page `page` is known to hold only zeros, without reading it: it was
+    /// zero when RAM was created (or last checked) and nothing was stored to it since.
+    /// False means unknown, not non-zero.
+    pub fn page_is_zero(&self, page: u64) -> bool {
+        page < self.page_count()
+            && usize::try_from(page).is_ok_and(|p| bit(&self.zero, p) && !bit(&self.dirty, p))
     }
 
     /// Returns the indices of the dirty pages in increasing order and clears them.
     /// Page `i` covers guest-physical `[RAM_BASE + i * PAGE_SIZE, +PAGE_SIZE)`.
     pub fn take_dirty_pages(&mut self) -> Vec<u64> {
+        self.fold();
         let mut out = Vec::new();
-        for (wi, w) in self.dirty.iter_mut().enumerate() {
+        for (wi, w) in self.log.iter_mut().enumerate() {
             let mut bits = std::mem::take(w);
             while bits != 0 {
                 let b = bits.trailing_zeros();
@@ -249,7 +319,8 @@ impl Ram {
 
     /// Clears the dirty bitmap.
     pub fn clear_dirty(&mut self) {
-        self.dirty.fill(0);
+        self.fold();
+        self.log.fill(0);
     }
 
     /// Marks every page dirty (e.g. after restoring the contents via
@@ -258,6 +329,34 @@ impl Ram {
         for page in 0..self.page_count() as usize {
             self.mark_page(page);
         }
+    }
+
+    /// A digest of the contents: per-page hashes, those of pages written since the
+    /// last call recomputed, combined in page order. Equal contents give equal
+    /// digests, however they were written.
+    pub fn content_digest(&mut self) -> u64 {
+        self.fold();
+        let page = PAGE_SIZE as usize;
+        for (wi, w) in self.stale.iter_mut().enumerate() {
+            let mut bits = std::mem::take(w);
+            while bits != 0 {
+                let p = wi * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let start = p * page;
+                if let (Some(h), Some(bytes)) = (
+                    self.hashes.get_mut(p),
+                    self.data.get(start..(start + page).min(self.data.len())),
+                ) {
+                    *h = page_hash(bytes);
+                }
+            }
+        }
+        let mut combined = xxhash_rust::xxh3::Xxh3::new();
+        combined.update(&(self.data.len() as u64).to_le_bytes());
+        for h in &self.hashes {
+            combined.update(&h.to_le_bytes());
+        }
+        combined.digest()
     }
 }
 
@@ -313,5 +412,55 @@ mod tests {
         assert_eq!(buf, [1; 4]);
         ram.mark_all_dirty();
         assert_eq!(ram.take_dirty_pages(), vec![0, 1, 2, 3]);
+    }
+
+    /// The digest as it would be computed from scratch.
+    fn full_digest(ram: &Ram) -> u64 {
+        let mut fresh = Ram::new(ram.size());
+        fresh.as_mut_slice().copy_from_slice(ram.as_slice());
+        fresh.content_digest()
+    }
+
+    #[test]
+    fn the_incremental_digest_follows_every_kind_of_write() {
+        let mut ram = Ram::new(5 * 4096 + 100);
+        let empty = ram.content_digest();
+        assert_eq!(empty, full_digest(&ram));
+        ram.store_u32(RAM_BASE + 4096 + 8, 7).unwrap();
+        let one = ram.content_digest();
+        assert_ne!(one, empty);
+        assert_eq!(one, full_digest(&ram));
+        // The dirty log and the digest are independent consumers of one bitmap.
+        assert_eq!(ram.take_dirty_pages(), vec![1]);
+        ram.write(RAM_BASE + 5 * 4096 + 50, &[9; 50]).unwrap();
+        ram.zero(RAM_BASE + 4096, 4096).unwrap();
+        let two = ram.content_digest();
+        assert_eq!(two, full_digest(&ram));
+        assert_eq!(ram.take_dirty_pages(), vec![1, 5]);
+        ram.as_mut_slice()[3 * 4096] = 1;
+        assert_eq!(ram.content_digest(), full_digest(&ram));
+        assert_ne!(ram.content_digest(), two);
+        // Back to all zeros: the digest of fresh RAM again.
+        ram.as_mut_slice().fill(0);
+        assert_eq!(ram.content_digest(), empty);
+        // Another size, same bytes so far: another digest.
+        assert_ne!(Ram::new(5 * 4096 + 101).content_digest(), empty);
+    }
+
+    #[test]
+    fn zero_knowledge_is_never_wrong() {
+        let mut ram = Ram::new(4 * 4096);
+        assert!((0..4).all(|p| ram.page_is_zero(p)));
+        assert!(!ram.page_is_zero(4));
+        ram.store_u8(RAM_BASE + 2 * 4096, 1).unwrap();
+        assert!(!ram.page_is_zero(2), "before any fold");
+        ram.content_digest();
+        assert!(!ram.page_is_zero(2), "after a fold");
+        assert!(ram.page_is_zero(1) && ram.page_is_zero(3));
+        // Writing zeros still counts as a write: unknown, not wrong.
+        ram.write(RAM_BASE + 3 * 4096, &[0; 8]).unwrap();
+        assert!(!ram.page_is_zero(3));
+        let _ = ram.as_mut_slice();
+        assert!((0..4).all(|p| !ram.page_is_zero(p)));
     }
 }

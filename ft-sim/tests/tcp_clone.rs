@@ -308,8 +308,10 @@ fn a_running_guest_is_cloned_over_tcp_and_its_clone_takes_over() {
     let alone = ran_alone(&env, machine.clone(), 20);
     let stopped_at = alone.node.source().point().count;
 
+    // Two pages a message: the first round alone is 2048 messages, more than the
+    // link's send queue holds (none of them is ever acknowledged like records are).
     let clone_cfg = CloneConfig {
-        chunk_pages: 32,
+        chunk_pages: 2,
         converge_pages: 16,
         max_rounds: 8,
     };

@@ -26,7 +26,6 @@ pub(crate) enum Received {
 pub(crate) struct CloneReceiver {
     layout: Option<MemoryLayout>,
     begun: bool,
-    zero: Vec<u8>,
     /// Pages written so far.
     pub(crate) pages: u64,
 }
@@ -36,7 +35,6 @@ impl CloneReceiver {
         CloneReceiver {
             layout: None,
             begun: false,
-            zero: Vec::new(),
             pages: 0,
         }
     }
@@ -77,7 +75,6 @@ impl CloneReceiver {
                         theirs: layout,
                     });
                 }
-                self.zero = vec![0; layout.page_size as usize];
                 self.layout = Some(layout);
                 self.begun = true;
                 Ok(Received::Applied)
@@ -95,7 +92,7 @@ impl CloneReceiver {
                         });
                     }
                     match &p.data {
-                        PageData::Zero => source.write_page(p.index, &self.zero)?,
+                        PageData::Zero => source.zero_page(p.index)?,
                         PageData::Full(b) if b.len() == layout.page_size as usize => {
                             source.write_page(p.index, b)?
                         }

@@ -1,7 +1,7 @@
 //! The sending side of a live clone: pre-copy rounds, the convergence rule and the
 //! final pause's messages.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::{CloneConfig, CloneError, CloneMsg, PageCopy, PageData, Resume};
 use crate::arbiter::{NodeId, PairId};
@@ -48,7 +48,8 @@ pub(crate) struct CloneSender {
     cursor: usize,
     previous_dirty: u64,
     summary: Summary,
-    buf: Vec<u8>,
+    /// Memory the next pages are read into (made ready before the final pause).
+    spare: BytesMut,
 }
 
 impl CloneSender {
@@ -74,7 +75,7 @@ impl CloneSender {
             cursor: 0,
             previous_dirty: layout.pages,
             summary: Summary::default(),
-            buf: vec![0; layout.page_size as usize],
+            spare: BytesMut::new(),
         })
     }
 
@@ -93,24 +94,48 @@ impl CloneSender {
         self.state == State::FinalDue
     }
 
+    /// The pages as they are now: each read straight into one buffer for the whole
+    /// chunk, the pages of which share it.
     fn read_chunk<S: EventSource>(
         &mut self,
         source: &S,
         pages: &[u64],
     ) -> Result<Vec<PageCopy>, CloneError> {
-        let mut out = Vec::with_capacity(pages.len());
+        let size = self.layout.page_size as usize;
+        // The final pause reads into memory made ready before it (see `spare`).
+        let mut chunk = std::mem::take(&mut self.spare);
+        // (index, offset of its data in `chunk`, or None for a zero page)
+        let mut read = Vec::with_capacity(pages.len());
         for &index in pages {
-            source.read_page(index, &mut self.buf)?;
-            let data = if is_zero(&self.buf) {
-                PageData::Zero
+            // A page the machine knows is zero is not even read.
+            if source.page_is_zero(index) {
+                read.push((index, None));
+                continue;
+            }
+            let at = chunk.len();
+            chunk.resize(at + size, 0);
+            source.read_page(index, &mut chunk[at..])?;
+            if is_zero(&chunk[at..]) {
+                chunk.truncate(at);
+                read.push((index, None));
             } else {
-                self.summary.bytes += self.buf.len() as u64;
-                PageData::Full(Bytes::copy_from_slice(&self.buf))
-            };
-            self.summary.pages += 1;
-            out.push(PageCopy { index, data });
+                read.push((index, Some(at)));
+            }
         }
-        Ok(out)
+        self.spare = chunk.split_off(chunk.len());
+        let chunk = chunk.freeze();
+        self.summary.pages += read.len() as u64;
+        self.summary.bytes += chunk.len() as u64;
+        Ok(read
+            .into_iter()
+            .map(|(index, at)| PageCopy {
+                index,
+                data: match at {
+                    Some(at) => PageData::Full(chunk.slice(at..at + size)),
+                    None => PageData::Zero,
+                },
+            })
+            .collect())
     }
 
     /// The next message of pre-copy, if one is due now.
@@ -170,6 +195,17 @@ impl CloneSender {
         self.cursor = 0;
         if converged {
             self.state = State::FinalDue;
+            // Fault in, now, the memory the final pause will copy the last dirty
+            // pages into (about as many as this round found, and some), so that the
+            // pause copies into memory that is there already.
+            let bytes = (n as usize)
+                .saturating_add(n as usize / 8 + self.cfg.chunk_pages)
+                .saturating_mul(self.layout.page_size as usize)
+                .min(self.layout.pages as usize * self.layout.page_size as usize);
+            let mut spare = BytesMut::with_capacity(bytes);
+            spare.resize(bytes, 0);
+            spare.clear();
+            self.spare = spare;
         } else {
             self.round += 1;
             self.state = State::Sending;

@@ -200,6 +200,15 @@ impl Outbox {
     fn on_ack(&mut self, received: u64) {
         let received = received.min(self.next_seq.saturating_sub(1));
         self.acked = self.acked.max(received);
+        self.release();
+    }
+
+    /// Primary: forget the written frames at the front that no reconnect would resend:
+    /// records frames every record of which was acknowledged, and frames without
+    /// records (live-clone messages: a clone does not outlive its connection, and its
+    /// numbered messages show a loss). Without this a long clone, which nothing
+    /// acknowledges, would fill the queue.
+    fn release(&mut self) {
         while self.base < self.cursor {
             let done = match self.entries.front() {
                 Some(Entry {
@@ -826,9 +835,12 @@ fn writer_loop(shared: &Shared, conn: &Conn, stream: TcpStream, session: &Sessio
                     resent = out.written_high.saturating_sub(out.cursor).min(n as u64);
                     out.cursor += n as u64;
                     out.written_high = out.written_high.max(out.cursor);
-                    if shared.role == Role::Backup {
-                        out.last_written = batch.last().cloned();
-                        out.trim_written();
+                    match shared.role {
+                        Role::Backup => {
+                            out.last_written = batch.last().cloned();
+                            out.trim_written();
+                        }
+                        Role::Primary => out.release(),
                     }
                     break;
                 }
@@ -1285,5 +1297,60 @@ impl PrimaryListener {
             shared: self.shared.clone(),
             rx,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(range: Option<(u64, u64)>) -> Entry {
+        Entry {
+            range,
+            frame: Bytes::from_static(b"frame"),
+        }
+    }
+
+    /// Queue `e` as `try_send_frame` does, and write everything queued.
+    fn push_and_write(out: &mut Outbox, e: Entry) {
+        if let Some((_, last)) = e.range {
+            out.next_seq = out.next_seq.max(last + 1);
+        }
+        out.bytes += e.frame.len();
+        out.entries.push_back(e);
+        out.cursor = out.end();
+        out.release();
+    }
+
+    #[test]
+    fn written_frames_without_records_leave_at_once_and_records_wait_for_their_ack() {
+        let mut out = Outbox::new();
+        // A long clone: thousands of messages, none ever acknowledged.
+        for _ in 0..5_000 {
+            push_and_write(&mut out, entry(None));
+        }
+        assert!(out.entries.is_empty(), "written clone messages are kept");
+        assert_eq!(out.bytes, 0);
+        // Then the log: records stay for a resend until acknowledged, and a clone
+        // message behind them waits with them.
+        push_and_write(&mut out, entry(Some((1, 10))));
+        push_and_write(&mut out, entry(None));
+        push_and_write(&mut out, entry(Some((11, 20))));
+        assert_eq!(out.entries.len(), 3);
+        assert_eq!(out.resume_point(5).unwrap(), out.base);
+        out.on_ack(10);
+        assert_eq!(
+            out.entries.len(),
+            1,
+            "the ack released the records and the message"
+        );
+        assert_eq!(out.resume_point(11).unwrap(), out.base);
+        assert!(
+            out.resume_point(5).is_err(),
+            "acknowledged records are gone"
+        );
+        out.on_ack(20);
+        assert!(out.entries.is_empty());
+        assert_eq!(out.base, out.cursor);
     }
 }
