@@ -64,7 +64,9 @@ use std::time::{Duration, Instant};
 use ft_core::device_set::model::input_value;
 use ft_core::digest::StateHasher;
 use ft_core::snapshot_frame;
-use ft_core::{AsyncEvent, EventSource, ExecPoint, InputRequest, SourceError, SourceResult, Stop};
+use ft_core::{
+    AsyncEvent, EventSource, ExecPoint, InputRequest, MemoryLayout, SourceError, SourceResult, Stop,
+};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -72,6 +74,7 @@ use crate::arch::x86_64::{KERNEL_BASE, KERNEL_STACK_TOP, MIN_MEMORY, USER_BASE};
 use crate::devices::{Action, Devices, ReadResult};
 use crate::exit::ExitEvent;
 use crate::guest::{self, GuestImage};
+use crate::memory::PAGE_SIZE;
 use crate::vm::{Vm, VmError};
 
 /// Errors of building or restoring a machine.
@@ -209,6 +212,8 @@ impl std::fmt::Debug for KvmMachine {
 }
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"FTKVMSNP";
+/// The frame of [`EventSource::save_cpu_devices`]: a snapshot with no memory.
+const STATE_MAGIC: &[u8; 8] = b"FTKVMCPU";
 /// 2: mid-stream state (`midstream`, `steps`, `at_landmark`) and the XSAVE area.
 const SNAPSHOT_VERSION: u32 = 2;
 
@@ -638,30 +643,8 @@ impl EventSource for KvmMachine {
     }
 
     fn snapshot(&self) -> SourceResult<Vec<u8>> {
-        if matches!(self.state, RunState::AwaitingInput(_) | RunState::Failed(_)) {
-            return Err(SourceError::Snapshot(format!(
-                "cannot snapshot in state {:?}",
-                self.state
-            )));
-        }
-        let vcpu = self
-            .vm
-            .state()
+        let meta = postcard::to_stdvec(&self.snapshot_meta()?)
             .map_err(|e| SourceError::Snapshot(e.to_string()))?;
-        let meta = SnapshotMeta {
-            cfg: self.cfg,
-            dev: self.dev.clone(),
-            count: self.count,
-            state: self.state.clone(),
-            at_boundary: self.at_boundary,
-            ready: self.ready,
-            if_flag: self.if_flag,
-            midstream: self.midstream,
-            steps: self.steps,
-            at_landmark: self.at_landmark,
-            vcpu,
-        };
-        let meta = postcard::to_stdvec(&meta).map_err(|e| SourceError::Snapshot(e.to_string()))?;
         Ok(snapshot_frame::encode(
             SNAPSHOT_MAGIC,
             SNAPSHOT_VERSION,
@@ -681,10 +664,128 @@ impl EventSource for KvmMachine {
                     .into(),
             ));
         }
+        self.vm.memory_mut().as_mut_slice().copy_from_slice(ram);
+        self.apply_meta(meta)
+    }
+
+    fn memory_layout(&self) -> SourceResult<MemoryLayout> {
+        Ok(MemoryLayout {
+            page_size: PAGE_SIZE as u32,
+            pages: (self.vm.memory().size() / PAGE_SIZE) as u64,
+        })
+    }
+
+    /// KVM's dirty log of the guest's writes, and the host's own bitmap of device DMA
+    /// (which KVM does not see).
+    fn start_dirty_log(&mut self) -> SourceResult<()> {
+        self.vm
+            .set_dirty_logging(true)
+            .map_err(|e| SourceError::Backend(format!("dirty-page tracking: {e}")))?;
+        self.vm.memory_mut().take_host_dirty();
+        Ok(())
+    }
+
+    fn take_dirty_pages(&mut self, out: &mut Vec<u64>) -> SourceResult<()> {
+        let guest = self
+            .vm
+            .dirty_log()
+            .map_err(|e| SourceError::Backend(format!("dirty-page tracking: {e}")))?;
+        let host = self.vm.memory_mut().take_host_dirty();
+        for (i, (g, h)) in guest.iter().zip(host.iter()).enumerate() {
+            let mut bits = g | h;
+            while bits != 0 {
+                out.push(i as u64 * 64 + u64::from(bits.trailing_zeros()));
+                bits &= bits - 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn stop_dirty_log(&mut self) {
+        // Best effort: a slot that keeps logging costs the host a little, nothing more.
+        let _ = self.vm.set_dirty_logging(false);
+    }
+
+    fn read_page(&self, index: u64, buf: &mut [u8]) -> SourceResult<()> {
+        let addr = self.page_addr(index, buf.len())?;
+        self.vm
+            .memory()
+            .read(addr, buf)
+            .map_err(|e| SourceError::Backend(e.to_string()))
+    }
+
+    fn write_page(&mut self, index: u64, data: &[u8]) -> SourceResult<()> {
+        let addr = self.page_addr(index, data.len())?;
+        self.vm
+            .memory_mut()
+            .write(addr, data)
+            .map_err(|e| SourceError::Backend(e.to_string()))
+    }
+
+    fn save_cpu_devices(&self) -> SourceResult<Vec<u8>> {
+        let meta = postcard::to_stdvec(&self.snapshot_meta()?)
+            .map_err(|e| SourceError::Snapshot(e.to_string()))?;
+        Ok(snapshot_frame::encode(
+            STATE_MAGIC,
+            SNAPSHOT_VERSION,
+            &meta,
+            &[],
+        ))
+    }
+
+    fn load_cpu_devices(&mut self, state: &[u8]) -> SourceResult<()> {
+        let (meta, rest) =
+            snapshot_frame::decode(state, STATE_MAGIC, SNAPSHOT_VERSION, "KVM CPU and device")?;
+        if !rest.is_empty() {
+            return Err(SourceError::Snapshot(
+                "CPU and device state carries memory".into(),
+            ));
+        }
+        let meta: SnapshotMeta =
+            postcard::from_bytes(meta).map_err(|e| SourceError::Snapshot(e.to_string()))?;
+        if meta.cfg != self.cfg {
+            return Err(SourceError::Snapshot(format!(
+                "the state is of a machine configured {:?}, this one is {:?}",
+                meta.cfg, self.cfg
+            )));
+        }
+        self.apply_meta(meta)
+    }
+}
+
+impl KvmMachine {
+    /// Everything a snapshot holds apart from memory.
+    fn snapshot_meta(&self) -> SourceResult<SnapshotMeta> {
+        if matches!(self.state, RunState::AwaitingInput(_) | RunState::Failed(_)) {
+            return Err(SourceError::Snapshot(format!(
+                "cannot snapshot in state {:?}",
+                self.state
+            )));
+        }
+        let vcpu = self
+            .vm
+            .state()
+            .map_err(|e| SourceError::Snapshot(e.to_string()))?;
+        Ok(SnapshotMeta {
+            cfg: self.cfg,
+            dev: self.dev.clone(),
+            count: self.count,
+            state: self.state.clone(),
+            at_boundary: self.at_boundary,
+            ready: self.ready,
+            if_flag: self.if_flag,
+            midstream: self.midstream,
+            steps: self.steps,
+            at_landmark: self.at_landmark,
+            vcpu,
+        })
+    }
+
+    /// Take a snapshot's state apart from memory.
+    fn apply_meta(&mut self, meta: SnapshotMeta) -> SourceResult<()> {
         self.vm
             .set_state(&meta.vcpu)
             .map_err(|e| SourceError::Snapshot(e.to_string()))?;
-        self.vm.memory_mut().as_mut_slice().copy_from_slice(ram);
         self.cfg = meta.cfg;
         self.dev = meta.dev;
         self.count = meta.count;
@@ -700,6 +801,17 @@ impl EventSource for KvmMachine {
             .map_err(|e| SourceError::Snapshot(e.to_string()))?;
         self.raised = None;
         Ok(())
+    }
+
+    /// The guest-physical address of page `index`, for a buffer of `len` bytes.
+    fn page_addr(&self, index: u64, len: usize) -> SourceResult<u64> {
+        let pages = (self.vm.memory().size() / PAGE_SIZE) as u64;
+        if len != PAGE_SIZE || index >= pages {
+            return Err(SourceError::Backend(format!(
+                "page {index} ({len} bytes) is not one of the {pages} pages of {PAGE_SIZE} bytes"
+            )));
+        }
+        Ok(index * PAGE_SIZE as u64)
     }
 }
 

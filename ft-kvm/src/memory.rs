@@ -38,11 +38,20 @@ pub enum MemoryError {
 /// Result alias of this module.
 pub type Result<T, E = MemoryError> = std::result::Result<T, E>;
 
+/// The page size of dirty tracking and state transfer.
+pub const PAGE_SIZE: usize = 4096;
+
 /// The guest's RAM: `size` bytes mapped at a host address, zero-filled at creation.
+///
+/// Writes the host makes through [`GuestMemory::write`] (device DMA) mark their pages
+/// in a bitmap of their own, since KVM's dirty log sees only the guest's writes.
 #[derive(Debug)]
 pub struct GuestMemory {
     ptr: *mut u8,
     size: usize,
+    /// Pages the host wrote through `write` since the last `take_host_dirty`, one
+    /// bit per 4 KiB page (page `i` is bit `i % 64` of word `i / 64`).
+    host_dirty: Vec<u64>,
 }
 
 // SAFETY: the mapping is owned by this value (no aliasing pointer escapes except to
@@ -76,6 +85,7 @@ impl GuestMemory {
         Ok(GuestMemory {
             ptr: ptr.cast::<u8>(),
             size,
+            host_dirty: vec![0; (size / PAGE_SIZE).div_ceil(64)],
         })
     }
 
@@ -121,11 +131,25 @@ impl GuestMemory {
         Ok(start..end)
     }
 
-    /// Copy `data` to guest-physical `addr`.
+    /// Copy `data` to guest-physical `addr`, marking its pages host-dirty.
     pub fn write(&mut self, addr: u64, data: &[u8]) -> Result<()> {
         let r = self.range(addr, data.len())?;
+        if r.end > r.start {
+            for page in r.start / PAGE_SIZE..=(r.end - 1) / PAGE_SIZE {
+                if let Some(w) = self.host_dirty.get_mut(page / 64) {
+                    *w |= 1 << (page % 64);
+                }
+            }
+        }
         self.as_mut_slice()[r].copy_from_slice(data);
         Ok(())
+    }
+
+    /// The bitmap of pages the host wrote through [`GuestMemory::write`] since the last
+    /// call (KVM's dirty-log layout), cleared.
+    pub fn take_host_dirty(&mut self) -> Vec<u64> {
+        let words = self.host_dirty.len();
+        std::mem::replace(&mut self.host_dirty, vec![0; words])
     }
 
     /// Copy guest-physical `addr..addr+buf.len()` into `buf`.

@@ -10,6 +10,7 @@ use kvm_bindings::{
     kvm_fpu, kvm_guest_debug, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs,
     kvm_userspace_memory_region, kvm_vcpu_events, Msrs, KVM_GUESTDBG_ENABLE,
     KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP, KVM_MAX_CPUID_ENTRIES,
+    KVM_MEM_LOG_DIRTY_PAGES,
 };
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
@@ -297,6 +298,44 @@ impl Vm {
         };
         self.vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
         Ok(())
+    }
+
+    /// Turn KVM's dirty-page log of guest memory on or off (re-registering the memory
+    /// slot with or without `KVM_MEM_LOG_DIRTY_PAGES`). Turning it on starts from a
+    /// clean log.
+    ///
+    /// # Errors
+    ///
+    /// The ioctl's error: a host without dirty logging.
+    pub fn set_dirty_logging(&mut self, on: bool) -> Result<()> {
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: if on { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+            guest_phys_addr: 0,
+            memory_size: self.mem.size() as u64,
+            userspace_addr: self.mem.host_addr(),
+        };
+        // SAFETY: the same live mapping as at creation, owned by `self.mem` for as long
+        // as the VM fd; only the flags change.
+        unsafe { self.vm.set_user_memory_region(region) }
+            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION (dirty log)"))?;
+        if on {
+            self.dirty_log()?;
+        }
+        Ok(())
+    }
+
+    /// The pages the guest wrote since the last call (`KVM_GET_DIRTY_LOG`: one bit per
+    /// 4 KiB page, page `i` bit `i % 64` of word `i / 64`), cleared. Only while dirty
+    /// logging is on.
+    ///
+    /// # Errors
+    ///
+    /// The ioctl's error.
+    pub fn dirty_log(&self) -> Result<Vec<u64>> {
+        self.vm
+            .get_dirty_log(0, self.mem.size())
+            .map_err(kvm_err("KVM_GET_DIRTY_LOG"))
     }
 
     /// Guest memory.

@@ -65,6 +65,22 @@ pub fn kvm_pair_of(
     seed: u64,
     interrupts: &[Nanos],
 ) -> (LocalPair<KvmMachine, SimWorld>, OutputSink) {
+    let (pw, bw, sink) = worlds(seed, interrupts);
+    let mut pc = engine_config();
+    pc.node = ft_core::NodeId(1);
+    let mut bc = engine_config();
+    bc.node = ft_core::NodeId(2);
+    let pair = LocalPair::new(
+        Node::primary(pc, pm, pw, 0),
+        Node::backup(bc, bm, bw, 0),
+        TICK,
+    );
+    (pair, sink)
+}
+
+/// A primary's and a backup's seeded worlds on one shared disk and one output sink;
+/// the primary's raises timer interrupts at the virtual times `interrupts`.
+pub fn worlds(seed: u64, interrupts: &[Nanos]) -> (SimWorld, SimWorld, OutputSink) {
     let sink = OutputSink::new();
     let disk = Disk::new(64 * 1024);
     let wcfg = SimWorldConfig {
@@ -79,16 +95,7 @@ pub fn kvm_pair_of(
     let mut bcfg = wcfg;
     bcfg.seed = seed ^ 0x5555;
     let bw = SimWorld::new("backup", bcfg, disk, sink.clone(), false);
-    let mut pc = engine_config();
-    pc.node = ft_core::NodeId(1);
-    let mut bc = engine_config();
-    bc.node = ft_core::NodeId(2);
-    let pair = LocalPair::new(
-        Node::primary(pc, pm, pw, 0),
-        Node::backup(bc, bm, bw, 0),
-        TICK,
-    );
-    (pair, sink)
+    (pw, bw, sink)
 }
 
 /// The outputs the primary released, as text.
