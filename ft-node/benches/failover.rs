@@ -39,7 +39,12 @@ struct Samples {
     live: Vec<f64>,
     first_new: Vec<f64>,
     client: Vec<f64>,
+    /// Runs whose client waited past `SLOW_MS`, with their breakdown.
+    slow: Vec<String>,
 }
+
+/// A run whose client's first answer took longer than this is printed in detail.
+const SLOW_MS: f64 = 250.0;
 
 fn stats(v: &[f64]) -> String {
     if v.is_empty() {
@@ -125,8 +130,21 @@ fn one_run(cfg: &Config, rng: &mut impl Rng, out: &mut Samples) -> Result<(), St
     out.live.push(ms(detected.unix_us, live.unix_us));
     out.first_new.push(ms(detected.unix_us, first_new.unix_us));
     if let Some(t) = report.first_answer_after_loss.first() {
-        out.client
-            .push(t.saturating_duration_since(killed_at).as_secs_f64() * 1e3);
+        let client = t.saturating_duration_since(killed_at).as_secs_f64() * 1e3;
+        out.client.push(client);
+        if client > SLOW_MS {
+            // A slow run: where its time went, for the record.
+            let lost = report.losses.first().map_or(f64::NAN, |l| {
+                l.saturating_duration_since(killed_at).as_secs_f64() * 1e3
+            });
+            out.slow.push(format!(
+                "kill -> client {client:.1} ms: detection {:.1}, live {:.1}, first new output {:.1} (after detection); the client lost its connection {lost:.1} ms after the kill, connected {} times",
+                ms(killed, detected.unix_us),
+                ms(detected.unix_us, live.unix_us),
+                ms(detected.unix_us, first_new.unix_us),
+                report.connections.len()
+            ));
+        }
     }
     Ok(())
 }
@@ -146,6 +164,12 @@ fn main() {
             name: "defaults (silence only)",
             heartbeat_ms: 10,
             timeout_ms: 100,
+            disconnect_is_failure: false,
+        },
+        Config {
+            name: "10 ms heartbeat (silence only)",
+            heartbeat_ms: 10,
+            timeout_ms: 30,
             disconnect_is_failure: false,
         },
         Config {
@@ -190,6 +214,9 @@ fn main() {
         println!("  detection -> live             {}", stats(&s.live));
         println!("  detection -> first new output {}", stats(&s.first_new));
         println!("  kill -> client's first answer {}", stats(&s.client));
+        for slow in &s.slow {
+            println!("  slow run: {slow}");
+        }
         for e in &errors {
             println!("  FAILED RUN: {e}");
             failed = true;
