@@ -988,7 +988,10 @@ impl<S: EventSource, W: World> Node<S, W> {
                 self.clone_pause(now);
                 Ok(StepOutcome::Progressed)
             }
-            Phase::Recording | Phase::Live => self.record_step(now),
+            Phase::Recording | Phase::Live => {
+                self.arm_clone_pause();
+                self.record_step(now)
+            }
             Phase::Replaying | Phase::Draining => self.replay_step(now),
         };
         match res {
@@ -1077,12 +1080,13 @@ impl<S: EventSource, W: World> Node<S, W> {
     }
 
     fn check_peer(&mut self, now: Nanos) {
-        // A backup still replaying what its primary sent is not starved of it: its
-        // silence counts from when it runs out. Otherwise a slow backup whose full
-        // inbox holds up the link would declare a healthy primary dead (found by the
-        // model test, seed 0x5f9310). A dead primary is still found: once the backlog
-        // is replayed, after one more peer timeout.
-        if self.phase == Phase::Replaying && !self.inbox.is_empty() {
+        // A backup whose inbox has no room for a whole batch is holding up the link
+        // itself: what the primary sends waits for it, so that silence is not the
+        // primary's. It counts from when the backup has room again. Otherwise a slow
+        // backup would declare a healthy primary dead (found by the model test, seed
+        // 0x5f9310). A dead primary is still found: once the backlog is replayed down
+        // to a batch's room, after one more peer timeout.
+        if self.phase == Phase::Replaying && self.inbox_space() < self.cfg.max_batch.max(1) {
             self.detector.heard(now);
         }
         let watched = match self.phase {

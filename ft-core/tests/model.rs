@@ -944,8 +944,8 @@ fn run_seeds(seeds: &[u64]) {
 fn regression_seeds() {
     run_seeds(&[
         // A slow backup (slice 1) whose full inbox held up the link declared its
-        // healthy primary dead at the end of the settle window: the backup's silence
-        // now counts from when it runs out of records to replay.
+        // healthy primary dead at the end of the settle window: a backup with no room
+        // for a batch now counts as hearing its primary.
         0x5f9310,
     ]);
 }

@@ -14,7 +14,7 @@
 //! its "total time" and "downtime" (sent as human-monitor commands over QMP).
 //!
 //! Each side runs several times (`FT_CLONE_BENCH_RUNS`, default 5, and
-//! `FT_CLONE_BENCH_QEMU_RUNS`, default 3); each figure is the median of its runs.
+//! `FT_CLONE_BENCH_QEMU_RUNS`, default 5); each figure is the median of its runs.
 //! `FT_CLONE_BENCH_WS=8` (a comma list) picks the working sets, in MiB.
 //! One line per working set:
 //! `clone: mem_mib=256 ws_mib=W rounds=R bytes=B total_ms=T pause_ms=P qemu_total_ms=QT qemu_downtime_ms=QD`
@@ -531,7 +531,7 @@ fn main() {
             .unwrap_or(true);
     let (ft_runs, qemu_runs) = (
         runs("FT_CLONE_BENCH_RUNS", 5),
-        runs("FT_CLONE_BENCH_QEMU_RUNS", 3),
+        runs("FT_CLONE_BENCH_QEMU_RUNS", 5),
     );
     println!("clone bench: medians of {ft_runs} ft clones and {qemu_runs} QEMU migrations per working set");
     let sets: Vec<u64> = std::env::var("FT_CLONE_BENCH_WS")

@@ -405,4 +405,11 @@ impl<S: EventSource, W: World> Node<S, W> {
     pub(crate) fn clone_final_due(&self) -> bool {
         self.clone_out.as_ref().is_some_and(|s| s.final_due())
     }
+
+    /// Before a guest slice: a clone that converged pauses at the step after it.
+    pub(crate) fn arm_clone_pause(&mut self) {
+        if let Some(s) = self.clone_out.as_mut() {
+            s.arm_final();
+        }
+    }
 }

@@ -15,7 +15,10 @@ enum State {
     Sending,
     /// `RoundEnd` went out; waiting for its acknowledgement.
     AwaitAck,
-    /// Pre-copy converged: the next machine step is the final pause.
+    /// Pre-copy converged: the guest runs one more slice (the memory the pause copies
+    /// into was just faulted in, outside the pause), then the final pause.
+    FinalNext,
+    /// The next machine step is the final pause.
     FinalDue,
     /// The final messages were made.
     Done,
@@ -94,6 +97,13 @@ impl CloneSender {
         self.state == State::FinalDue
     }
 
+    /// A guest slice ran after convergence: the final pause comes next.
+    pub(crate) fn arm_final(&mut self) {
+        if self.state == State::FinalNext {
+            self.state = State::FinalDue;
+        }
+    }
+
     /// The pages as they are now: each read straight into one buffer for the whole
     /// chunk, the pages of which share it.
     fn read_chunk<S: EventSource>(
@@ -166,7 +176,7 @@ impl CloneSender {
                 self.state = State::AwaitAck;
                 Ok(Some(CloneMsg::RoundEnd { round: self.round }))
             }
-            State::AwaitAck | State::FinalDue | State::Done => Ok(None),
+            State::AwaitAck | State::FinalNext | State::FinalDue | State::Done => Ok(None),
         }
     }
 
@@ -194,7 +204,7 @@ impl CloneSender {
         self.to_send = dirty;
         self.cursor = 0;
         if converged {
-            self.state = State::FinalDue;
+            self.state = State::FinalNext;
             // Fault in, now, the memory the final pause will copy the last dirty
             // pages into (about as many as this round found, and some), so that the
             // pause copies into memory that is there already.
@@ -221,7 +231,7 @@ impl CloneSender {
         source: &mut S,
         resume: Resume,
     ) -> Result<(Vec<CloneMsg>, u64, Summary), CloneError> {
-        if self.state != State::FinalDue {
+        if !matches!(self.state, State::FinalNext | State::FinalDue) {
             return Err(CloneError::Unexpected {
                 msg: "final",
                 state: "pre-copy has not converged",
