@@ -99,7 +99,12 @@ pub trait EventSource {
     fn inject(&mut self, event: &AsyncEvent) -> SourceResult<()>;
 
     /// A digest of the machine's whole guest-visible state (CPU, memory, devices).
-    fn digest(&mut self) -> u64;
+    ///
+    /// # Errors
+    ///
+    /// The machine could not read its own state (a backend failure, never a
+    /// difference: two machines in the same state digest alike or fail).
+    fn digest(&mut self) -> SourceResult<u64>;
 
     /// Serialize the machine's whole state.
     fn snapshot(&self) -> SourceResult<Vec<u8>>;
@@ -190,7 +195,7 @@ impl<T: EventSource + ?Sized> EventSource for Box<T> {
     fn inject(&mut self, event: &AsyncEvent) -> SourceResult<()> {
         (**self).inject(event)
     }
-    fn digest(&mut self) -> u64 {
+    fn digest(&mut self) -> SourceResult<u64> {
         (**self).digest()
     }
     fn snapshot(&self) -> SourceResult<Vec<u8>> {

@@ -39,13 +39,14 @@ impl<S: EventSource, W: World> Node<S, W> {
 
     /// Log the scheduled state digest at the machine's point (when logging) and move
     /// the schedule on.
-    fn log_digest(&mut self, now: Nanos) {
+    fn log_digest(&mut self, now: Nanos) -> Result<()> {
         if self.logging() {
-            let value = self.source.digest();
+            let value = self.source.digest()?;
             self.log(Event::Digest { value }, now);
         }
         self.next_digest =
             crate::node::next_multiple(self.source.point().count, self.cfg.digest_interval);
+        Ok(())
     }
 
     pub(crate) fn record_step(&mut self, now: Nanos) -> Result<StepOutcome> {
@@ -88,7 +89,7 @@ impl<S: EventSource, W: World> Node<S, W> {
             // The last stop (an input completed, an output or I/O start retired) landed
             // exactly on the digest point: `run` never passes `next_digest`, so this is
             // the scheduled digest, taken after the events delivered here.
-            self.log_digest(now);
+            self.log_digest(now)?;
         } else if self.next_digest < here.count {
             // Coming from replay (go-live) or a restored snapshot: the schedule restarts
             // from here (a side that is live does not log).
@@ -99,7 +100,7 @@ impl<S: EventSource, W: World> Node<S, W> {
         let outcome = match stop {
             Stop::Reached => {
                 if self.source.point().count >= self.next_digest {
-                    self.log_digest(now);
+                    self.log_digest(now)?;
                 }
                 StepOutcome::Progressed
             }

@@ -247,7 +247,7 @@ impl<S: EventSource, W: World> Node<S, W> {
                 })?;
             }
             Event::Digest { value } => {
-                let mine = self.source.digest();
+                let mine = self.source.digest()?;
                 self.stats.digests_checked += 1;
                 if mine != *value {
                     return Err(self.diverged(

@@ -628,18 +628,21 @@ impl EventSource for KvmMachine {
         Ok(())
     }
 
-    fn digest(&mut self) -> u64 {
+    /// # Errors
+    ///
+    /// The vCPU's registers could not be read (the VM is unusable).
+    fn digest(&mut self) -> SourceResult<u64> {
+        let encode = |e: postcard::Error| SourceError::Backend(format!("encoding state: {e}"));
         let mut h = StateHasher::new();
         h.write_u64(self.count);
         h.write_u64(self.steps);
-        h.write_bytes(&postcard::to_stdvec(&self.dev).unwrap_or_default());
-        h.write_bytes(&postcard::to_stdvec(&self.state).unwrap_or_default());
+        h.write_bytes(&postcard::to_stdvec(&self.dev).map_err(encode)?);
+        h.write_bytes(&postcard::to_stdvec(&self.state).map_err(encode)?);
         h.write_u64(u64::from(self.ready) | u64::from(self.if_flag) << 1);
-        if let Err(e) = self.hash_vcpu(&mut h) {
-            h.write_bytes(e.to_string().as_bytes());
-        }
+        self.hash_vcpu(&mut h)
+            .map_err(|e| SourceError::Backend(format!("reading the vCPU for a digest: {e}")))?;
         h.write_bytes(self.vm.memory().as_slice());
-        h.finish()
+        Ok(h.finish())
     }
 
     fn snapshot(&self) -> SourceResult<Vec<u8>> {

@@ -452,7 +452,7 @@ impl EventSource for TappedMachine {
         Ok(())
     }
 
-    fn digest(&mut self) -> u64 {
+    fn digest(&mut self) -> SourceResult<u64> {
         self.inner.digest()
     }
 

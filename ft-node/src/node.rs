@@ -331,7 +331,9 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
     let mut machine = load_machine(args)?;
     // Both sides must start from the same state; the log channel's handshake compares
     // this digest and refuses a peer with another image.
-    let image = machine.digest();
+    let image = machine
+        .digest()
+        .map_err(|e| NodeError::Image(format!("digest of the loaded machine: {e}")))?;
     let arbiter: Arc<dyn Arbiter> = ft_transport::arbiter::parse_spec(
         &args.arbiter,
         Duration::from_millis(args.arbiter_timeout_ms.max(1)),

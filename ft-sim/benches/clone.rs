@@ -285,7 +285,7 @@ fn ft_inproc(ws_mib: u64) {
                     summary = Some((rounds, pages, bytes));
                     // The digest part of the pause, measured apart on the same state.
                     let t1 = Instant::now();
-                    std::hint::black_box(s.source_mut().digest());
+                    std::hint::black_box(s.source_mut().digest().unwrap());
                     digest_ms = ms(t1.elapsed());
                 }
                 Notice::CloneComplete { .. } => done = true,

@@ -288,13 +288,14 @@ impl EventSource for Machine {
         Ok(())
     }
 
-    fn digest(&mut self) -> u64 {
+    fn digest(&mut self) -> SourceResult<u64> {
+        let encode = |e: postcard::Error| SourceError::Backend(format!("encoding state: {e}"));
         let mut h = StateHasher::new();
-        h.write_bytes(&postcard::to_stdvec(&self.cpu).unwrap_or_default());
-        h.write_bytes(&postcard::to_stdvec(&self.dev).unwrap_or_default());
+        h.write_bytes(&postcard::to_stdvec(&self.cpu).map_err(encode)?);
+        h.write_bytes(&postcard::to_stdvec(&self.dev).map_err(encode)?);
         h.write_u64(self.exited.map_or(0, |c| c.wrapping_add(1)));
         h.write_u64(self.ram.content_digest());
-        h.finish()
+        Ok(h.finish())
     }
 
     fn snapshot(&self) -> SourceResult<Vec<u8>> {

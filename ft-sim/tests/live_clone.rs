@@ -328,7 +328,7 @@ impl EventSource for Lossy {
     fn inject(&mut self, event: &AsyncEvent) -> SourceResult<()> {
         self.0.inject(event)
     }
-    fn digest(&mut self) -> u64 {
+    fn digest(&mut self) -> SourceResult<u64> {
         self.0.digest()
     }
     fn snapshot(&self) -> SourceResult<Vec<u8>> {

@@ -65,7 +65,7 @@ fn reference(seed: u64) -> Reference {
     Reference {
         seed,
         records: case.sim.trace().records[..=halt].to_vec(),
-        digest: case.sim.primary.source_mut().digest(),
+        digest: case.sim.primary.source_mut().digest().unwrap(),
         released: case.sim.primary_released(),
         exit: case.sim.primary.exit_code(),
         prog: case.prog,
@@ -236,7 +236,7 @@ fn garbage_case(r: &Reference, plan: &[(usize, Option<Garbage>)]) {
     assert_eq!(node.replayed_seq(), recs.len() as u64, "seed {seed:#x}");
     assert_eq!(node.exit_code(), r.exit, "seed {seed:#x}");
     assert_eq!(
-        node.source_mut().digest(),
+        node.source_mut().digest().unwrap(),
         r.digest,
         "seed {seed:#x}: replay differs"
     );

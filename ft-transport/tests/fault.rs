@@ -79,7 +79,7 @@ trait DigestNow {
 }
 impl DigestNow for Toy {
     fn digest_now(mut self) -> u64 {
-        ft_core::EventSource::digest(&mut self)
+        ft_core::EventSource::digest(&mut self).unwrap()
     }
 }
 

@@ -269,7 +269,7 @@ fuzz_target!(|data: &[u8]| {
     if r.phase() == &Phase::Replaying {
         assert_eq!(
             r.source_mut().digest(),
-            g.digest,
+            Ok(g.digest),
             "a completed clone is not the sender's state"
         );
     }

@@ -213,8 +213,16 @@ fn run(data: &[u8]) {
         run.primary.source().point(),
         "REPLAY MISMATCH: the sides ended at different points ({what})"
     );
-    let pd = run.primary.source_mut().digest();
-    let bd = run.backup.source_mut().digest();
+    let pd = run
+        .primary
+        .source_mut()
+        .digest()
+        .expect("the primary's digest");
+    let bd = run
+        .backup
+        .source_mut()
+        .digest()
+        .expect("the backup's digest");
     assert_eq!(
         pd,
         bd,

@@ -50,7 +50,7 @@
 //! #     }
 //! #     fn supply_input(&mut self, _: &[u8]) -> SourceResult<()> { Ok(()) }
 //! #     fn inject(&mut self, _: &AsyncEvent) -> SourceResult<()> { Ok(()) }
-//! #     fn digest(&mut self) -> u64 { self.0 }
+//! #     fn digest(&mut self) -> SourceResult<u64> { Ok(self.0) }
 //! #     fn snapshot(&self) -> SourceResult<Vec<u8>> { Ok(self.0.to_le_bytes().to_vec()) }
 //! #     fn restore(&mut self, _: &[u8]) -> SourceResult<()> { Ok(()) }
 //! # }

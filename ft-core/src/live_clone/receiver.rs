@@ -142,7 +142,7 @@ impl CloneReceiver {
                         theirs: resume.pair.vm,
                     });
                 }
-                let mine = source.digest();
+                let mine = source.digest()?;
                 if mine != digest {
                     return Err(CloneError::DigestMismatch {
                         sender: digest,

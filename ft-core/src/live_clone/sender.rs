@@ -248,7 +248,7 @@ impl CloneSender {
             msgs.push(CloneMsg::Pages { round, pages });
         }
         let state = source.save_cpu_devices()?;
-        let digest = source.digest();
+        let digest = source.digest()?;
         source.stop_dirty_log();
         self.summary.bytes += state.len() as u64;
         self.summary.rounds = round + 1;

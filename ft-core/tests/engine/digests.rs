@@ -150,3 +150,53 @@ fn a_wrongly_applied_input_shows_in_the_next_digest() {
     assert_eq!(*point, ExecPoint::at(5000));
     assert!(detail.contains("state digest mismatch"), "{detail}");
 }
+
+/// The boundary script on a pair with digests every 5000 and slices of 700.
+fn boundary_pair() -> Pair {
+    let c = cfg(|c| {
+        c.digest_interval = 5000;
+        c.slice = 700;
+    });
+    Pair::with_config(
+        c,
+        boundary_script(),
+        ScriptedWorld::live("p", 1).with_io_latency(Some(30_000)),
+        ScriptedWorld::standby("b", 2),
+    )
+}
+
+#[test]
+fn a_digest_the_primary_cannot_take_halts_it_as_a_failed_machine_and_logs_nothing_false() {
+    let mut p = boundary_pair();
+    p.primary.source_mut().fail_digests_from(12_000);
+    p.run_until(200_000, 10_000, |p| p.primary.is_halted());
+    assert!(
+        matches!(p.primary.phase(), Phase::Halted(HaltReason::SourceFailed(why)) if why.contains("digest")),
+        "{:?}",
+        p.primary.phase()
+    );
+    // The digests before the failure were logged, none after it.
+    let got: Vec<ExecPoint> = digest_points(&p.sent).iter().map(|(pt, _)| *pt).collect();
+    assert_eq!(got, vec![ExecPoint::at(5000), ExecPoint::at(10_000)]);
+    assert!(p
+        .errors
+        .iter()
+        .any(|(_, s, e)| *s == Side::Primary && matches!(e, EngineError::Source(_))));
+}
+
+#[test]
+fn a_digest_the_backup_cannot_take_halts_it_instead_of_passing_the_check() {
+    let mut p = boundary_pair();
+    p.backup.source_mut().fail_digests_from(12_000);
+    p.run_until(200_000, 10_000, |p| p.backup.is_halted());
+    assert!(p.backup.is_halted(), "{:?}", p.backup.phase());
+    assert_eq!(
+        p.backup.stats().digests_checked,
+        2,
+        "the two digests before it"
+    );
+    assert!(p
+        .errors
+        .iter()
+        .any(|(_, s, e)| *s == Side::Backup && e.to_string().contains("digest failure")));
+}

@@ -193,6 +193,8 @@ pub struct ScriptedSource {
     st: MachineState,
     journal: Vec<(ExecPoint, u64)>,
     runs: u64,
+    /// The digest fails from this point count on (a backend that cannot read its state).
+    digest_fails_from: Option<u64>,
 }
 
 impl ScriptedSource {
@@ -221,7 +223,13 @@ impl ScriptedSource {
             },
             journal: Vec::new(),
             runs: 0,
+            digest_fails_from: None,
         }
+    }
+
+    /// Make every digest from point count `count` on fail.
+    pub fn fail_digests_from(&mut self, count: u64) {
+        self.digest_fails_from = Some(count);
     }
 
     /// The script.
@@ -470,8 +478,14 @@ impl EventSource for ScriptedSource {
         Ok(())
     }
 
-    fn digest(&mut self) -> u64 {
-        self.compute_digest()
+    fn digest(&mut self) -> SourceResult<u64> {
+        if self.digest_fails_from.is_some_and(|c| self.st.count >= c) {
+            return Err(SourceError::Backend(format!(
+                "scripted digest failure at @{}",
+                self.st.count
+            )));
+        }
+        Ok(self.compute_digest())
     }
 
     fn snapshot(&self) -> SourceResult<Vec<u8>> {

@@ -153,12 +153,12 @@ impl EventSource for Toy {
         Ok(())
     }
 
-    fn digest(&mut self) -> u64 {
+    fn digest(&mut self) -> SourceResult<u64> {
         let flags = u64::from(self.pending_input) | u64::from(self.wake) << 1;
-        mix(
+        Ok(mix(
             mix(self.point, self.state),
             flags ^ self.halted.map_or(0, |c| c + 4),
-        )
+        ))
     }
 
     fn snapshot(&self) -> SourceResult<Vec<u8>> {

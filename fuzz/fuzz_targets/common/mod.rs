@@ -365,8 +365,12 @@ pub fn reference(variant: u8) -> Reference {
         .iter()
         .position(|r| matches!(r.event, ft_core::Event::Halt { .. }))
         .unwrap();
-    let digest = run.primary.source_mut().digest();
-    assert_eq!(digest, run.backup.source_mut().digest());
+    let digest = run
+        .primary
+        .source_mut()
+        .digest()
+        .expect("the primary's digest");
+    assert_eq!(Ok(digest), run.backup.source_mut().digest());
     Reference {
         setup,
         records: run.records[..=halt].to_vec(),
