@@ -755,6 +755,18 @@ impl<S: EventSource, W: World> Node<S, W> {
         self.cfg.inbox_capacity.saturating_sub(self.inbox.len())
     }
 
+    /// Whether a backup takes more from its link in this turn: room in the inbox, and,
+    /// while it receives a clone, pages left in the step's budget.
+    pub fn takes_more(&self) -> bool {
+        match &self.phase {
+            Phase::Receiving => self
+                .clone_in
+                .as_ref()
+                .is_none_or(|rx| rx.pages_this_step < crate::live_clone::RECEIVE_PAGES_PER_STEP),
+            _ => self.inbox_space() > 0,
+        }
+    }
+
     /// The backup's replay lag as the primary measures it.
     pub fn lag(&self, now: Nanos) -> Nanos {
         self.lag.lag(now)
@@ -980,7 +992,12 @@ impl<S: EventSource, W: World> Node<S, W> {
                 self.issue_test_and_set(now);
                 return Ok(StepOutcome::Blocked(Blocked::Arbitrating));
             }
-            Phase::Receiving => return Ok(StepOutcome::Blocked(Blocked::Receiving)),
+            Phase::Receiving => {
+                if let Some(rx) = self.clone_in.as_mut() {
+                    rx.pages_this_step = 0;
+                }
+                return Ok(StepOutcome::Blocked(Blocked::Receiving));
+            }
             // The final pause is a step of its own, with no guest slice: the guest
             // runs again at the next step, once the driver has handed the final
             // messages to the link.
@@ -989,7 +1006,7 @@ impl<S: EventSource, W: World> Node<S, W> {
                 Ok(StepOutcome::Progressed)
             }
             Phase::Recording | Phase::Live => {
-                self.arm_clone_pause();
+                self.clone_step_begins();
                 self.record_step(now)
             }
             Phase::Replaying | Phase::Draining => self.replay_step(now),
@@ -1076,6 +1093,14 @@ impl<S: EventSource, W: World> Node<S, W> {
             Phase::Receiving => self.clone_peer_lost("the link failed", now),
             Phase::Live if self.clone_out.is_some() => self.clone_peer_lost("the link failed", now),
             _ => {}
+        }
+    }
+
+    /// The peer, if heard at or after `since`, counts as heard until `until` (the
+    /// driver: the end of the turn's inbound work).
+    pub(crate) fn heard_through(&mut self, since: Nanos, until: Nanos) {
+        if self.detector.last_heard() >= since {
+            self.detector.heard(until);
         }
     }
 

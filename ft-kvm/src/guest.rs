@@ -507,6 +507,41 @@ pub fn service_workload(rounds: u32) -> Result<Vec<u8>> {
     u.finish()
 }
 
+/// Guest-physical (and, identity-mapped, virtual) address of the [`dirtier_workload`]'s
+/// working set: 16 MiB into RAM, above the kernel, the workload and its DMA area.
+pub const DIRTY_BASE: u64 = 0x100_0000;
+
+/// A workload that keeps writing a working set, for live-clone measurements: pass after
+/// pass, it stores a counter into the first qword of every 4 KiB page of
+/// `[DIRTY_BASE, DIRTY_BASE + ws_bytes)` and then reads the RNG (a logged input: one
+/// deterministic exit per pass). It never ends. The machine needs RAM up to
+/// `DIRTY_BASE + ws_bytes`, below the workload's stack at the top of RAM.
+///
+/// # Errors
+///
+/// [`GuestError`] when the code does not assemble.
+pub fn dirtier_workload(ws_bytes: u64) -> Result<Vec<u8>> {
+    let mut u = UserAsm::new()?;
+    u.a.mov(r15, 1u64)?;
+    let mut top = u.a.create_label();
+    u.a.set_label(&mut top)?;
+    let pages = ws_bytes / 4096;
+    if pages > 0 {
+        u.a.mov(rdi, DIRTY_BASE)?;
+        u.a.mov(rcx, pages)?;
+        let mut page = u.a.create_label();
+        u.a.set_label(&mut page)?;
+        u.a.mov(qword_ptr(rdi), r15)?;
+        u.a.add(rdi, 4096)?;
+        u.a.dec(rcx)?;
+        u.a.jnz(page)?;
+    }
+    u.a.inc(r15)?;
+    u.read_rng(rax)?;
+    u.a.jmp(top)?;
+    u.finish()
+}
+
 /// A small deterministic generator (SplitMix64) for workload generation.
 #[derive(Debug, Clone)]
 pub struct SplitMix(u64);

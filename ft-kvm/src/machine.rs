@@ -725,6 +725,23 @@ impl EventSource for KvmMachine {
             .map_err(|e| SourceError::Backend(e.to_string()))
     }
 
+    /// A page already zero is not written: a fresh VM's memory is untouched anonymous
+    /// memory, and reading it costs no allocation where writing zeros would.
+    fn zero_page(&mut self, index: u64) -> SourceResult<()> {
+        let addr = self.page_addr(index, PAGE_SIZE)?;
+        let mem = self.vm.memory_mut();
+        let start = addr as usize;
+        let zero = mem
+            .as_slice()
+            .get(start..start + PAGE_SIZE)
+            .is_some_and(|p| p.iter().all(|&b| b == 0));
+        if zero {
+            return Ok(());
+        }
+        mem.write(addr, &[0; PAGE_SIZE])
+            .map_err(|e| SourceError::Backend(e.to_string()))
+    }
+
     fn save_cpu_devices(&self) -> SourceResult<Vec<u8>> {
         let meta = postcard::to_stdvec(&self.snapshot_meta()?)
             .map_err(|e| SourceError::Snapshot(e.to_string()))?;

@@ -89,6 +89,8 @@ fn clone_then_fail_over(
             chunk_pages: 16,
             converge_pages: 4,
             max_rounds: 8,
+            // Small: the rounds go across in several steps, the guest running between.
+            pages_per_step: 64,
         },
         now,
     )

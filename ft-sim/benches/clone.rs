@@ -43,19 +43,20 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ft_core::driver::{Clock, Driver, DriverConfig, Immediate};
 use ft_core::log_codec::{self, Frame};
-use ft_core::{
-    Arbiter, CloneConfig, Config, EventSource, InProcessArbiter, Nanos, Node, NodeId, Notice,
-    PairId, Transmit,
-};
-use ft_sim::{guests, Disk, Machine, MachineConfig, OutputSink, SimWorld, SimWorldConfig};
-use ft_transport::tcp::{PreSharedKey, PrimaryListener, TcpConfig, TcpLink};
-use ft_transport::{nanos_since, BackupEnd, Control, PrimaryEnd, RuntimeConfig};
+use ft_core::{CloneConfig, EventSource, Node, Notice, Transmit};
+use ft_sim::{guests, Machine, MachineConfig};
+
+mod clone_tcp;
+use clone_tcp::{median, ms, runs, world, FtRun};
+
+/// The engine of node `node` in `generation` (slices of 20,000 instructions).
+fn engine(node: u64, generation: u64) -> ft_core::Config {
+    clone_tcp::engine(node, generation, 20_000)
+}
 
 const MEM_MIB: usize = 256;
 const QEMU: &str = "qemu-system-riscv64";
@@ -70,180 +71,9 @@ fn machine(ws_mib: u64) -> Machine {
     Machine::from_raw(cfg, &guests::dirtier(ws_mib << 20, 0, 0).unwrap()).unwrap()
 }
 
-fn world(live: bool) -> SimWorld {
-    SimWorld::new(
-        "bench",
-        SimWorldConfig::default(),
-        Disk::new(4096),
-        OutputSink::new(),
-        live,
-    )
-}
-
-fn engine(node: u64, generation: u64) -> Config {
-    Config {
-        node: NodeId(node),
-        pair: PairId { vm: 1, generation },
-        slice: 20_000,
-        digest_interval: 0,
-        ..Config::default()
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-struct Wall(Instant);
-
-impl Clock for Wall {
-    fn now(&self) -> Nanos {
-        nanos_since(self.0)
-    }
-}
-
-/// What one ft clone measured.
-struct FtRun {
-    rounds: u32,
-    pages: u64,
-    final_pages: u64,
-    bytes: u64,
-    total_ms: f64,
-    pause_ms: f64,
-    confirm_ms: f64,
-}
-
 /// Clone a running 256 MiB guest over loopback TCP.
 fn ft_tcp(ws_mib: u64) -> FtRun {
-    let epoch = Instant::now();
-    let clock = Wall(epoch);
-    let arbiter: Arc<dyn Arbiter> = Arc::new(InProcessArbiter::new());
-    let mut node = Node::unprotected(engine(1, 1), machine(ws_mib), world(true), clock.now());
-    // Let the guest get going.
-    for _ in 0..200 {
-        node.step(clock.now()).unwrap();
-    }
-    let image = 0x5eed;
-    let tcp = |n: u64| {
-        let mut c = TcpConfig::new(
-            PreSharedKey::new([7; 32]).unwrap(),
-            engine(n, 2).pair,
-            NodeId(n),
-        );
-        c.image = image;
-        c.log = false;
-        c
-    };
-    let mut listener = PrimaryListener::bind("127.0.0.1:0", tcp(1)).unwrap();
-    let addr = listener.local_addr();
-    let control = Control::new();
-    let receiver = {
-        let (control, arbiter, cfg) = (control.clone(), arbiter.clone(), tcp(2));
-        thread::spawn(move || {
-            let link = TcpLink::connect(addr, cfg, Duration::from_secs(10)).unwrap();
-            let target = Node::clone_target(
-                engine(2, 2),
-                machine(ws_mib),
-                world(false),
-                nanos_since(epoch),
-            );
-            let r = ft_transport::run(
-                target,
-                BackupEnd::new(link),
-                arbiter,
-                epoch,
-                RuntimeConfig::default(),
-                control,
-                |t, n| {
-                    if std::env::var_os("FT_BENCH_TRACE").is_some() {
-                        eprintln!("receiver {:.3} ms: {n}", t as f64 / 1e6);
-                    }
-                    if let Notice::CloneFailed { reason } = n {
-                        eprintln!("the clone failed at the receiver: {reason}");
-                    }
-                },
-            );
-            if std::env::var_os("FT_BENCH_TRACE").is_some() {
-                eprintln!(
-                    "receiver: {:?} errors {:?} turns {} traffic {:?}",
-                    r.exit,
-                    r.errors,
-                    r.iterations,
-                    r.channel.traffic()
-                );
-            }
-            r.node.stats().clone()
-        })
-    };
-    let mut link = PrimaryEnd::new(listener.accept(Some(Duration::from_secs(10))).unwrap());
-    let mut port = Immediate::new(&*arbiter);
-    let mut driver = Driver::new(DriverConfig::default());
-
-    let start = Instant::now();
-    node.start_clone(engine(1, 2).pair, CloneConfig::default(), clock.now())
-        .unwrap();
-    let mut pause = None;
-    let mut paused_at = None;
-    let mut summary = None;
-    let done = loop {
-        let t0 = Instant::now();
-        driver.turn(&mut node, &clock, &mut link, &mut port);
-        let turn = t0.elapsed();
-        if std::env::var_os("FT_BENCH_TRACE").is_some()
-            && (turn > Duration::from_millis(2) || driver.turns() < 5)
-        {
-            eprintln!(
-                "sender turn of {:.3} ms at {:.3} ms (link {:?})",
-                ms(turn),
-                ms(epoch.elapsed()),
-                link.traffic()
-            );
-        }
-        if let Some(e) = driver.take_errors().first() {
-            panic!("the sender's driver: {e}; tcp {:?}", link.link().stats());
-        }
-        let mut complete = false;
-        while let Some((t, n)) = node.poll_notice() {
-            if std::env::var_os("FT_BENCH_TRACE").is_some() {
-                eprintln!("sender {:.3} ms: {n}", t as f64 / 1e6);
-            }
-            match n {
-                Notice::ClonePaused {
-                    rounds,
-                    pages,
-                    final_pages,
-                    ..
-                } => {
-                    pause = Some(turn);
-                    paused_at = Some(Instant::now());
-                    summary = Some((rounds, pages, final_pages));
-                }
-                Notice::CloneComplete { .. } => complete = true,
-                Notice::CloneAborted { reason } => panic!("clone abandoned: {reason}"),
-                _ => {}
-            }
-        }
-        if complete {
-            break Instant::now();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the clone did not finish"
-        );
-    };
-    let bytes = link.traffic().bytes_sent;
-    control.stop();
-    receiver.join().expect("the receiver panicked");
-    let (rounds, pages, final_pages) = summary.unwrap();
-    FtRun {
-        rounds,
-        pages,
-        final_pages,
-        bytes,
-        total_ms: ms(done - start),
-        pause_ms: ms(pause.unwrap()),
-        confirm_ms: ms(done - paused_at.unwrap()),
-    }
+    clone_tcp::measure(move || machine(ws_mib), 20_000, 200)
 }
 
 /// The in-process measurement: the engine and the machine, no socket.
@@ -506,19 +336,6 @@ fn qemu(ws_mib: u64) -> Result<(u64, u64), String> {
         }
         thread::sleep(Duration::from_millis(5));
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn runs(var: &str, default: usize) -> usize {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(default)
 }
 
 fn main() {

@@ -5,9 +5,11 @@
 
 use bytes::Bytes;
 use ft_core::driver::{Driver, DriverConfig, Immediate, VirtualWire, WireConfig};
+use ft_core::live_clone::PageData;
 use ft_core::{
-    AsyncEvent, CloneConfig, CloneError, Config, EngineError, EventSource, ExecPoint, HaltReason,
-    InProcessArbiter, MemoryLayout, Node, NodeId, Notice, PairId, Phase, SourceResult, Stop,
+    AsyncEvent, CloneConfig, CloneError, CloneMsg, Config, EngineError, EventSource, ExecPoint,
+    HaltReason, InProcessArbiter, MemoryLayout, Node, NodeId, Notice, PairId, Phase, SourceResult,
+    Stop, Transmit,
 };
 use ft_sim::guests::{self, DIRTY_BASE};
 use ft_sim::{
@@ -50,6 +52,7 @@ fn a_busy_guest_is_cloned_in_rounds_and_its_clone_replays_it_exactly_then_takes_
         chunk_pages: 16,
         converge_pages: 4,
         max_rounds: 6,
+        ..CloneConfig::default()
     };
     let mut sim = ChainSim::alone(PairConfig::default(), clone, dirtier(48));
     sim.run_until(300, |_| false);
@@ -176,6 +179,7 @@ fn a_sender_that_dies_before_its_final_pause_leaves_a_clone_that_never_goes_live
         chunk_pages: 8,
         converge_pages: 0,
         max_rounds: 30,
+        ..CloneConfig::default()
     };
     let mut sim = ChainSim::alone(PairConfig::default(), clone, dirtier(64));
     sim.run_until(100, |_| false);
@@ -208,6 +212,7 @@ fn a_receiver_that_dies_mid_clone_is_abandoned_while_outputs_keep_flowing() {
         chunk_pages: 4,
         converge_pages: 0,
         max_rounds: 30,
+        ..CloneConfig::default()
     };
     let mut sim = ChainSim::alone(PairConfig::default(), clone, dirtier(32));
     sim.run_until(100, |_| false);
@@ -277,14 +282,21 @@ fn clone_requests_that_do_not_fit_are_refused() {
         generation: same.generation + 1,
         ..same
     };
-    let zero = CloneConfig {
-        chunk_pages: 0,
-        ..CloneConfig::default()
-    };
-    assert!(matches!(
-        n.start_clone(next, zero, 0),
-        Err(EngineError::Clone(CloneError::Config(_)))
-    ));
+    for bad in [
+        CloneConfig {
+            chunk_pages: 0,
+            ..CloneConfig::default()
+        },
+        CloneConfig {
+            pages_per_step: 0,
+            ..CloneConfig::default()
+        },
+    ] {
+        assert!(matches!(
+            n.start_clone(next, bad, 0),
+            Err(EngineError::Clone(CloneError::Config(_)))
+        ));
+    }
     n.start_clone(next, CloneConfig::default(), 0).unwrap();
     assert!(matches!(
         n.start_clone(next, CloneConfig::default(), 0),
@@ -502,4 +514,68 @@ fn a_lost_clone_message_ends_the_clone_at_the_next_heartbeat_instead_of_stalling
         "{seen:?}"
     );
     assert!(s.is_live() && !s.cloning());
+}
+
+#[test]
+fn pre_copy_reads_at_most_its_page_budget_between_two_machine_steps() {
+    let world = SimWorld::new(
+        "s",
+        Default::default(),
+        Disk::new(4096),
+        OutputSink::new(),
+        true,
+    );
+    let mut n = Node::unprotected(Config::default(), dirtier(200), world, 0);
+    for _ in 0..50 {
+        n.step(0).unwrap();
+    }
+    let cfg = CloneConfig {
+        chunk_pages: 4,
+        pages_per_step: 10,
+        ..CloneConfig::default()
+    };
+    n.start_clone(
+        PairId {
+            vm: 1,
+            generation: 2,
+        },
+        cfg,
+        0,
+    )
+    .unwrap();
+    // Between steps: the pages with data the machine had to read (a known-zero page
+    // costs nothing) stay within the budget, rounded up to one message.
+    let mut full_per_step = Vec::new();
+    let mut round_ended = false;
+    for _ in 0..200 {
+        let mut full = 0;
+        while let Some(t) = n.poll_transmit(0) {
+            if let Transmit::Clone(f) = t {
+                match f.msg {
+                    CloneMsg::Pages { pages, .. } => {
+                        full += pages
+                            .iter()
+                            .filter(|p| matches!(p.data, PageData::Full(_)))
+                            .count();
+                    }
+                    CloneMsg::RoundEnd { .. } => round_ended = true,
+                    _ => {}
+                }
+            }
+        }
+        full_per_step.push(full);
+        if round_ended {
+            break;
+        }
+        n.step(0).unwrap();
+    }
+    assert!(round_ended, "round 0 never ended");
+    assert!(
+        full_per_step.iter().all(|&f| f <= 10 + 4),
+        "pages read between steps: {full_per_step:?}"
+    );
+    assert!(
+        full_per_step.iter().filter(|&&f| f > 0).count() >= 200 / 14,
+        "the 200 dirty pages went across over many steps: {full_per_step:?}"
+    );
 }

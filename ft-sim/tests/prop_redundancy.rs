@@ -42,6 +42,7 @@ fn chain(seed: u64, rng: &mut ChaCha8Rng, alone: bool, guest: Guest) -> ChainSim
         chunk_pages: rng.gen_range(1..=128),
         converge_pages: rng.gen_range(0..=64),
         max_rounds: rng.gen_range(1..=8),
+        pages_per_step: rng.gen_range(1..=256),
     };
     let m = match guest {
         Guest::Service => {

@@ -314,6 +314,7 @@ fn a_running_guest_is_cloned_over_tcp_and_its_clone_takes_over() {
         chunk_pages: 2,
         converge_pages: 16,
         max_rounds: 8,
+        ..CloneConfig::default()
     };
     let ((pc, ph), (bc, bh)) = clone_over_tcp(&env, alone, 2, 2, machine, clone_cfg);
     env.expect(NodeId(1), "CloneComplete", |n| {

@@ -252,6 +252,12 @@ impl Driver {
                 Err(e) => self.link_down(node, e, now),
             }
         }
+        if arrived {
+            // What the node heard from its peer in this turn it heard until it had
+            // taken it all: time spent applying a long backlog (pages of a clone, a
+            // burst of records) is this side's, not the peer's silence.
+            node.heard_through(now, clock.now());
+        }
 
         // 2. Execute.
         let outcome = match node.step(now) {
@@ -368,7 +374,7 @@ impl Driver {
             let frame = match self.stash.take() {
                 Some(batch) => Frame::Records(batch),
                 None => {
-                    if node.role() == Role::Backup && node.inbox_space() == 0 {
+                    if node.role() == Role::Backup && !node.takes_more() {
                         break;
                     }
                     match link.recv()? {

@@ -406,10 +406,11 @@ impl<S: EventSource, W: World> Node<S, W> {
         self.clone_out.as_ref().is_some_and(|s| s.final_due())
     }
 
-    /// Before a guest slice: a clone that converged pauses at the step after it.
-    pub(crate) fn arm_clone_pause(&mut self) {
+    /// Before a guest slice: the clone's page budget starts again, and a clone that
+    /// converged pauses at the step after it.
+    pub(crate) fn clone_step_begins(&mut self) {
         if let Some(s) = self.clone_out.as_mut() {
-            s.arm_final();
+            s.step_begins();
         }
     }
 }

@@ -28,7 +28,14 @@ pub(crate) struct CloneReceiver {
     begun: bool,
     /// Pages written so far.
     pub(crate) pages: u64,
+    /// Pages written since the last machine step.
+    pub(crate) pages_this_step: u64,
 }
+
+/// Most pages a receiver writes between two machine steps before its driver stops
+/// taking messages for the turn (16 MiB of 4 KiB pages): each turn stays short, so its
+/// heartbeats keep going out while a large memory comes in.
+pub(crate) const RECEIVE_PAGES_PER_STEP: u64 = 4_096;
 
 impl CloneReceiver {
     pub(crate) fn new() -> CloneReceiver {
@@ -36,6 +43,7 @@ impl CloneReceiver {
             layout: None,
             begun: false,
             pages: 0,
+            pages_this_step: 0,
         }
     }
 
@@ -108,6 +116,7 @@ impl CloneReceiver {
                         }
                     }
                     self.pages += 1;
+                    self.pages_this_step += 1;
                 }
                 Ok(Received::Applied)
             }

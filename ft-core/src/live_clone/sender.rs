@@ -53,6 +53,8 @@ pub(crate) struct CloneSender {
     summary: Summary,
     /// Memory the next pages are read into (made ready before the final pause).
     spare: BytesMut,
+    /// Pages read from the machine since the last machine step.
+    read_this_step: u64,
 }
 
 impl CloneSender {
@@ -79,6 +81,7 @@ impl CloneSender {
             previous_dirty: layout.pages,
             summary: Summary::default(),
             spare: BytesMut::new(),
+            read_this_step: 0,
         })
     }
 
@@ -97,8 +100,10 @@ impl CloneSender {
         self.state == State::FinalDue
     }
 
-    /// A guest slice ran after convergence: the final pause comes next.
-    pub(crate) fn arm_final(&mut self) {
+    /// A machine step begins: the page budget starts again, and a clone that
+    /// converged before it pauses at the step after it.
+    pub(crate) fn step_begins(&mut self) {
+        self.read_this_step = 0;
         if self.state == State::FinalNext {
             self.state = State::FinalDue;
         }
@@ -131,6 +136,7 @@ impl CloneSender {
             } else {
                 read.push((index, Some(at)));
             }
+            self.read_this_step += 1;
         }
         self.spare = chunk.split_off(chunk.len());
         let chunk = chunk.freeze();
@@ -161,6 +167,13 @@ impl CloneSender {
                     sender: self.me,
                     layout: self.layout,
                 }))
+            }
+            // This step's budget is spent: more after the next machine step.
+            State::Sending
+                if self.cursor < self.to_send.len()
+                    && self.read_this_step >= self.cfg.pages_per_step =>
+            {
+                Ok(None)
             }
             State::Sending if self.cursor < self.to_send.len() => {
                 let end = (self.cursor + self.cfg.chunk_pages).min(self.to_send.len());
