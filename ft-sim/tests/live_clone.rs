@@ -41,6 +41,18 @@ fn has(sim: &ChainSim, id: NodeId, f: impl Fn(&Notice) -> bool) -> bool {
     sim.trace().notices.iter().any(|(_, i, n)| *i == id && f(n))
 }
 
+/// `m` running alone, unprotected (default configuration), with a world of its own.
+fn alone(m: Machine) -> Node<Machine, SimWorld> {
+    let world = SimWorld::new(
+        "s",
+        Default::default(),
+        Disk::new(4096),
+        OutputSink::new(),
+        true,
+    );
+    Node::unprotected(Config::default(), m, world, 0)
+}
+
 /// The letters the dirtier prints go a, b, ... p, a, ... with none missing.
 fn assert_letters_continuous(sink: &OutputSink) -> usize {
     guests::check_dirtier_letters(&sink.deduplicated().unwrap()).unwrap()
@@ -257,14 +269,7 @@ fn clone_requests_that_do_not_fit_are_refused() {
         Err(ChainError::UnknownMember(_))
     ));
 
-    let world = SimWorld::new(
-        "x",
-        Default::default(),
-        Disk::new(4096),
-        OutputSink::new(),
-        true,
-    );
-    let mut n = Node::unprotected(Config::default(), dirtier(1), world, 0);
+    let mut n = alone(dirtier(1));
     let same = n.config().pair;
     for pair in [
         same,
@@ -518,14 +523,7 @@ fn a_lost_clone_message_ends_the_clone_at_the_next_heartbeat_instead_of_stalling
 
 #[test]
 fn pre_copy_reads_at_most_its_page_budget_between_two_machine_steps() {
-    let world = SimWorld::new(
-        "s",
-        Default::default(),
-        Disk::new(4096),
-        OutputSink::new(),
-        true,
-    );
-    let mut n = Node::unprotected(Config::default(), dirtier(200), world, 0);
+    let mut n = alone(dirtier(200));
     for _ in 0..50 {
         n.step(0).unwrap();
     }
