@@ -166,12 +166,17 @@ pub struct Features {
     pub net_sends: u32,
     /// Receive polls (each pops at most one packet).
     pub net_recvs: u32,
-    /// Block reads.
+    /// Block reads (those past the end of the disk included).
     pub block_reads: u32,
+    /// Block reads past the end of the disk (completed with an error, no data).
+    pub block_reads_past_end: u32,
     /// Block reads whose DMA buffer is polled while in flight.
     pub dma_races: u32,
-    /// Block writes.
+    /// Block writes (those past the end of the disk included).
     pub block_writes: u32,
+    /// Block writes past the end of the disk (completed with an error, nothing
+    /// written).
+    pub block_writes_past_end: u32,
     /// Invalid block commands (completed at once with an error).
     pub bad_block_cmds: u32,
     /// Timer arms.
@@ -1046,6 +1051,9 @@ impl Gen {
     fn block_read(&mut self) {
         self.features.block_reads += 1;
         let (sector, count) = self.pick_sectors();
+        if sector >= self.p.disk_sectors {
+            self.features.block_reads_past_end += 1;
+        }
         let bytes = count * SECTOR_SIZE;
         // Mark the buffer so old and new contents differ.
         let marks: Vec<i64> = vec![
@@ -1122,6 +1130,9 @@ impl Gen {
     fn block_write(&mut self) {
         self.features.block_writes += 1;
         let (sector, count) = self.pick_sectors();
+        if sector >= self.p.disk_sectors {
+            self.features.block_writes_past_end += 1;
+        }
         let words = self.rng.gen_range(1..=8i64);
         let regs: Vec<Reg> = (0..words).map(|_| self.pool()).collect();
         let stride = (count * SECTOR_SIZE) as i64 / words / 8 * 8;
