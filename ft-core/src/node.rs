@@ -1045,6 +1045,7 @@ impl<S: EventSource, W: World> Node<S, W> {
         match result {
             Ok(Decision::Won { token }) => {
                 self.notices.push_back((now, Notice::ArbiterWon { token }));
+                self.world.fence(token);
                 match self.role {
                     Role::Primary => self.go_alone(now),
                     Role::Backup => self.go_live(now),

@@ -48,6 +48,16 @@ pub trait World {
     /// storage.
     fn read_local(&mut self, req: &IoRequest) -> Bytes;
 
+    /// This side won the arbiter with fencing `token` (tokens grow with every win, in
+    /// every generation). The effects it starts from now on should carry the token
+    /// where they land, so that storage refuses them once a newer holder showed a
+    /// newer one, as Chubby sequencers fence a paused leader. Called before
+    /// [`World::go_live`] for a backup that takes over, and for a primary that goes on
+    /// alone. The default ignores it: a world whose effects cannot carry a token.
+    fn fence(&mut self, token: u64) {
+        let _ = token;
+    }
+
     /// Go-live: from now on this world is the real one.
     fn go_live(&mut self, now: Nanos);
 

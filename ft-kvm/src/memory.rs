@@ -61,7 +61,7 @@ unsafe impl Send for GuestMemory {}
 impl GuestMemory {
     /// Map `size` bytes of zeroed, private, anonymous memory.
     pub fn new(size: usize) -> Result<GuestMemory> {
-        if size == 0 || size % 4096 != 0 {
+        if size == 0 || !size.is_multiple_of(4096) {
             return Err(MemoryError::BadSize(size));
         }
         // SAFETY: an anonymous private mapping at an address the kernel chooses; no

@@ -396,6 +396,10 @@ impl<W: World> World for BridgeWorld<W> {
         self.inner.read_local(req)
     }
 
+    fn fence(&mut self, token: u64) {
+        self.inner.fence(token)
+    }
+
     fn go_live(&mut self, now: Nanos) {
         self.live_since = Some(now);
         self.inner.go_live(now)

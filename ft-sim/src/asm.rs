@@ -657,7 +657,7 @@ impl Assembler {
     /// power of two (at least 4).
     pub fn align(&mut self, bytes: u64) -> &mut Self {
         let bytes = bytes.max(4).checked_next_power_of_two().unwrap_or(4);
-        while self.offset() % bytes != 0 {
+        while !self.offset().is_multiple_of(bytes) {
             self.emit(nop());
         }
         self

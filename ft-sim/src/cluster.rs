@@ -281,7 +281,11 @@ impl PairSim {
             }
         }
         self.trace.records.extend(self.wire.take_tapped());
-        if self.backup_up && self.ticks % u64::from(self.cfg.backup_step_every.max(1)) == 0 {
+        if self.backup_up
+            && self
+                .ticks
+                .is_multiple_of(u64::from(self.cfg.backup_step_every.max(1)))
+        {
             let before = self.backup.last_seq();
             self.backup_loop.turn(
                 &mut self.backup,

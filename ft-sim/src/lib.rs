@@ -11,6 +11,8 @@
 //!   device — each a source of nondeterminism that goes through the log;
 //! * [`machine`]: all of it behind [`ft_core::EventSource`];
 //! * [`world`]: the host half of the devices, a seeded stand-in for the real world;
+//! * [`disk`]: the disk image, in memory or in a file processes share, with fencing
+//!   tokens enforced where writes land;
 //! * [`loader`], [`asm`], [`guests`]: how programs get in (ELF with HTIF `tohost`,
 //!   raw images, and an assembler for generated programs);
 //! * [`cluster`]: a deterministic simulation of a whole protected pair;
@@ -21,6 +23,7 @@ pub mod asm;
 pub mod cluster;
 pub mod cpu;
 pub mod devices;
+pub mod disk;
 pub mod guests;
 pub mod loader;
 pub mod machine;
@@ -30,6 +33,7 @@ pub mod redundancy;
 pub mod world;
 
 pub use cluster::{PairConfig, PairSim, Side};
+pub use disk::{Disk, DiskError};
 pub use machine::{DiskMode, Machine, MachineConfig};
 pub use redundancy::{ChainError, ChainSim};
-pub use world::{Disk, Network, OutputSink, SimWorld, SimWorldConfig};
+pub use world::{Network, OutputSink, SimWorld, SimWorldConfig};

@@ -13,65 +13,7 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::devices::{id, op};
-
-/// A disk image. Clones share the same bytes: give both sides one `Disk` for a shared
-/// disk, or separate ones for private copies.
-#[derive(Debug, Clone, Default)]
-pub struct Disk {
-    bytes: Arc<Mutex<Vec<u8>>>,
-}
-
-impl Disk {
-    /// A zero-filled disk of `size` bytes.
-    pub fn new(size: usize) -> Disk {
-        Disk {
-            bytes: Arc::new(Mutex::new(vec![0; size])),
-        }
-    }
-
-    /// A disk holding `bytes`.
-    pub fn from_bytes(bytes: Vec<u8>) -> Disk {
-        Disk {
-            bytes: Arc::new(Mutex::new(bytes)),
-        }
-    }
-
-    /// An independent copy (for a private disk).
-    pub fn deep_copy(&self) -> Disk {
-        Disk::from_bytes(self.bytes.lock().clone())
-    }
-
-    /// Read `len` bytes at `offset`; `None` if out of range.
-    pub fn read(&self, offset: u64, len: u64) -> Option<Vec<u8>> {
-        let b = self.bytes.lock();
-        let start = usize::try_from(offset).ok()?;
-        let end = start.checked_add(usize::try_from(len).ok()?)?;
-        b.get(start..end).map(<[u8]>::to_vec)
-    }
-
-    /// Write `data` at `offset`; `false` if out of range.
-    pub fn write(&self, offset: u64, data: &[u8]) -> bool {
-        let mut b = self.bytes.lock();
-        let Ok(start) = usize::try_from(offset) else {
-            return false;
-        };
-        let Some(end) = start.checked_add(data.len()) else {
-            return false;
-        };
-        match b.get_mut(start..end) {
-            Some(dst) => {
-                dst.copy_from_slice(data);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// A copy of the whole image.
-    pub fn contents(&self) -> Vec<u8> {
-        self.bytes.lock().clone()
-    }
-}
+pub use crate::disk::Disk;
 
 /// One output that reached the outside world.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -235,6 +177,8 @@ pub struct SimWorld {
     going_live: bool,
     reissued: Vec<IoRequest>,
     private_writes: u64,
+    token: u64,
+    fenced_writes: u64,
     replayed: Vec<Output>,
     raw_events: VecDeque<(Nanos, AsyncEvent)>,
     network: Option<Network>,
@@ -272,6 +216,8 @@ impl SimWorld {
             going_live: false,
             reissued: Vec::new(),
             private_writes: 0,
+            token: 0,
+            fenced_writes: 0,
             replayed: Vec::new(),
             raw_events: VecDeque::new(),
             network: None,
@@ -332,6 +278,25 @@ impl SimWorld {
     /// Private-disk writes applied while replaying.
     pub fn private_writes(&self) -> u64 {
         self.private_writes
+    }
+
+    /// The fencing token this side's disk writes carry: 0 until it won the arbiter
+    /// ([`World::fence`]), or the one [`SimWorld::set_token`] gave it.
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+
+    /// Carry fencing `token` from now on (for a node that claimed its generation
+    /// before it started, as a primary that starts alone does); a lower token than
+    /// the one held is ignored.
+    pub fn set_token(&mut self, token: u64) {
+        self.token = self.token.max(token);
+    }
+
+    /// Disk writes the disk refused because a newer token had been seen there: this
+    /// side was superseded (they completed with an error status).
+    pub fn fenced_writes(&self) -> u64 {
+        self.fenced_writes
     }
 
     /// The disk.
@@ -430,7 +395,14 @@ impl World for SimWorld {
                 )
             }
             op::DISK_WRITE => {
-                let ok = self.disk.write(req.offset, &req.data);
+                let ok = match self.disk.write_fenced(self.token, req.offset, &req.data) {
+                    Ok(()) => true,
+                    Err(crate::DiskError::Fenced { .. }) => {
+                        self.fenced_writes += 1;
+                        false
+                    }
+                    Err(_) => false,
+                };
                 self.schedule(
                     now.saturating_add(self.cfg.disk_latency),
                     ScheduledEvent {
@@ -467,7 +439,8 @@ impl World for SimWorld {
     fn apply_private_write(&mut self, req: &IoRequest) {
         if req.kind == IoKind::PrivateWrite {
             self.private_writes += 1;
-            self.disk.write(req.offset, &req.data);
+            // This side's own copy: only this side writes it, with its own token.
+            let _ = self.disk.write_fenced(self.token, req.offset, &req.data);
         }
     }
 
@@ -476,6 +449,10 @@ impl World for SimWorld {
             .read(req.offset, u64::from(req.len))
             .map(Bytes::from)
             .unwrap_or_default()
+    }
+
+    fn fence(&mut self, token: u64) {
+        self.set_token(token);
     }
 
     fn go_live(&mut self, now: Nanos) {
@@ -490,5 +467,62 @@ impl World for SimWorld {
         if let Some(net) = &self.network {
             net.claim(self.side);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use ft_core::{DeviceId, IoId};
+
+    fn write(id: u64, data: &[u8]) -> IoRequest {
+        IoRequest {
+            id: IoId(id),
+            device: DeviceId(id::BLOCK.0),
+            kind: IoKind::SharedWrite,
+            op: op::DISK_WRITE,
+            offset: 0,
+            len: data.len() as u32,
+            data: Bytes::copy_from_slice(data),
+        }
+    }
+
+    fn completions(w: &mut SimWorld, now: Nanos) -> Vec<(u64, u32)> {
+        let mut out = Vec::new();
+        w.poll(now, &mut out);
+        out.into_iter()
+            .filter_map(|e| match e {
+                AsyncEvent::IoComplete { io, status, .. } => Some((io.0, status)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A superseded writer's disk writes are refused where they land: the side that
+    /// won the arbiter later (a newer token) fenced the shared disk off.
+    #[test]
+    fn a_superseded_sides_writes_fail_on_the_shared_disk() {
+        let disk = Disk::new(512);
+        let sink = OutputSink::new();
+        let cfg = SimWorldConfig::default();
+        let mut old = SimWorld::new("old", cfg.clone(), disk.clone(), sink.clone(), true);
+        let mut new = SimWorld::new("new", cfg, disk.clone(), sink, false);
+        old.start_io(&write(1, b"old"), 0);
+        assert_eq!(completions(&mut old, 1_000_000), vec![(1, 0)]);
+        new.fence(4);
+        new.go_live(1_000_000);
+        new.start_io(&write(2, b"new"), 1_000_000);
+        assert_eq!(completions(&mut new, 2_000_000), vec![(2, 0)]);
+        // The old primary wakes up (SIGSTOP, then SIGCONT) and writes.
+        old.start_io(&write(3, b"old"), 2_000_000);
+        assert_eq!(completions(&mut old, 3_000_000), vec![(3, 1)]);
+        assert_eq!(old.fenced_writes(), 1);
+        assert_eq!(new.fenced_writes(), 0);
+        assert_eq!(disk.read(0, 3).unwrap(), b"new");
+        assert_eq!(new.token(), 4);
+        // A lower token never lowers what a side carries.
+        new.set_token(2);
+        assert_eq!(new.token(), 4);
     }
 }

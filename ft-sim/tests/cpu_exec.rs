@@ -349,7 +349,7 @@ fn htif_guest(msg: &str, code: i64) -> (Assembler, Label) {
     a.bind(data);
     let mut bytes = msg.as_bytes().to_vec();
     bytes.push(0);
-    while bytes.len() % 4 != 0 {
+    while !bytes.len().is_multiple_of(4) {
         bytes.push(0);
     }
     for w in bytes.chunks(4) {

@@ -93,7 +93,7 @@ impl ElfBuilder {
         // Segment contents.
         let mut seg_offsets = Vec::new();
         for s in &self.segs {
-            while out.len() % 8 != 0 {
+            while !out.len().is_multiple_of(8) {
                 out.push(0);
             }
             seg_offsets.push(out.len());
@@ -116,7 +116,7 @@ impl ElfBuilder {
                 put64(&mut sym, 16, 8);
                 symtab.extend_from_slice(&sym);
             }
-            while out.len() % 8 != 0 {
+            while !out.len().is_multiple_of(8) {
                 out.push(0);
             }
             let symtab_off = out.len();
@@ -136,7 +136,7 @@ impl ElfBuilder {
             put64(&mut sh, 32, strtab.len() as u64);
             shdrs.push(sh);
         }
-        while out.len() % 8 != 0 {
+        while !out.len().is_multiple_of(8) {
             out.push(0);
         }
         let shoff = out.len();

@@ -42,7 +42,7 @@ struct Reference {
 fn reference(seed: u64) -> Reference {
     let params = random_params(
         seed,
-        if seed % 2 == 0 {
+        if seed.is_multiple_of(2) {
             Family::Devices
         } else {
             Family::Stream

@@ -35,7 +35,7 @@ enum Tamper {
 
 /// One case; whether the program was long enough to tamper with.
 fn divergence_case(seed: u64, tamper: Tamper) -> bool {
-    let family = if seed % 2 == 0 {
+    let family = if seed.is_multiple_of(2) {
         Family::Stream
     } else {
         Family::Devices

@@ -134,7 +134,7 @@ fn slow_backup_throttles_primary_and_bounds_lag() {
 /// Runs one case; returns whether the outbox filled (back-pressure reached the
 /// primary's execution).
 fn backpressure_case(seed: u64) -> bool {
-    let family = if seed % 2 == 0 {
+    let family = if seed.is_multiple_of(2) {
         Family::Devices
     } else {
         Family::Stream

@@ -14,7 +14,7 @@ use prop_support::*;
 use rand::Rng;
 
 fn program_case(seed: u64, enforce: bool) -> Case {
-    let family = if seed % 2 == 0 {
+    let family = if seed.is_multiple_of(2) {
         Family::Devices
     } else {
         Family::Stream

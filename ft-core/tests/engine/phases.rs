@@ -96,6 +96,8 @@ fn recording_arbitrating_live_when_the_backup_dies() {
         ]
     );
     assert_eq!(p.primary.world().emitted_seqs(), vec![0, 1, 2, 3]);
+    // The winner's token reached the world, for the effects it starts from now on.
+    assert_eq!(p.primary.world().fenced, vec![(1, true)]);
     assert_eq!(p.arbiter.holder(test_config().pair), Some(NodeId(1)));
     // Alone: outputs leave at once, nothing is logged or sent.
     let last = p.primary.last_seq();
@@ -147,6 +149,21 @@ fn replaying_draining_arbitrating_live_when_the_primary_dies() {
         })
         .collect();
     assert_eq!(kinds, ["suspected", "drained", "won", "live"]);
+    // Fenced with the winning token before it went live (and started any effect).
+    let token = n.iter().find_map(|n| match n {
+        Notice::ArbiterWon { token } => Some(*token),
+        _ => None,
+    });
+    assert_eq!(
+        p.backup
+            .world()
+            .fenced
+            .iter()
+            .map(|f| Some(f.0))
+            .collect::<Vec<_>>(),
+        vec![token]
+    );
+    assert!(!p.backup.world().fenced[0].1, "fenced before it went live");
     assert!(p.backup.world().is_live());
     assert!(p.backup.world().announced.is_some());
     p.assert_no_errors();

@@ -547,6 +547,8 @@ pub struct ScriptedWorld {
     pub inputs: Vec<(Nanos, InputRequest, Bytes)>,
     /// Asynchronous events handed out by `poll`.
     pub polled: Vec<(Nanos, AsyncEvent)>,
+    /// Fencing tokens handed to `fence`, and whether the world was live by then.
+    pub fenced: Vec<(u64, bool)>,
     /// When `go_live` was called.
     pub went_live: Option<Nanos>,
     /// When `announce` was called.
@@ -575,6 +577,7 @@ impl ScriptedWorld {
             local_reads: Vec::new(),
             inputs: Vec::new(),
             polled: Vec::new(),
+            fenced: Vec::new(),
             went_live: None,
             announced: None,
             violations: Vec::new(),
@@ -745,6 +748,10 @@ impl World for ScriptedWorld {
         }
         self.local_reads.push(req.clone());
         disk_data(req)
+    }
+
+    fn fence(&mut self, token: u64) {
+        self.fenced.push((token, self.live));
     }
 
     fn go_live(&mut self, now: Nanos) {
