@@ -71,6 +71,21 @@ pub enum NodeError {
         /// The first generation above every claim.
         next: u64,
     },
+    /// The shared disk file cannot be used.
+    #[error("--disk: {0}")]
+    Disk(#[from] ft_sim::DiskError),
+    /// The disk file was written by a winner of an arbiter that holds no claim for
+    /// this VM: it belongs to an earlier run, and its fencing token would refuse
+    /// every write of the new pair.
+    #[error("disk file {path} was last written with fencing token {token}, but the arbiter holds no claim for vm {vm}: the disk is from an earlier run (with another arbiter). Start with a fresh --disk, or with the arbiter that run used")]
+    StaleDisk {
+        /// The file.
+        path: String,
+        /// The token in it.
+        token: u64,
+        /// The VM.
+        vm: u64,
+    },
     /// The engine parameters given by the flags are out of range.
     #[error("{0} (see --heartbeat-ms and --timeout-ms)")]
     Config(ft_core::EngineError),
@@ -116,6 +131,11 @@ pub struct NodeArgs {
     /// service guest.
     #[arg(long)]
     pub image: Option<PathBuf>,
+    /// The guest's disk as a file both sides open (a shared disk: only the live side
+    /// writes, with its fencing token, and the disk refuses writes with an older one).
+    /// Created zero-filled if missing. Default: a private in-memory disk per process.
+    #[arg(long)]
+    pub disk: Option<PathBuf>,
     /// Heartbeat period, both ways, in milliseconds.
     #[arg(long, default_value_t = 10)]
     pub heartbeat_ms: u64,
@@ -196,12 +216,71 @@ fn check_membership(arbiter: &dyn Arbiter, pair: PairId, spec: &str) -> Result<(
     })
 }
 
+/// Bytes of the guest's disk.
+pub const DISK_BYTES: u64 = 64 * 1024;
+
+/// The guest's disk: the `--disk` file, shared by both processes, or a private copy in
+/// memory.
+fn open_disk(args: &NodeArgs) -> Result<Disk> {
+    Ok(match &args.disk {
+        Some(path) => Disk::open_file(path, DISK_BYTES)?,
+        None => Disk::new(DISK_BYTES as usize),
+    })
+}
+
+/// The digest both sides compare in the handshake: the loaded machine's, mixed with
+/// the disk mode, since a side with a shared disk and one with a private copy log
+/// their writes differently and cannot replay each other.
+fn identity_digest(machine_digest: u64, shared_disk: bool) -> u64 {
+    if shared_disk {
+        machine_digest.rotate_left(17) ^ 0x5348_4152_4544_4453 // "SHAREDDS"
+    } else {
+        machine_digest
+    }
+}
+
+/// A disk file that carries a fencing token (some node won the arbiter and wrote it)
+/// while the arbiter has no claim for the VM comes from another run: refuse it rather
+/// than have every write of the new pair fenced off.
+fn check_disk(disk: &Disk, arbiter: &dyn Arbiter, args: &NodeArgs) -> Result<()> {
+    let token = disk.token()?;
+    if token == 0 {
+        return Ok(());
+    }
+    let claimed = arbiter
+        .newest_claimed(args.vm)
+        .map_err(|source| NodeError::ArbiterCheck {
+            spec: args.arbiter.clone(),
+            source,
+        })?;
+    if claimed.is_some() {
+        return Ok(());
+    }
+    Err(NodeError::StaleDisk {
+        path: args
+            .disk
+            .as_ref()
+            .map_or_else(String::new, |p| p.display().to_string()),
+        token,
+        vm: args.vm,
+    })
+}
+
 fn load_machine(args: &NodeArgs) -> Result<Machine> {
-    let cfg = MachineConfig {
-        // Each process has its own disk copy; both sides write it.
-        disk: DiskMode::Private {
+    let disk = if args.disk.is_some() {
+        // One disk both processes see: the live side writes it, the backup gets read
+        // data from the log.
+        DiskMode::Shared {
             backup_reads_disk: false,
-        },
+        }
+    } else {
+        // Each process has its own disk copy; both sides write it.
+        DiskMode::Private {
+            backup_reads_disk: false,
+        }
+    };
+    let cfg = MachineConfig {
+        disk,
         ..MachineConfig::default()
     };
     match &args.image {
@@ -331,9 +410,13 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
     let mut machine = load_machine(args)?;
     // Both sides must start from the same state; the log channel's handshake compares
     // this digest and refuses a peer with another image.
-    let image = machine
-        .digest()
-        .map_err(|e| NodeError::Image(format!("digest of the loaded machine: {e}")))?;
+    let image = identity_digest(
+        machine
+            .digest()
+            .map_err(|e| NodeError::Image(format!("digest of the loaded machine: {e}")))?,
+        args.disk.is_some(),
+    );
+
     let arbiter: Arc<dyn Arbiter> = ft_transport::arbiter::parse_spec(
         &args.arbiter,
         Duration::from_millis(args.arbiter_timeout_ms.max(1)),
@@ -343,9 +426,18 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
         source,
     })?;
     check_membership(&*arbiter, pair, &args.arbiter)?;
+    let disk = open_disk(args)?;
+    check_disk(&disk, &*arbiter, args)?;
     log.line(format_args!(
-        "ft-node {side} (node {me}) protecting vm {} generation {}; heartbeat {} ms, timeout {} ms; arbiter {}",
-        args.vm, args.generation, args.heartbeat_ms, args.timeout_ms, args.arbiter
+        "ft-node {side} (node {me}) protecting vm {} generation {}; heartbeat {} ms, timeout {} ms; arbiter {}; disk {}",
+        args.vm,
+        args.generation,
+        args.heartbeat_ms,
+        args.timeout_ms,
+        args.arbiter,
+        args.disk
+            .as_ref()
+            .map_or_else(|| "private, in memory".to_string(), |p| format!("shared file {}", p.display()))
     ));
 
     // The service address belongs to the primary until a backup announces itself.
@@ -401,7 +493,7 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
             clock_base: unix_at_epoch,
             ..SimWorldConfig::default()
         },
-        Disk::new(64 * 1024),
+        disk,
         OutputSink::new(),
         args.role == RoleArg::Primary,
     )
@@ -419,18 +511,22 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
         RoleArg::Primary => "running: recording and shipping the log",
         RoleArg::Backup => "running: replaying the log",
     });
-    let (exit, stats, errors) = match args.role {
+    let (exit, stats, errors, (token, fenced)) = match args.role {
         RoleArg::Primary => {
             let node = Node::primary(cfg, source, world, nanos_since(epoch));
             let chan = PrimaryProgress::new(PrimaryEnd::new(link), log.clone(), every);
             let r = run_primary(node, chan, arbiter, epoch, rcfg, Control::new(), on_notice);
-            (r.exit, r.node.stats().clone(), r.errors)
+            let w = r.node.world().inner();
+            let fence = (w.token(), w.fenced_writes());
+            (r.exit, r.node.stats().clone(), r.errors, fence)
         }
         RoleArg::Backup => {
             let node = Node::backup(cfg, source, world, nanos_since(epoch));
             let chan = BackupProgress::new(BackupEnd::new(link), log.clone(), every);
             let r = run_backup(node, chan, arbiter, epoch, rcfg, Control::new(), on_notice);
-            (r.exit, r.node.stats().clone(), r.errors)
+            let w = r.node.world().inner();
+            let fence = (w.token(), w.fenced_writes());
+            (r.exit, r.node.stats().clone(), r.errors, fence)
         }
     };
     for e in &errors {
@@ -444,6 +540,9 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
         stats.released,
         stats.digests_checked,
         bridge.retries_dropped()
+    ));
+    log.line(format_args!(
+        "disk: fencing token {token}, {fenced} writes fenced off (a newer token had written)"
     ));
     let t = opened.handle.stats();
     log.line(format_args!(

@@ -206,6 +206,54 @@ fn kill_primary_backup_goes_live_exactly_once() {
     kill_primary("kill_primary", None);
 }
 
+/// Both processes open one `--disk` file: the counter the service keeps on disk
+/// sector 0 is in the file after a failover, written there by the backup that took
+/// over, with the fencing token it won (the file arbiter's token is the generation);
+/// nothing was fenced off, since the dead primary wrote nothing after it.
+#[test]
+fn kill_primary_with_a_shared_disk_file() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("pair.disk");
+    let mut opts = options(dir.path(), false);
+    opts.extra
+        .extend(["--disk".to_string(), disk.display().to_string()]);
+    let Loaded {
+        mut primary,
+        mut backup,
+        client: h,
+        status,
+        ..
+    } = under_load("kill_primary_shared_disk", &opts);
+    primary.wait_for("disk shared file", LIMIT).unwrap();
+    let file = ft_sim::Disk::open_file(&disk, ft_node::node::DISK_BYTES).unwrap();
+    let counter = |f: &ft_sim::Disk| u64::from_le_bytes(f.read(0, 8).unwrap().try_into().unwrap());
+    let before = counter(&file);
+    assert!(before > 0, "the primary wrote its counter to the file");
+    assert_eq!(
+        file.token().unwrap(),
+        0,
+        "the primary never won the arbiter"
+    );
+    primary.kill9().unwrap();
+    println!("killed the primary after {} answers", status.answered());
+    backup.wait_for("LIVE at", LIMIT).unwrap();
+    finish_client(h);
+    expect_code(&mut backup, EXIT_DONE, "backup did not end cleanly");
+    assert!(
+        backup.printed("disk: fencing token 1, 0 writes fenced off"),
+        "{}",
+        backup.tail(10)
+    );
+    // Every 4th request writes the counter; the last write is the backup's.
+    let after = counter(&file);
+    assert!(
+        after > before && after + 4 > REQUESTS && after <= REQUESTS + 1,
+        "counter on disk: {before} at the kill, {after} at the end of {REQUESTS} requests"
+    );
+    assert_eq!(file.token().unwrap(), 1, "the backup wrote with its token");
+}
+
 /// The same with the etcd arbiter (skipped without etcd unless `FT_REQUIRE_ETCD=1`).
 #[test]
 fn kill_primary_with_etcd_arbiter() {

@@ -102,3 +102,47 @@ fn an_unusable_arbiter_is_refused_at_startup() {
         assert_eq!(err.lines().count(), 1, "{spec}: {err}");
     }
 }
+
+/// A `--disk` that is not an ft disk file (or not of the guest's size, or in a missing
+/// directory) is refused at startup with the reason, and the file is left as it was.
+#[test]
+fn a_bad_disk_file_is_refused_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.img");
+    std::fs::write(&junk, b"an ordinary file, not an ft disk image").unwrap();
+    let small = dir.path().join("small.disk");
+    ft_sim::Disk::open_file(&small, 4096).unwrap();
+    let missing = dir.path().join("no/such/dir/pair.disk");
+    for (path, why) in [
+        (&junk, "bad magic"),
+        (&small, "holds 4096 bytes, not 65536"),
+        (&missing, "No such file"),
+    ] {
+        let (code, err) = ft_node(&["--disk", &path.display().to_string()]);
+        assert_eq!(code, Some(ft_node::node::EXIT_SETUP), "{path:?}: {err}");
+        assert!(err.contains("--disk: disk file"), "{path:?}: {err}");
+        assert!(err.contains(why), "{path:?}: {err}");
+    }
+    assert_eq!(
+        std::fs::read(&junk).unwrap(),
+        b"an ordinary file, not an ft disk image"
+    );
+}
+
+/// A disk file left by an earlier run (it carries a winner's fencing token) is refused
+/// with a fresh arbiter, which holds no claim that could outrank that token.
+#[test]
+fn a_disk_from_an_earlier_run_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pair.disk");
+    let disk = ft_sim::Disk::open_file(&path, ft_node::node::DISK_BYTES).unwrap();
+    disk.write_fenced(3, 0, &[1; 8]).unwrap();
+    let (code, err) = ft_node(&["--disk", &path.display().to_string()]);
+    assert_eq!(code, Some(ft_node::node::EXIT_SETUP), "{err}");
+    assert!(
+        err.contains("last written with fencing token 3")
+            && err.contains("the disk is from an earlier run"),
+        "{err}"
+    );
+    assert_eq!(disk.read(0, 8).unwrap(), [1; 8], "the file is untouched");
+}
