@@ -4,7 +4,8 @@
 //! backup; the backup connects to `--peer`. Both hold the pre-shared key from
 //! `--key-file`; a peer without it, or of another pair or generation, is refused. A
 //! lost connection is replaced and resumed without losing or duplicating records (the
-//! link's own lines, prefixed `ft-tcp`, report refusals and reconnects).
+//! link's own lines, `tracing` events of target `ft_transport::tcp` that the binary
+//! prints on stderr, report refusals and reconnects).
 
 use std::time::Duration;
 

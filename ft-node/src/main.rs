@@ -4,6 +4,13 @@ use clap::Parser;
 
 fn main() {
     let args = ft_node::node::NodeArgs::parse();
+    // The libraries report through `tracing` (the TCP link's refusals and
+    // reconnects); print their events on stderr, beside the node's own lines.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_level(false)
+        .init();
     let code = match ft_node::node::run(&args) {
         Ok(code) => code,
         Err(e) => {

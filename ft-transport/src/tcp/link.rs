@@ -351,7 +351,7 @@ impl Shared {
                 Role::Primary => "primary",
                 Role::Backup => "backup",
             };
-            eprintln!("ft-tcp [{side}]: {msg}");
+            tracing::info!(target: "ft_transport::tcp", "{side}: {msg}");
         }
     }
 

@@ -442,7 +442,9 @@ pub struct TcpConfig {
     pub max_frame: usize,
     /// The writer's buffer, in bytes (default 64 KiB).
     pub write_buffer: usize,
-    /// Log refusals, failures and reconnects on stderr (default true).
+    /// Report refusals, failures and reconnects as `tracing` events (target
+    /// `ft_transport::tcp`, level INFO; default true). The library never prints:
+    /// the embedder's subscriber decides where they go.
     pub log: bool,
 }
 
