@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, ValueEnum};
-use ft_core::{Arbiter, Config, EventSource, HaltReason, Nanos, Node, NodeId, Notice, PairId};
+use ft_core::driver::NoLink;
+use ft_core::{
+    Arbiter, CloneConfig, Config, EventSource, HaltReason, Nanos, Node, NodeId, Notice, PairId,
+};
 use ft_sim::{
     Disk, DiskMode, Machine, MachineConfig, Network, OutputSink, SimWorld, SimWorldConfig,
 };
@@ -101,6 +104,11 @@ pub enum RoleArg {
     Primary,
     /// Replays the log; goes live and serves clients when the primary dies.
     Backup,
+    /// A fresh node that becomes the backup of a live member running alone (after
+    /// its pair lost a member) by live clone: it connects to `--peer`, receives the
+    /// running guest's memory and state, then replays like any backup. Needs
+    /// `--disk` (the pair's shared disk) and an explicit `--node-id`.
+    Join,
 }
 
 /// Run one side of a protected pair: the sim service guest (or an image), replicated
@@ -111,10 +119,13 @@ pub struct NodeArgs {
     /// Which side this process is.
     #[arg(long, value_enum)]
     pub role: RoleArg,
-    /// Primary: where the log channel listens for the backup.
+    /// Primary: where the log channel listens for the backup. Any role, with
+    /// `--disk`: where this node, once it runs alone as the live member, offers a
+    /// live clone to a joining node (`--role join`).
     #[arg(long)]
     pub listen: Option<String>,
-    /// Backup: the primary's log channel address.
+    /// Backup and joiner: the log channel address of the primary (of the live
+    /// member, for a joiner).
     #[arg(long)]
     pub peer: Option<String>,
     /// Where clients connect (TCP) to reach the guest service.
@@ -179,14 +190,27 @@ impl NodeArgs {
         match self.role {
             RoleArg::Primary => "primary",
             RoleArg::Backup => "backup",
+            RoleArg::Join => "joiner",
         }
     }
 
-    fn node_id(&self) -> u64 {
-        self.node_id.unwrap_or(match self.role {
-            RoleArg::Primary => 1,
-            RoleArg::Backup => 2,
-        })
+    fn node_id(&self) -> Result<u64> {
+        match (self.role, self.node_id) {
+            (_, Some(id)) => Ok(id),
+            (RoleArg::Primary, None) => Ok(1),
+            (RoleArg::Backup, None) => Ok(2),
+            // A joiner's id must differ from every member's, in every generation the
+            // VM goes through: no default can know that.
+            (RoleArg::Join, None) => Err(NodeError::Usage(
+                "a joining node needs --node-id, distinct from every other node of the vm".into(),
+            )),
+        }
+    }
+
+    /// Whether this node, once it is the live member alone, offers a live clone to a
+    /// new backup on `--listen`: it needs that address and the shared disk.
+    fn offers_clone(&self) -> bool {
+        self.listen.is_some() && self.disk.is_some()
     }
 }
 
@@ -388,15 +412,223 @@ fn watch_link(handle: TcpHandle, log: Log) {
     let _ = spawned;
 }
 
+/// The generation a joiner joins: the one after the newest claimed, whose holder is
+/// the live member running alone (a claim means a side of that generation went live
+/// or on alone; the live member clones its new backup into the next generation).
+fn join_generation(arbiter: &dyn Arbiter, args: &NodeArgs) -> Result<PairId> {
+    let unusable = |source| NodeError::ArbiterCheck {
+        spec: args.arbiter.clone(),
+        source,
+    };
+    let newest = arbiter.newest_claimed(args.vm).map_err(unusable)?;
+    let Some(generation) = newest else {
+        return Err(NodeError::Usage(format!(
+            "nothing to join: no generation of vm {} was ever claimed, so no member runs alone (the pair is whole, or has not started)",
+            args.vm
+        )));
+    };
+    Ok(PairId {
+        vm: args.vm,
+        generation: generation.saturating_add(1),
+    })
+}
+
+/// A notice handler: print the notice, and stop the run through `control` when
+/// `enabled` and `when` holds for it.
+fn stop_on(
+    log: &Log,
+    control: &Control,
+    enabled: bool,
+    when: impl Fn(&Notice) -> bool,
+) -> impl FnMut(Nanos, &Notice) {
+    let (log, control) = (log.clone(), control.clone());
+    move |t: Nanos, n: &Notice| {
+        report(&log, t, n);
+        if enabled && when(n) {
+            control.stop();
+        }
+    }
+}
+
+/// The machine and world of an ft-node.
+type NodeT = Node<TappedMachine, BridgeWorld<SimWorld>>;
+
+/// What a run leaves for the final report.
+type Outcome = (
+    Exit,
+    ft_core::Stats,
+    Vec<ft_transport::RuntimeError>,
+    (u64, u64),
+);
+
+/// What the later runs of a node need.
+struct Env<'a> {
+    args: &'a NodeArgs,
+    log: &'a Log,
+    arbiter: &'a Arc<dyn Arbiter>,
+    epoch: Instant,
+    rcfg: RuntimeConfig,
+    me: NodeId,
+    image: u64,
+}
+
+impl Env<'_> {
+    /// After the first run: a node stopped because it became the live member alone
+    /// (and offers clones) goes on serving and cloning; any other ends here.
+    fn go_on(&self, node: NodeT, exit: Exit, errors: Vec<ft_transport::RuntimeError>) -> Outcome {
+        if exit == Exit::Stopped && node.is_live() {
+            return self.serve_and_clone(node, errors);
+        }
+        outcome(&node, exit, errors)
+    }
+
+    /// Run the live member alone, offering a live clone on `--listen`; when a joiner
+    /// connects, clone into the next generation and run the new pair; when that pair
+    /// loses its backup (or the clone fails), go back to running alone. Returns when
+    /// the guest ends or the node halts.
+    fn serve_and_clone(
+        &self,
+        mut node: NodeT,
+        mut errors: Vec<ft_transport::RuntimeError>,
+    ) -> Outcome {
+        let Some(listen) = self.args.listen.clone() else {
+            return outcome(&node, Exit::Stopped, errors);
+        };
+        loop {
+            let next = PairId {
+                vm: node.config().pair.vm,
+                generation: node.config().pair.generation.saturating_add(1),
+            };
+            let control = Control::new();
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let opts = LinkOptions {
+                pair: next,
+                node: self.me,
+                image: self.image,
+                key_file: self.args.key_file.clone(),
+                connect_timeout: Duration::from_millis(self.args.connect_timeout_ms),
+            };
+            offer_clone(listen.clone(), opts, control.clone(), tx, self.log.clone());
+            let on_notice = stop_on(self.log, &control, false, |_| false);
+            let r = ft_transport::run(
+                node,
+                NoLink,
+                self.arbiter.clone(),
+                self.epoch,
+                self.rcfg.clone(),
+                control,
+                on_notice,
+            );
+            errors.extend(r.errors);
+            node = r.node;
+            if r.exit != Exit::Stopped {
+                return outcome(&node, r.exit, errors);
+            }
+            let Ok(link) = rx.try_recv() else {
+                return outcome(&node, Exit::Stopped, errors);
+            };
+            let now = nanos_since(self.epoch);
+            if let Err(e) = node.start_clone(next, CloneConfig::default(), now) {
+                self.log
+                    .line(format_args!("live clone not started: {e}; running alone"));
+                continue;
+            }
+            let control = Control::new();
+            let on_notice = stop_on(self.log, &control, true, |n| {
+                matches!(n, Notice::WentAlone { .. } | Notice::CloneAborted { .. })
+            });
+            let r = ft_transport::run(
+                node,
+                PrimaryEnd::new(link),
+                self.arbiter.clone(),
+                self.epoch,
+                self.rcfg.clone(),
+                control,
+                on_notice,
+            );
+            errors.extend(r.errors);
+            node = r.node;
+            if r.exit != Exit::Stopped || !node.is_live() {
+                return outcome(&node, r.exit, errors);
+            }
+            // Alone again: the link to the lost backup goes (dropping it ends its
+            // threads and frees the address), and the next joiner is offered a clone.
+        }
+    }
+}
+
+fn outcome(node: &NodeT, exit: Exit, errors: Vec<ft_transport::RuntimeError>) -> Outcome {
+    let w = node.world().inner();
+    (
+        exit,
+        node.stats().clone(),
+        errors,
+        (w.token(), w.fenced_writes()),
+    )
+}
+
+/// On a thread: listen on `addr` for the next generation's backup (retrying while the
+/// address is still held by the link just closed), accept one that authenticates,
+/// hand its link over and stop the run that is going on alone.
+fn offer_clone(
+    addr: String,
+    opts: LinkOptions,
+    control: Control,
+    tx: crossbeam_channel::Sender<link::Link>,
+    log: Log,
+) {
+    let thread_log = log.clone();
+    let spawned = std::thread::Builder::new()
+        .name("ft-node-clone-offer".into())
+        .spawn(move || {
+            let log = thread_log;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                match link::open_primary(&addr, &opts, &log) {
+                    Ok(opened) => {
+                        log.line(format_args!(
+                            "live clone: a new backup joined for generation {}; cloning",
+                            opts.pair.generation
+                        ));
+                        if tx.send(opened.link).is_ok() {
+                            control.stop();
+                        }
+                        return;
+                    }
+                    Err(e) if Instant::now() < deadline && e.to_string().contains("binding") => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(e) => {
+                        log.line(format_args!(
+                            "live clone: cannot offer a clone on {addr}: {e}; running alone"
+                        ));
+                        return;
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log.line(format_args!(
+            "live clone: cannot start the thread that offers it: {e}; running alone"
+        ));
+    }
+}
+
 /// Run a node until it is done; the process exit code.
 pub fn run(args: &NodeArgs) -> Result<i32> {
     let side = args.side();
     let log = Log::new(side);
-    let me = args.node_id();
-    let pair = PairId {
+    let me = args.node_id()?;
+    let mut pair = PairId {
         vm: args.vm,
         generation: args.generation,
     };
+    if args.role == RoleArg::Join && args.disk.is_none() {
+        return Err(NodeError::Usage(
+            "a joining node needs the pair's shared --disk: a private in-memory disk is not cloned"
+                .into(),
+        ));
+    }
     // Refuse bad parameters before anything starts or prints.
     let cfg = Config {
         pair,
@@ -425,13 +657,18 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
         spec: args.arbiter.clone(),
         source,
     })?;
-    check_membership(&*arbiter, pair, &args.arbiter)?;
+    if args.role == RoleArg::Join {
+        pair = join_generation(&*arbiter, args)?;
+    } else {
+        check_membership(&*arbiter, pair, &args.arbiter)?;
+    }
+    let cfg = Config { pair, ..cfg };
     let disk = open_disk(args)?;
     check_disk(&disk, &*arbiter, args)?;
     log.line(format_args!(
         "ft-node {side} (node {me}) protecting vm {} generation {}; heartbeat {} ms, timeout {} ms; arbiter {}; disk {}",
         args.vm,
-        args.generation,
+        pair.generation,
         args.heartbeat_ms,
         args.timeout_ms,
         args.arbiter,
@@ -468,11 +705,11 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
                 .ok_or_else(|| NodeError::Usage("a primary needs --listen ADDR".into()))?;
             link::open_primary(addr, &link_opts, &log)?
         }
-        RoleArg::Backup => {
+        RoleArg::Backup | RoleArg::Join => {
             let addr = args
                 .peer
                 .as_deref()
-                .ok_or_else(|| NodeError::Usage("a backup needs --peer ADDR".into()))?;
+                .ok_or_else(|| NodeError::Usage(format!("a {side} needs --peer ADDR")))?;
             link::open_backup(addr, &link_opts, &log)?
         }
     };
@@ -505,28 +742,58 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
         ..RuntimeConfig::default()
     };
     let every = Duration::from_millis(args.progress_ms);
-    let notice_log = log.clone();
-    let on_notice = move |t: Nanos, n: &Notice| report(&notice_log, t, n);
+    let offer = args.offers_clone();
     log.line(match args.role {
         RoleArg::Primary => "running: recording and shipping the log",
         RoleArg::Backup => "running: replaying the log",
+        RoleArg::Join => "running: receiving a live clone, then replaying the log",
     });
+    // A node that offers clones stops its run when it becomes the live member alone,
+    // and goes on in `serve_and_clone`.
+    let control = Control::new();
+    let on_notice = stop_on(&log, &control, offer, |n| {
+        matches!(n, Notice::WentAlone { .. } | Notice::WentLive { .. })
+    });
+    let env = Env {
+        args,
+        log: &log,
+        arbiter: &arbiter,
+        epoch,
+        rcfg: rcfg.clone(),
+        me: NodeId(me),
+        image,
+    };
     let (exit, stats, errors, (token, fenced)) = match args.role {
         RoleArg::Primary => {
             let node = Node::primary(cfg, source, world, nanos_since(epoch));
             let chan = PrimaryProgress::new(PrimaryEnd::new(link), log.clone(), every);
-            let r = run_primary(node, chan, arbiter, epoch, rcfg, Control::new(), on_notice);
-            let w = r.node.world().inner();
-            let fence = (w.token(), w.fenced_writes());
-            (r.exit, r.node.stats().clone(), r.errors, fence)
+            let r = run_primary(node, chan, arbiter.clone(), epoch, rcfg, control, on_notice);
+            // The first link goes before anything else listens on its address.
+            drop(r.channel);
+            env.go_on(r.node, r.exit, r.errors)
         }
         RoleArg::Backup => {
             let node = Node::backup(cfg, source, world, nanos_since(epoch));
             let chan = BackupProgress::new(BackupEnd::new(link), log.clone(), every);
-            let r = run_backup(node, chan, arbiter, epoch, rcfg, Control::new(), on_notice);
-            let w = r.node.world().inner();
-            let fence = (w.token(), w.fenced_writes());
-            (r.exit, r.node.stats().clone(), r.errors, fence)
+            let r = run_backup(node, chan, arbiter.clone(), epoch, rcfg, control, on_notice);
+            // The first link goes before anything else listens on its address.
+            drop(r.channel);
+            env.go_on(r.node, r.exit, r.errors)
+        }
+        RoleArg::Join => {
+            let node = Node::clone_target(cfg, source, world, nanos_since(epoch));
+            let r = ft_transport::run(
+                node,
+                BackupEnd::new(link),
+                arbiter.clone(),
+                epoch,
+                rcfg,
+                control,
+                on_notice,
+            );
+            // The first link goes before anything else listens on its address.
+            drop(r.channel);
+            env.go_on(r.node, r.exit, r.errors)
         }
     };
     for e in &errors {

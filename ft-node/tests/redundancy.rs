@@ -1,0 +1,245 @@
+//! Redundancy restored after every failure, across processes: a pair of `ft-node`s on
+//! a shared disk file and a file arbiter; `kill -9` the live member's partner, then
+//! the live member, again and again, each time a fresh `ft-node --role join` is
+//! live-cloned from the survivor and becomes its backup. One client session spans
+//! every failover and verifies exactly-once answers with a continuous counter.
+//! Also: a joiner refused when there is nothing to join, without `--node-id`, or
+//! without the shared disk.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ft_node::client::{self, ClientConfig, ClientStatus};
+use ft_node::node::{EXIT_DONE, EXIT_SETUP};
+use ft_node::progress::Log;
+use ft_node::testkit::{write_key, NodeProc};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+const LIMIT: Duration = Duration::from_secs(30);
+/// Failures in a row; each is followed by a clone to a fresh joiner.
+const KILLS: usize = 5;
+
+fn bin() -> std::path::PathBuf {
+    env!("CARGO_BIN_EXE_ft-node").into()
+}
+
+/// A port that was free a moment ago (the nodes bind it themselves).
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    key: String,
+    arbiter: String,
+    disk: String,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let key = write_key(dir.path()).unwrap().display().to_string();
+        let arb = dir.path().join("arbiter");
+        std::fs::create_dir_all(&arb).unwrap();
+        Setup {
+            key,
+            arbiter: format!("file:{}", arb.display()),
+            disk: dir.path().join("pair.disk").display().to_string(),
+            _dir: dir,
+        }
+    }
+
+    /// Flags every node shares, then `role`'s.
+    fn args(&self, role: &str, client: SocketAddr, extra: &[String]) -> Vec<String> {
+        let mut v: Vec<String> = [
+            "--role",
+            role,
+            "--client-listen",
+            &client.to_string(),
+            "--arbiter",
+            &self.arbiter,
+            "--key-file",
+            &self.key,
+            "--disk",
+            &self.disk,
+            "--heartbeat-ms",
+            "10",
+            "--timeout-ms",
+            "150",
+            "--progress-ms",
+            "0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().cloned());
+        v
+    }
+}
+
+fn s(v: &str) -> String {
+    v.to_string()
+}
+
+#[test]
+fn every_failure_is_followed_by_a_live_clone_to_a_new_backup() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let st = Setup::new();
+    // Node k listens for joiners on logs[k] and serves clients on clients[k].
+    let n = KILLS + 2;
+    let logs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
+    let clients: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
+    let mut nodes: Vec<NodeProc> = Vec::new();
+    let primary = st.args("primary", clients[0], &[s("--listen"), logs[0].to_string()]);
+    nodes.push(NodeProc::spawn(&bin(), "n1", &primary, true).unwrap());
+    nodes[0].wait_for("waiting for the backup", LIMIT).unwrap();
+    let backup = st.args(
+        "backup",
+        clients[1],
+        &[
+            s("--peer"),
+            logs[0].to_string(),
+            s("--listen"),
+            logs[1].to_string(),
+        ],
+    );
+    nodes.push(NodeProc::spawn(&bin(), "n2", &backup, true).unwrap());
+    nodes[1].wait_for("log channel up", LIMIT).unwrap();
+
+    let status = Arc::new(ClientStatus::default());
+    let requests = 400 * (KILLS as u64 + 1);
+    let cfg = ClientConfig {
+        addrs: clients.clone(),
+        requests,
+        window: 8,
+        gap: Duration::from_millis(1),
+        quit: true,
+        limit: Duration::from_secs(120),
+    };
+    let st2 = status.clone();
+    let client =
+        std::thread::spawn(move || client::run(&cfg, &st2, Some(&Log::new("client"))).unwrap());
+    let wait_answers = |k: u64| {
+        let deadline = Instant::now() + LIMIT;
+        while status.answered() < k {
+            assert!(
+                Instant::now() < deadline,
+                "client stuck at {}",
+                status.answered()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+
+    // The pair is (a: the live member or primary, b: its backup).
+    let (mut a, mut b) = (0, 1);
+    for kill in 0..KILLS {
+        wait_answers(300 * (kill as u64 + 1));
+        // Alternate: kill the live member (its backup takes over), or the backup (the
+        // live member goes on alone). Either way one node is left, alone.
+        let (victim, survivor) = if kill % 2 == 0 { (a, b) } else { (b, a) };
+        let wins = count(&nodes[survivor], "arbiter: WON");
+        let protected = count(&nodes[survivor], "protected again");
+        nodes[victim].kill9().unwrap();
+        println!(
+            "kill {}: n{} killed after {} answers, n{} survives",
+            kill + 1,
+            victim + 1,
+            status.answered(),
+            survivor + 1
+        );
+        wait_count(&nodes[survivor], "arbiter: WON", wins + 1);
+        let joiner = nodes.len();
+        let args = st.args(
+            "join",
+            clients[joiner],
+            &[
+                s("--node-id"),
+                (joiner + 1).to_string(),
+                s("--peer"),
+                logs[survivor].to_string(),
+                s("--listen"),
+                logs[joiner].to_string(),
+            ],
+        );
+        nodes.push(NodeProc::spawn(&bin(), &format!("n{}", joiner + 1), &args, true).unwrap());
+        wait_count(&nodes[joiner], "clone received and checked", 1);
+        wait_count(&nodes[survivor], "protected again", protected + 1);
+        (a, b) = (survivor, joiner);
+    }
+    // The last pair ends with the guest: both members exit cleanly.
+    let report = client.join().unwrap();
+    match report.verify(requests, true) {
+        Ok(v) => println!("client verified: {v}"),
+        Err(e) => panic!("client verification failed: {e}"),
+    }
+    assert!(
+        report.connections.len() >= 2,
+        "the client followed the live member: {:?}",
+        report.connections
+    );
+    // Every survivor won a newer generation, and wrote the shared disk with its
+    // token: the file arbiter's token is the generation, one per failure.
+    let disk = ft_sim::Disk::open_file(st.disk.as_ref(), ft_node::node::DISK_BYTES).unwrap();
+    assert_eq!(disk.token().unwrap(), KILLS as u64);
+    for i in [a, b] {
+        let code = nodes[i].wait_exit(LIMIT).and_then(|s| s.code());
+        assert_eq!(code, Some(EXIT_DONE), "n{}: {}", i + 1, nodes[i].tail(20));
+    }
+    drop(st);
+}
+
+fn count(p: &NodeProc, needle: &str) -> usize {
+    p.lines().iter().filter(|l| l.contains(needle)).count()
+}
+
+/// Wait until `p` printed `needle` `n` times; fail with its last lines.
+fn wait_count(p: &NodeProc, needle: &str, n: usize) {
+    let deadline = Instant::now() + LIMIT;
+    while count(p, needle) < n {
+        assert!(
+            Instant::now() < deadline,
+            "never printed {needle:?} {n} times:\n{}",
+            p.tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A joiner with nothing to join (no member ever ran alone), without an id, or
+/// without the shared disk is refused at once, with the reason.
+#[test]
+fn a_joiner_is_refused_when_it_cannot_join() {
+    let st = Setup::new();
+    let peer = s("--peer");
+    let addr = free_addr().to_string();
+    for (extra, why) in [
+        (
+            vec![s("--node-id"), s("3"), peer.clone(), addr.clone()],
+            "nothing to join",
+        ),
+        (vec![peer.clone(), addr.clone()], "needs --node-id"),
+    ] {
+        let args = st.args("join", free_addr(), &extra);
+        let mut p = NodeProc::spawn(&bin(), "joiner", &args, true).unwrap();
+        let code = p.wait_exit(LIMIT).and_then(|s| s.code());
+        assert_eq!(code, Some(EXIT_SETUP), "{why}: {}", p.tail(5));
+        assert!(p.tail(5).contains(why), "{why}: {}", p.tail(5));
+    }
+    let mut args = st.args("join", free_addr(), &[s("--node-id"), s("3"), peer, addr]);
+    let at = args.iter().position(|a| a == "--disk").unwrap();
+    args.drain(at..at + 2);
+    let mut p = NodeProc::spawn(&bin(), "joiner", &args, true).unwrap();
+    let code = p.wait_exit(LIMIT).and_then(|s| s.code());
+    assert_eq!(code, Some(EXIT_SETUP), "{}", p.tail(5));
+    assert!(
+        p.tail(5).contains("needs the pair's shared --disk"),
+        "{}",
+        p.tail(5)
+    );
+}
