@@ -20,7 +20,7 @@ use ft_transport::{
 use crate::bridge::{Bridge, BridgeWorld, TappedMachine};
 use crate::link::{self, LinkOptions};
 use crate::progress::{BackupProgress, Log, PrimaryProgress};
-use ft_transport::tcp::TcpHandle;
+use ft_transport::tcp::{TcpError, TcpHandle};
 
 /// Exit code: the guest ended (code 0 from the guest) and this side is done.
 pub const EXIT_DONE: i32 = 0;
@@ -595,7 +595,11 @@ fn offer_clone(
                         }
                         return;
                     }
-                    Err(e) if Instant::now() < deadline && e.to_string().contains("binding") => {
+                    // The link just dropped may still hold the address a moment.
+                    Err(link::LinkError::Tcp(TcpError::Io {
+                        kind: std::io::ErrorKind::AddrInUse,
+                        ..
+                    })) if Instant::now() < deadline => {
                         std::thread::sleep(Duration::from_millis(20));
                     }
                     Err(e) => {

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ft_node::client::{self, ClientConfig, ClientStatus};
-use ft_node::node::{EXIT_DONE, EXIT_SETUP};
+use ft_node::node::{EXIT_DONE, EXIT_LOST, EXIT_SETUP};
 use ft_node::progress::Log;
 use ft_node::testkit::{write_key, NodeProc};
 
@@ -86,98 +86,142 @@ fn s(v: &str) -> String {
     v.to_string()
 }
 
-#[test]
-fn every_failure_is_followed_by_a_live_clone_to_a_new_backup() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let st = Setup::new();
-    // Node k listens for joiners on logs[k] and serves clients on clients[k].
-    let n = KILLS + 2;
-    let logs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
-    let clients: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
-    let mut nodes: Vec<NodeProc> = Vec::new();
-    let primary = st.args("primary", clients[0], &[s("--listen"), logs[0].to_string()]);
-    nodes.push(NodeProc::spawn(&bin(), "n1", &primary, true).unwrap());
-    nodes[0].wait_for("waiting for the backup", LIMIT).unwrap();
-    let backup = st.args(
-        "backup",
-        clients[1],
-        &[
-            s("--peer"),
-            logs[0].to_string(),
-            s("--listen"),
-            logs[1].to_string(),
-        ],
-    );
-    nodes.push(NodeProc::spawn(&bin(), "n2", &backup, true).unwrap());
-    nodes[1].wait_for("log channel up", LIMIT).unwrap();
+/// A pair, room for `n` nodes in all, and a client driving `requests` through them.
+struct Cluster {
+    st: Setup,
+    /// Node k listens for joiners on `logs[k]` and serves clients on `clients[k]`.
+    logs: Vec<SocketAddr>,
+    clients: Vec<SocketAddr>,
+    nodes: Vec<NodeProc>,
+    status: Arc<ClientStatus>,
+    client: Option<std::thread::JoinHandle<client::ClientReport>>,
+    requests: u64,
+}
 
-    let status = Arc::new(ClientStatus::default());
-    let requests = 400 * (KILLS as u64 + 1);
-    let cfg = ClientConfig {
-        addrs: clients.clone(),
-        requests,
-        window: 8,
-        gap: Duration::from_millis(1),
-        quit: true,
-        limit: Duration::from_secs(120),
-    };
-    let st2 = status.clone();
-    let client =
-        std::thread::spawn(move || client::run(&cfg, &st2, Some(&Log::new("client"))).unwrap());
-    let wait_answers = |k: u64| {
+impl Cluster {
+    fn start(n: usize, requests: u64) -> Cluster {
+        let st = Setup::new();
+        let logs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
+        let clients: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
+        let mut nodes: Vec<NodeProc> = Vec::new();
+        let primary = st.args("primary", clients[0], &[s("--listen"), logs[0].to_string()]);
+        nodes.push(NodeProc::spawn(&bin(), "n1", &primary, true).unwrap());
+        nodes[0].wait_for("waiting for the backup", LIMIT).unwrap();
+        let backup = st.args(
+            "backup",
+            clients[1],
+            &[
+                s("--peer"),
+                logs[0].to_string(),
+                s("--listen"),
+                logs[1].to_string(),
+            ],
+        );
+        nodes.push(NodeProc::spawn(&bin(), "n2", &backup, true).unwrap());
+        nodes[1].wait_for("log channel up", LIMIT).unwrap();
+        let status = Arc::new(ClientStatus::default());
+        let cfg = ClientConfig {
+            addrs: clients.clone(),
+            requests,
+            window: 8,
+            gap: Duration::from_millis(1),
+            quit: true,
+            limit: Duration::from_secs(120),
+        };
+        let st2 = status.clone();
+        let client =
+            std::thread::spawn(move || client::run(&cfg, &st2, Some(&Log::new("client"))).unwrap());
+        Cluster {
+            st,
+            logs,
+            clients,
+            nodes,
+            status,
+            client: Some(client),
+            requests,
+        }
+    }
+
+    fn wait_answers(&self, k: u64) {
         let deadline = Instant::now() + LIMIT;
-        while status.answered() < k {
+        while self.status.answered() < k {
             assert!(
                 Instant::now() < deadline,
                 "client stuck at {}",
-                status.answered()
+                self.status.answered()
             );
             std::thread::sleep(Duration::from_millis(1));
         }
-    };
+    }
 
-    // The pair is (a: the live member or primary, b: its backup).
-    let (mut a, mut b) = (0, 1);
-    for kill in 0..KILLS {
-        wait_answers(300 * (kill as u64 + 1));
-        // Alternate: kill the live member (its backup takes over), or the backup (the
-        // live member goes on alone). Either way one node is left, alone.
-        let (victim, survivor) = if kill % 2 == 0 { (a, b) } else { (b, a) };
-        let wins = count(&nodes[survivor], "arbiter: WON");
-        let protected = count(&nodes[survivor], "protected again");
-        nodes[victim].kill9().unwrap();
-        println!(
-            "kill {}: n{} killed after {} answers, n{} survives",
-            kill + 1,
-            victim + 1,
-            status.answered(),
-            survivor + 1
-        );
-        wait_count(&nodes[survivor], "arbiter: WON", wins + 1);
-        let joiner = nodes.len();
-        let args = st.args(
+    /// Start a fresh node that joins `survivor` by live clone; wait until both said
+    /// the clone is whole. Returns its index.
+    fn join(&mut self, survivor: usize) -> usize {
+        let protected = count(&self.nodes[survivor], "protected again");
+        let joiner = self.nodes.len();
+        let args = self.st.args(
             "join",
-            clients[joiner],
+            self.clients[joiner],
             &[
                 s("--node-id"),
                 (joiner + 1).to_string(),
                 s("--peer"),
-                logs[survivor].to_string(),
+                self.logs[survivor].to_string(),
                 s("--listen"),
-                logs[joiner].to_string(),
+                self.logs[joiner].to_string(),
             ],
         );
-        nodes.push(NodeProc::spawn(&bin(), &format!("n{}", joiner + 1), &args, true).unwrap());
-        wait_count(&nodes[joiner], "clone received and checked", 1);
-        wait_count(&nodes[survivor], "protected again", protected + 1);
+        let name = format!("n{}", joiner + 1);
+        self.nodes
+            .push(NodeProc::spawn(&bin(), &name, &args, true).unwrap());
+        wait_count(&self.nodes[joiner], "clone received and checked", 1);
+        wait_count(&self.nodes[survivor], "protected again", protected + 1);
+        joiner
+    }
+
+    /// The client's session, verified exactly-once.
+    fn verify(&mut self) -> client::ClientReport {
+        let report = self.client.take().unwrap().join().unwrap();
+        match report.verify(self.requests, true) {
+            Ok(v) => println!("client verified: {v}"),
+            Err(e) => panic!("client verification failed: {e}"),
+        }
+        report
+    }
+
+    fn disk_token(&self) -> u64 {
+        ft_sim::Disk::open_file(self.st.disk.as_ref(), ft_node::node::DISK_BYTES)
+            .unwrap()
+            .token()
+            .unwrap()
+    }
+}
+
+#[test]
+fn every_failure_is_followed_by_a_live_clone_to_a_new_backup() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = Cluster::start(KILLS + 2, 400 * (KILLS as u64 + 1));
+    // The pair is (a: the live member or primary, b: its backup).
+    let (mut a, mut b) = (0, 1);
+    for kill in 0..KILLS {
+        c.wait_answers(300 * (kill as u64 + 1));
+        // Alternate: kill the live member (its backup takes over), or the backup (the
+        // live member goes on alone). Either way one node is left, alone.
+        let (victim, survivor) = if kill % 2 == 0 { (a, b) } else { (b, a) };
+        let wins = count(&c.nodes[survivor], "arbiter: WON");
+        c.nodes[victim].kill9().unwrap();
+        println!(
+            "kill {}: n{} killed after {} answers, n{} survives",
+            kill + 1,
+            victim + 1,
+            c.status.answered(),
+            survivor + 1
+        );
+        wait_count(&c.nodes[survivor], "arbiter: WON", wins + 1);
+        let joiner = c.join(survivor);
         (a, b) = (survivor, joiner);
     }
-    // The last pair ends with the guest: both members exit cleanly.
-    let report = client.join().unwrap();
-    match report.verify(requests, true) {
-        Ok(v) => println!("client verified: {v}"),
-        Err(e) => panic!("client verification failed: {e}"),
-    }
+    let report = c.verify();
     assert!(
         report.connections.len() >= 2,
         "the client followed the live member: {:?}",
@@ -185,13 +229,51 @@ fn every_failure_is_followed_by_a_live_clone_to_a_new_backup() {
     );
     // Every survivor won a newer generation, and wrote the shared disk with its
     // token: the file arbiter's token is the generation, one per failure.
-    let disk = ft_sim::Disk::open_file(st.disk.as_ref(), ft_node::node::DISK_BYTES).unwrap();
-    assert_eq!(disk.token().unwrap(), KILLS as u64);
+    assert_eq!(c.disk_token(), KILLS as u64);
+    // The last pair ends with the guest: both members exit cleanly.
     for i in [a, b] {
-        let code = nodes[i].wait_exit(LIMIT).and_then(|s| s.code());
-        assert_eq!(code, Some(EXIT_DONE), "n{}: {}", i + 1, nodes[i].tail(20));
+        let code = c.nodes[i].wait_exit(LIMIT).and_then(|s| s.code());
+        assert_eq!(code, Some(EXIT_DONE), "n{}: {}", i + 1, c.nodes[i].tail(20));
     }
-    drop(st);
+}
+
+fn signal(p: &NodeProc, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([signal, &p.pid().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {signal} {}", p.pid());
+}
+
+/// After a failover and a clone, the live member is frozen (SIGSTOP) past the peer
+/// timeout: its cloned backup takes over in the new generation. Thawed, the old
+/// member finds the arbiter taken and halts; the client never sees two answers
+/// disagree, and the disk carries the new holder's token.
+#[test]
+fn a_frozen_live_member_loses_to_its_clone_and_halts_when_thawed() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = Cluster::start(3, 1_500);
+    c.wait_answers(300);
+    c.nodes[0].kill9().unwrap();
+    wait_count(&c.nodes[1], "arbiter: WON", 1);
+    let joiner = c.join(1);
+    c.wait_answers(700);
+    signal(&c.nodes[1], "-STOP");
+    wait_count(&c.nodes[joiner], "LIVE at", 1);
+    signal(&c.nodes[1], "-CONT");
+    let code = c.nodes[1].wait_exit(LIMIT).and_then(|s| s.code());
+    assert_eq!(code, Some(EXIT_LOST), "{}", c.nodes[1].tail(20));
+    assert!(
+        c.nodes[1].printed("LOST to node 3"),
+        "{}",
+        c.nodes[1].tail(20)
+    );
+    c.verify();
+    // Generation 2's winner is the clone; its writes carry token 2.
+    assert_eq!(c.disk_token(), 2);
+    let code = c.nodes[joiner].wait_exit(LIMIT).and_then(|s| s.code());
+    assert_eq!(code, Some(EXIT_DONE), "{}", c.nodes[joiner].tail(20));
 }
 
 fn count(p: &NodeProc, needle: &str) -> usize {
