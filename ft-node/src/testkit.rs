@@ -140,6 +140,22 @@ impl NodeProc {
         l[l.len().saturating_sub(n)..].join("\n")
     }
 
+    /// Send `signal` (`-STOP`, `-CONT`, ...) to the process with `kill(1)`.
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        let status = std::process::Command::new("kill")
+            .args([signal, &self.pid().to_string()])
+            .status()
+            .map_err(io_err(format!("kill {signal} {}", self.name)))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(KitError::Io {
+                what: format!("kill {signal} {}", self.name),
+                source: io::Error::other(format!("kill exited with {status}")),
+            })
+        }
+    }
+
     /// `kill -9`: SIGKILL, and the Unix time in microseconds just before it was sent.
     pub fn kill9(&mut self) -> Result<u64> {
         let t = unix_micros();

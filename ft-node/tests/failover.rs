@@ -268,16 +268,6 @@ fn kill_primary_with_etcd_arbiter() {
     kill_primary("kill_primary_etcd", Some(etcd.url()));
 }
 
-/// Send `signal` (`-STOP`, `-CONT`) to the process.
-fn signal(p: &ft_node::testkit::NodeProc, signal: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([signal, &p.pid().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {signal} {}", p.pid());
-}
-
 /// The pause that breaks naive designs: the primary is frozen (SIGSTOP) past the
 /// timeout while a client drives load, so the backup goes live; then it is thawed
 /// (SIGCONT) with its old state and sockets. It must not serve a single answer more:
@@ -296,14 +286,14 @@ fn sigstop_primary_backup_goes_live_and_the_thawed_primary_halts() {
         mut rng,
         ..
     } = under_load("sigstop_primary", &options(dir.path(), false));
-    signal(&primary, "-STOP");
+    primary.signal("-STOP").unwrap();
     let frozen_at = status.answered();
     println!("froze the primary after {frozen_at} answers");
     backup.wait_for("LIVE at", LIMIT).unwrap();
     assert_eq!(holder(dir.path()), Some(NodeId(2)));
     // Thaw it a random moment after the backup went live.
     std::thread::sleep(Duration::from_millis(rng.gen_range(0..300)));
-    signal(&primary, "-CONT");
+    primary.signal("-CONT").unwrap();
     expect_code(
         &mut primary,
         EXIT_LOST,

@@ -237,15 +237,6 @@ fn every_failure_is_followed_by_a_live_clone_to_a_new_backup() {
     }
 }
 
-fn signal(p: &NodeProc, signal: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([signal, &p.pid().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {signal} {}", p.pid());
-}
-
 /// After a failover and a clone, the live member is frozen (SIGSTOP) past the peer
 /// timeout: its cloned backup takes over in the new generation. Thawed, the old
 /// member finds the arbiter taken and halts; the client never sees two answers
@@ -259,9 +250,9 @@ fn a_frozen_live_member_loses_to_its_clone_and_halts_when_thawed() {
     wait_count(&c.nodes[1], "arbiter: WON", 1);
     let joiner = c.join(1);
     c.wait_answers(700);
-    signal(&c.nodes[1], "-STOP");
+    c.nodes[1].signal("-STOP").unwrap();
     wait_count(&c.nodes[joiner], "LIVE at", 1);
-    signal(&c.nodes[1], "-CONT");
+    c.nodes[1].signal("-CONT").unwrap();
     let code = c.nodes[1].wait_exit(LIMIT).and_then(|s| s.code());
     assert_eq!(code, Some(EXIT_LOST), "{}", c.nodes[1].tail(20));
     assert!(
