@@ -434,17 +434,16 @@ fn join_generation(arbiter: &dyn Arbiter, args: &NodeArgs) -> Result<PairId> {
 }
 
 /// A notice handler: print the notice, and stop the run through `control` when
-/// `enabled` and `when` holds for it.
+/// `when` holds for it.
 fn stop_on(
     log: &Log,
     control: &Control,
-    enabled: bool,
     when: impl Fn(&Notice) -> bool,
 ) -> impl FnMut(Nanos, &Notice) {
     let (log, control) = (log.clone(), control.clone());
     move |t: Nanos, n: &Notice| {
         report(&log, t, n);
-        if enabled && when(n) {
+        if when(n) {
             control.stop();
         }
     }
@@ -509,20 +508,10 @@ impl Env<'_> {
                 connect_timeout: Duration::from_millis(self.args.connect_timeout_ms),
             };
             offer_clone(listen.clone(), opts, control.clone(), tx, self.log.clone());
-            let on_notice = stop_on(self.log, &control, false, |_| false);
-            let r = ft_transport::run(
-                node,
-                NoLink,
-                self.arbiter.clone(),
-                self.epoch,
-                self.rcfg.clone(),
-                control,
-                on_notice,
-            );
-            errors.extend(r.errors);
-            node = r.node;
-            if r.exit != Exit::Stopped {
-                return outcome(&node, r.exit, errors);
+            let (n, exit) = self.run_over(node, NoLink, control, |_| false, &mut errors);
+            node = n;
+            if exit != Exit::Stopped {
+                return outcome(&node, exit, errors);
             }
             let Ok(link) = rx.try_recv() else {
                 return outcome(&node, Exit::Stopped, errors);
@@ -533,27 +522,47 @@ impl Env<'_> {
                     .line(format_args!("live clone not started: {e}; running alone"));
                 continue;
             }
-            let control = Control::new();
-            let on_notice = stop_on(self.log, &control, true, |n| {
-                matches!(n, Notice::WentAlone { .. } | Notice::CloneAborted { .. })
-            });
-            let r = ft_transport::run(
+            let alone =
+                |n: &Notice| matches!(n, Notice::WentAlone { .. } | Notice::CloneAborted { .. });
+            let (n, exit) = self.run_over(
                 node,
                 PrimaryEnd::new(link),
-                self.arbiter.clone(),
-                self.epoch,
-                self.rcfg.clone(),
-                control,
-                on_notice,
+                Control::new(),
+                alone,
+                &mut errors,
             );
-            errors.extend(r.errors);
-            node = r.node;
-            if r.exit != Exit::Stopped || !node.is_live() {
-                return outcome(&node, r.exit, errors);
+            node = n;
+            if exit != Exit::Stopped || !node.is_live() {
+                return outcome(&node, exit, errors);
             }
-            // Alone again: the link to the lost backup goes (dropping it ends its
-            // threads and frees the address), and the next joiner is offered a clone.
+            // Alone again: the link to the lost backup went with its run (dropping it
+            // ended its threads and freed the address); the next joiner is offered a
+            // clone.
         }
+    }
+
+    /// Run `node` over `link` until it is done or `control` stops it (`stop_when` a
+    /// notice holds, or another thread); collect its errors and drop the link.
+    fn run_over<L: ft_core::driver::Link>(
+        &self,
+        node: NodeT,
+        link: L,
+        control: Control,
+        stop_when: impl Fn(&Notice) -> bool,
+        errors: &mut Vec<ft_transport::RuntimeError>,
+    ) -> (NodeT, Exit) {
+        let on_notice = stop_on(self.log, &control, stop_when);
+        let r = ft_transport::run(
+            node,
+            link,
+            self.arbiter.clone(),
+            self.epoch,
+            self.rcfg.clone(),
+            control,
+            on_notice,
+        );
+        errors.extend(r.errors);
+        (r.node, r.exit)
     }
 }
 
@@ -755,8 +764,8 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
     // A node that offers clones stops its run when it becomes the live member alone,
     // and goes on in `serve_and_clone`.
     let control = Control::new();
-    let on_notice = stop_on(&log, &control, offer, |n| {
-        matches!(n, Notice::WentAlone { .. } | Notice::WentLive { .. })
+    let on_notice = stop_on(&log, &control, move |n| {
+        offer && matches!(n, Notice::WentAlone { .. } | Notice::WentLive { .. })
     });
     let env = Env {
         args,
