@@ -35,6 +35,23 @@ pub enum Decision {
     },
 }
 
+/// Where the live member of a VM offers a live clone to a new backup: the part of the
+/// VM's membership record that tells a joining node (a standby, a restarted node)
+/// whom to clone from. The member is the holder of `pair`'s claim; it publishes the
+/// offer while it runs alone ([`Arbiter::publish_offer`]) and withdraws it once a
+/// joiner connects ([`Arbiter::withdraw_offer`]). The clone joins generation
+/// `pair.generation + 1`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CloneOffer {
+    /// The generation the member holds.
+    pub pair: PairId,
+    /// The live member.
+    pub member: NodeId,
+    /// Where it listens for the joiner's log channel (`HOST:PORT`, as the nodes
+    /// reach it).
+    pub addr: String,
+}
+
 /// Errors of arbiters.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ArbiterError {
@@ -90,11 +107,54 @@ pub trait Arbiter: Send + Sync {
     ///
     /// As for [`Arbiter::holder`].
     fn newest_claimed(&self, vm: u64) -> Result<Option<u64>>;
+
+    /// Publish `offer`: its member, the holder of `offer.pair`'s claim, runs alone and
+    /// offers a live clone at `offer.addr`. It replaces an earlier offer for the same
+    /// generation.
+    ///
+    /// # Errors
+    ///
+    /// [`ArbiterError::Failed`] when the member does not hold that claim (only the
+    /// live member may say where to clone from); otherwise as for
+    /// [`Arbiter::holder`].
+    fn publish_offer(&self, offer: &CloneOffer) -> Result<()>;
+
+    /// Withdraw the offer for `pair`, if `member` published it (a joiner connected,
+    /// or the member stops offering). Withdrawing what is not there succeeds.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Arbiter::holder`].
+    fn withdraw_offer(&self, pair: PairId, member: NodeId) -> Result<()>;
+
+    /// The offer of `vm`'s newest claimed generation, if its holder published one. An
+    /// offer of an older generation is never returned: its member lost its place to
+    /// the newer generation's holder.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Arbiter::holder`].
+    fn clone_offer(&self, vm: u64) -> Result<Option<CloneOffer>>;
+}
+
+/// The refusal of an offer whose member does not hold its claim.
+pub fn not_the_holder(offer: &CloneOffer, holder: Option<NodeId>) -> ArbiterError {
+    ArbiterError::Failed(format!(
+        "node {} may not offer a clone of vm {} generation {}: {}",
+        offer.member.0,
+        offer.pair.vm,
+        offer.pair.generation,
+        holder.map_or_else(
+            || "nobody holds that generation".to_string(),
+            |h| format!("node {} holds it", h.0)
+        )
+    ))
 }
 
 #[derive(Debug, Default)]
 struct InProcessState {
     holders: HashMap<PairId, (NodeId, u64)>,
+    offers: HashMap<PairId, CloneOffer>,
     next_token: u64,
     unreachable: bool,
 }
@@ -147,6 +207,34 @@ impl Arbiter for InProcessArbiter {
             .filter(|p| p.vm == vm)
             .map(|p| p.generation)
             .max())
+    }
+
+    fn publish_offer(&self, offer: &CloneOffer) -> Result<()> {
+        self.check()?;
+        let mut st = self.state.lock();
+        let holder = st.holders.get(&offer.pair).map(|(n, _)| *n);
+        if holder != Some(offer.member) {
+            return Err(not_the_holder(offer, holder));
+        }
+        st.offers.insert(offer.pair, offer.clone());
+        Ok(())
+    }
+
+    fn withdraw_offer(&self, pair: PairId, member: NodeId) -> Result<()> {
+        self.check()?;
+        let mut st = self.state.lock();
+        if st.offers.get(&pair).is_some_and(|o| o.member == member) {
+            st.offers.remove(&pair);
+        }
+        Ok(())
+    }
+
+    fn clone_offer(&self, vm: u64) -> Result<Option<CloneOffer>> {
+        let Some(generation) = self.newest_claimed(vm)? else {
+            return Ok(None);
+        };
+        let st = self.state.lock();
+        Ok(st.offers.get(&PairId { vm, generation }).cloned())
     }
 
     fn test_and_set(&self, pair: PairId, me: NodeId) -> Result<Decision> {
@@ -221,5 +309,40 @@ mod tests {
             a.newest_claimed(1),
             Err(ArbiterError::Unreachable(_))
         ));
+    }
+
+    #[test]
+    fn only_the_holder_offers_and_only_the_newest_generation_counts() {
+        let a = InProcessArbiter::new();
+        let g = |generation| PairId { vm: 3, generation };
+        let offer = |generation, member, addr: &str| CloneOffer {
+            pair: g(generation),
+            member: NodeId(member),
+            addr: addr.to_string(),
+        };
+        assert_eq!(a.clone_offer(3), Ok(None));
+        // Nobody holds generation 1 yet: no offer for it.
+        assert!(matches!(
+            a.publish_offer(&offer(1, 1, "a:1")),
+            Err(ArbiterError::Failed(_))
+        ));
+        a.test_and_set(g(1), NodeId(1)).unwrap();
+        let e = a.publish_offer(&offer(1, 2, "b:2")).unwrap_err();
+        assert!(e.to_string().contains("node 1 holds it"), "{e}");
+        a.publish_offer(&offer(1, 1, "a:1")).unwrap();
+        assert_eq!(a.clone_offer(3), Ok(Some(offer(1, 1, "a:1"))));
+        assert_eq!(a.clone_offer(4), Ok(None));
+        // Another node's withdrawal leaves it; the member's removes it.
+        a.withdraw_offer(g(1), NodeId(2)).unwrap();
+        assert!(a.clone_offer(3).unwrap().is_some());
+        a.withdraw_offer(g(1), NodeId(1)).unwrap();
+        assert_eq!(a.clone_offer(3), Ok(None));
+        // An offer of an older generation is never answered once a newer one is
+        // claimed, even if its member publishes it again.
+        a.publish_offer(&offer(1, 1, "a:1")).unwrap();
+        a.test_and_set(g(2), NodeId(2)).unwrap();
+        assert_eq!(a.clone_offer(3), Ok(None));
+        a.publish_offer(&offer(2, 2, "b:2")).unwrap();
+        assert_eq!(a.clone_offer(3), Ok(Some(offer(2, 2, "b:2"))));
     }
 }

@@ -615,6 +615,23 @@ impl<S: EventSource, W: World> Node<S, W> {
         n
     }
 
+    /// A primary that starts alone, with no backup yet, and takes one later by live
+    /// clone ([`Node::start_clone`]).
+    ///
+    /// It is fenced like any side that runs unprotected: it first asks the arbiter
+    /// for `cfg.pair` ([`Command::TestAndSet`], in [`Phase::Arbitrating`]) and
+    /// executes nothing before the verdict. A win hands its fencing token to the world
+    /// ([`World::fence`]) and the node goes live alone ([`Notice::WentAlone`], nothing
+    /// held to release); a loss means another node is the live member of that
+    /// generation, and it halts ([`HaltReason::LostArbitration`]) without having run
+    /// or emitted anything. Unlike [`Node::unprotected`], two nodes started alone for
+    /// the same pair can never both run.
+    pub fn alone(cfg: Config, source: S, world: W, now: Nanos) -> Node<S, W> {
+        let mut n = Self::new(Role::Primary, Phase::Recording, cfg, source, world, now);
+        n.start_arbitration(now);
+        n
+    }
+
     pub(crate) fn new(
         role: Role,
         phase: Phase,

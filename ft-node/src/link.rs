@@ -63,7 +63,16 @@ fn config(opts: &LinkOptions) -> Result<TcpConfig> {
 
 /// Primary: listen on `addr` and wait for the backup to connect and authenticate.
 pub fn open_primary(addr: &str, opts: &LinkOptions, log: &Log) -> Result<Opened> {
-    let mut listener = PrimaryListener::bind(addr, config(opts)?)?;
+    accept(listen(addr, opts)?, log)
+}
+
+/// Primary: bind `addr` for the backup's connection ([`accept`] waits for it).
+pub fn listen(addr: &str, opts: &LinkOptions) -> Result<PrimaryListener> {
+    Ok(PrimaryListener::bind(addr, config(opts)?)?)
+}
+
+/// Primary: wait on `listener` for the backup to connect and authenticate.
+pub fn accept(mut listener: PrimaryListener, log: &Log) -> Result<Opened> {
     log.line(format_args!(
         "log channel: waiting for the backup on {}",
         listener.local_addr()
@@ -93,4 +102,12 @@ pub fn open_backup(addr: &str, opts: &LinkOptions, log: &Log) -> Result<Opened> 
         link: Box::new(link),
         handle,
     })
+}
+
+/// A node that starts alone: check now what the first clone offer will need, the key
+/// file and the `addr` to listen on, so that a mistake is reported at startup rather
+/// than when a backup would join. The address is bound and released at once.
+pub fn check_listen(addr: &str, opts: &LinkOptions) -> Result<()> {
+    drop(listen(addr, opts)?);
+    Ok(())
 }

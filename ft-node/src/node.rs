@@ -183,17 +183,23 @@ pub struct NodeArgs {
     /// Seed of the primary's entropy source (default: from the clock).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Primary: start alone, with no backup. It claims its generation at the arbiter,
+    /// serves clients unprotected at once, and offers a live clone on `--listen` to a
+    /// backup that joins later (`--role join`). Needs `--listen` and `--disk`.
+    #[arg(long)]
+    pub alone: bool,
+}
+
+/// The name a role's lines carry.
+fn side_of(role: RoleArg) -> &'static str {
+    match role {
+        RoleArg::Primary => "primary",
+        RoleArg::Backup => "backup",
+        RoleArg::Join => "joiner",
+    }
 }
 
 impl NodeArgs {
-    fn side(&self) -> &'static str {
-        match self.role {
-            RoleArg::Primary => "primary",
-            RoleArg::Backup => "backup",
-            RoleArg::Join => "joiner",
-        }
-    }
-
     fn node_id(&self) -> Result<u64> {
         match (self.role, self.node_id) {
             (_, Some(id)) => Ok(id),
@@ -211,6 +217,30 @@ impl NodeArgs {
     /// new backup on `--listen`: it needs that address and the shared disk.
     fn offers_clone(&self) -> bool {
         self.listen.is_some() && self.disk.is_some()
+    }
+
+    /// Flags that only make sense together.
+    fn check_combination(&self) -> Result<()> {
+        if self.role == RoleArg::Join && self.disk.is_none() {
+            return Err(NodeError::Usage(
+                "a joining node needs the pair's shared --disk: a private in-memory disk is not cloned"
+                    .into(),
+            ));
+        }
+        if self.alone {
+            if self.role != RoleArg::Primary {
+                return Err(NodeError::Usage(
+                    "--alone is for a primary (--role primary): a backup or joiner needs a peer"
+                        .into(),
+                ));
+            }
+            if !self.offers_clone() {
+                return Err(NodeError::Usage(
+                    "a primary started --alone needs --listen ADDR (where it offers a live clone to a joining backup) and --disk FILE (the shared disk the clone uses): without them it could never be protected".into(),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -352,7 +382,7 @@ fn report(log: &Log, t: Nanos, n: &Notice) {
             winner.0
         )),
         Notice::WentAlone { released } => log.line(format_args!(
-            "ALONE: the backup is gone; running unprotected, released {released} held outputs {at}"
+            "ALONE: no backup; running unprotected, released {released} held outputs {at}"
         )),
         Notice::WentLive {
             reissued_io,
@@ -412,14 +442,76 @@ fn watch_link(handle: TcpHandle, log: Log) {
     let _ = spawned;
 }
 
-/// The generation a joiner joins: the one after the newest claimed, whose holder is
-/// the live member running alone (a claim means a side of that generation went live
-/// or on alone; the live member clones its new backup into the next generation).
-fn join_generation(arbiter: &dyn Arbiter, args: &NodeArgs) -> Result<PairId> {
+/// What this process runs as, once the arbiter was asked: the role (a restarted
+/// primary or backup whose generation went on without it rejoins as a joiner), its
+/// pair generation, and the peer it connects to.
+struct Plan {
+    role: RoleArg,
+    pair: PairId,
+    peer: Option<String>,
+    /// Why the role differs from `--role`, for the first line.
+    rejoined: Option<String>,
+}
+
+/// Ask the arbiter what this node may be.
+///
+/// * A joiner joins the generation after the newest claimed one, whose holder is the
+///   live member running alone; it connects to `--peer`, or to where the member's
+///   published clone offer says.
+/// * A primary or backup starts for `--generation` if nobody went live in it and no
+///   newer generation was claimed. Otherwise the pair went on without this node (it
+///   was killed and restarted, say): with `--disk` and `--listen` it rejoins as the
+///   backup of the live member, by live clone, if that member offers one; without,
+///   it is refused ([`NodeError::Superseded`]).
+fn plan(arbiter: &dyn Arbiter, args: &NodeArgs, me: NodeId) -> Result<Plan> {
     let unusable = |source| NodeError::ArbiterCheck {
         spec: args.arbiter.clone(),
         source,
     };
+    let pair = PairId {
+        vm: args.vm,
+        generation: args.generation,
+    };
+    if args.role != RoleArg::Join {
+        let superseded = match check_membership(arbiter, pair, &args.arbiter) {
+            Ok(()) => {
+                return Ok(Plan {
+                    role: args.role,
+                    pair,
+                    peer: args.peer.clone(),
+                    rejoined: None,
+                })
+            }
+            Err(e) => e,
+        };
+        if !args.offers_clone() {
+            return Err(superseded);
+        }
+        return match arbiter.clone_offer(args.vm).map_err(unusable)? {
+            Some(o) if o.member != me => Ok(Plan {
+                role: RoleArg::Join,
+                pair: PairId {
+                    vm: args.vm,
+                    generation: o.pair.generation.saturating_add(1),
+                },
+                rejoined: Some(format!(
+                    "{superseded}; so this {} restarts as the backup of the live member node {}, by live clone from {}",
+                    side_of(args.role),
+                    o.member.0,
+                    o.addr
+                )),
+                peer: Some(o.addr),
+            }),
+            Some(o) => Err(NodeError::Usage(format!(
+                "{superseded}; the newest live member of vm {} is node {}, this node's own id: it was this node before the restart, and the guest state died with it. Nothing can be cloned from it",
+                args.vm, o.member.0
+            ))),
+            None => Err(NodeError::Usage(format!(
+                "{superseded}; no live member of vm {} offers a live clone now to rejoin by (the pair is whole, or its member runs without --listen and --disk)",
+                args.vm
+            ))),
+        };
+    }
     let newest = arbiter.newest_claimed(args.vm).map_err(unusable)?;
     let Some(generation) = newest else {
         return Err(NodeError::Usage(format!(
@@ -427,9 +519,32 @@ fn join_generation(arbiter: &dyn Arbiter, args: &NodeArgs) -> Result<PairId> {
             args.vm
         )));
     };
-    Ok(PairId {
-        vm: args.vm,
-        generation: generation.saturating_add(1),
+    let peer = match &args.peer {
+        Some(p) => p.clone(),
+        None => match arbiter.clone_offer(args.vm).map_err(unusable)? {
+            Some(o) if o.member != me => o.addr,
+            Some(o) => {
+                return Err(NodeError::Usage(format!(
+                    "the live member of vm {} is node {}, this node's own --node-id",
+                    args.vm, o.member.0
+                )))
+            }
+            None => {
+                return Err(NodeError::Usage(format!(
+                    "nothing to join: no live member of vm {} offers a live clone now (the pair is whole, or its member runs without --listen and --disk); give --peer to wait for one",
+                    args.vm
+                )))
+            }
+        },
+    };
+    Ok(Plan {
+        role: RoleArg::Join,
+        pair: PairId {
+            vm: args.vm,
+            generation: generation.saturating_add(1),
+        },
+        peer: Some(peer),
+        rejoined: None,
     })
 }
 
@@ -507,14 +622,30 @@ impl Env<'_> {
                 key_file: self.args.key_file.clone(),
                 connect_timeout: Duration::from_millis(self.args.connect_timeout_ms),
             };
-            offer_clone(listen.clone(), opts, control.clone(), tx, self.log.clone());
+            let offer = Offer {
+                addr: listen.clone(),
+                opts,
+                record: ft_core::CloneOffer {
+                    pair: node.config().pair,
+                    member: self.me,
+                    addr: listen.clone(),
+                },
+                arbiter: self.arbiter.clone(),
+            };
+            offer_clone(offer, control.clone(), tx, self.log.clone());
             let (n, exit) = self.run_over(node, NoLink, control, |_| false, &mut errors);
             node = n;
-            if exit != Exit::Stopped {
+            let joined = match exit {
+                Exit::Stopped => rx.try_recv().ok(),
+                _ => None,
+            };
+            let Some(link) = joined else {
+                // Done (or halted) while offering: nobody may clone from it any more.
+                if let Err(e) = self.arbiter.withdraw_offer(node.config().pair, self.me) {
+                    self.log
+                        .line(format_args!("live clone: the offer was not withdrawn: {e}"));
+                }
                 return outcome(&node, exit, errors);
-            }
-            let Ok(link) = rx.try_recv() else {
-                return outcome(&node, Exit::Stopped, errors);
             };
             let now = nanos_since(self.epoch);
             if let Err(e) = node.start_clone(next, CloneConfig::default(), now) {
@@ -576,12 +707,24 @@ fn outcome(node: &NodeT, exit: Exit, errors: Vec<ft_transport::RuntimeError>) ->
     )
 }
 
-/// On a thread: listen on `addr` for the next generation's backup (retrying while the
-/// address is still held by the link just closed), accept one that authenticates,
-/// hand its link over and stop the run that is going on alone.
-fn offer_clone(
+/// What [`offer_clone`] offers: where, for which pair, through which arbiter.
+struct Offer {
+    /// `--listen`.
     addr: String,
+    /// The link's options, for the next generation.
     opts: LinkOptions,
+    /// The offer published in the arbiter's membership record.
+    record: ft_core::CloneOffer,
+    arbiter: Arc<dyn Arbiter>,
+}
+
+/// On a thread: listen on `addr` for the next generation's backup (retrying while the
+/// address is still held by the link just closed), publish the offer in the arbiter's
+/// membership record (so a restarted node or a joiner without `--peer` finds it),
+/// accept one joiner that authenticates, withdraw the offer, hand the joiner's link
+/// over and stop the run that is going on alone.
+fn offer_clone(
+    offer: Offer,
     control: Control,
     tx: crossbeam_channel::Sender<link::Link>,
     log: Log,
@@ -591,19 +734,16 @@ fn offer_clone(
         .name("ft-node-clone-offer".into())
         .spawn(move || {
             let log = thread_log;
+            let Offer {
+                addr,
+                opts,
+                record,
+                arbiter,
+            } = offer;
             let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                match link::open_primary(&addr, &opts, &log) {
-                    Ok(opened) => {
-                        log.line(format_args!(
-                            "live clone: a new backup joined for generation {}; cloning",
-                            opts.pair.generation
-                        ));
-                        if tx.send(opened.link).is_ok() {
-                            control.stop();
-                        }
-                        return;
-                    }
+            let listener = loop {
+                match link::listen(&addr, &opts) {
+                    Ok(l) => break l,
                     // The link just dropped may still hold the address a moment.
                     Err(link::LinkError::Tcp(TcpError::Io {
                         kind: std::io::ErrorKind::AddrInUse,
@@ -618,6 +758,35 @@ fn offer_clone(
                         return;
                     }
                 }
+            };
+            match arbiter.publish_offer(&record) {
+                Ok(()) => log.line(format_args!(
+                    "live clone: offered on {addr} for generation {} (published in the arbiter's membership record)",
+                    opts.pair.generation
+                )),
+                // A joiner given --peer still finds it; one that looks it up does not.
+                Err(e) => log.line(format_args!(
+                    "live clone: offered on {addr} for generation {}, but not published: {e}",
+                    opts.pair.generation
+                )),
+            }
+            let accepted = link::accept(listener, &log);
+            if let Err(e) = arbiter.withdraw_offer(record.pair, record.member) {
+                log.line(format_args!("live clone: the offer was not withdrawn: {e}"));
+            }
+            match accepted {
+                Ok(opened) => {
+                    log.line(format_args!(
+                        "live clone: a new backup joined for generation {}; cloning",
+                        opts.pair.generation
+                    ));
+                    if tx.send(opened.link).is_ok() {
+                        control.stop();
+                    }
+                }
+                Err(e) => log.line(format_args!(
+                    "live clone: no backup joined on {addr}: {e}; running alone"
+                )),
             }
         });
     if let Err(e) = spawned {
@@ -629,22 +798,14 @@ fn offer_clone(
 
 /// Run a node until it is done; the process exit code.
 pub fn run(args: &NodeArgs) -> Result<i32> {
-    let side = args.side();
-    let log = Log::new(side);
     let me = args.node_id()?;
-    let mut pair = PairId {
-        vm: args.vm,
-        generation: args.generation,
-    };
-    if args.role == RoleArg::Join && args.disk.is_none() {
-        return Err(NodeError::Usage(
-            "a joining node needs the pair's shared --disk: a private in-memory disk is not cloned"
-                .into(),
-        ));
-    }
+    args.check_combination()?;
     // Refuse bad parameters before anything starts or prints.
     let cfg = Config {
-        pair,
+        pair: PairId {
+            vm: args.vm,
+            generation: args.generation,
+        },
         node: NodeId(me),
         heartbeat_interval: args.heartbeat_ms.saturating_mul(1_000_000),
         peer_timeout: args.timeout_ms.saturating_mul(1_000_000),
@@ -670,10 +831,16 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
         spec: args.arbiter.clone(),
         source,
     })?;
-    if args.role == RoleArg::Join {
-        pair = join_generation(&*arbiter, args)?;
-    } else {
-        check_membership(&*arbiter, pair, &args.arbiter)?;
+    let Plan {
+        role,
+        pair,
+        peer,
+        rejoined,
+    } = plan(&*arbiter, args, NodeId(me))?;
+    let side = side_of(role);
+    let log = Log::new(side);
+    if let Some(why) = &rejoined {
+        log.line(format_args!("{why}"));
     }
     let cfg = Config { pair, ..cfg };
     let disk = open_disk(args)?;
@@ -710,25 +877,36 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
         key_file: args.key_file.clone(),
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),
     };
-    let opened = match args.role {
+    let opened = match role {
+        RoleArg::Primary if args.alone => {
+            // No link yet: it is offered on --listen once the node runs. Find a bad
+            // key file or an unusable address now, not at the first offer.
+            let addr = args.listen.as_deref().unwrap_or_default();
+            link::check_listen(addr, &link_opts)?;
+            log.line(format_args!(
+                "log channel: none yet; starting alone, a live clone will be offered on {addr}"
+            ));
+            None
+        }
         RoleArg::Primary => {
             let addr = args
                 .listen
                 .as_deref()
                 .ok_or_else(|| NodeError::Usage("a primary needs --listen ADDR".into()))?;
-            link::open_primary(addr, &link_opts, &log)?
+            Some(link::open_primary(addr, &link_opts, &log)?)
         }
         RoleArg::Backup | RoleArg::Join => {
-            let addr = args
-                .peer
+            let addr = peer
                 .as_deref()
                 .ok_or_else(|| NodeError::Usage(format!("a {side} needs --peer ADDR")))?;
-            link::open_backup(addr, &link_opts, &log)?
+            Some(link::open_backup(addr, &link_opts, &log)?)
         }
     };
-
-    watch_link(opened.handle.clone(), log.clone());
-    let link = opened.link;
+    let handle = opened.as_ref().map(|o| o.handle.clone());
+    if let Some(h) = &handle {
+        watch_link(h.clone(), log.clone());
+    }
+    let link = opened.map(|o| o.link);
     let epoch = Instant::now();
     let unix_at_epoch = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -745,7 +923,7 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
         },
         disk,
         OutputSink::new(),
-        args.role == RoleArg::Primary,
+        role == RoleArg::Primary,
     )
     .with_network(network);
     let world = BridgeWorld::new(world, bridge.clone(), log.clone());
@@ -756,7 +934,10 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
     };
     let every = Duration::from_millis(args.progress_ms);
     let offer = args.offers_clone();
-    log.line(match args.role {
+    log.line(match role {
+        RoleArg::Primary if args.alone => {
+            "running: asking the arbiter for the generation, then alone (unprotected) until a backup joins"
+        }
         RoleArg::Primary => "running: recording and shipping the log",
         RoleArg::Backup => "running: replaying the log",
         RoleArg::Join => "running: receiving a live clone, then replaying the log",
@@ -776,8 +957,21 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
         me: NodeId(me),
         image,
     };
-    let (exit, stats, errors, (token, fenced)) = match args.role {
-        RoleArg::Primary => {
+    let (exit, stats, errors, (token, fenced)) = match (role, link) {
+        (RoleArg::Primary, None) => {
+            let node = Node::alone(cfg, source, world, nanos_since(epoch));
+            let r = ft_transport::run(
+                node,
+                NoLink,
+                arbiter.clone(),
+                epoch,
+                rcfg,
+                control,
+                on_notice,
+            );
+            env.go_on(r.node, r.exit, r.errors)
+        }
+        (RoleArg::Primary, Some(link)) => {
             let node = Node::primary(cfg, source, world, nanos_since(epoch));
             let chan = PrimaryProgress::new(PrimaryEnd::new(link), log.clone(), every);
             let r = run_primary(node, chan, arbiter.clone(), epoch, rcfg, control, on_notice);
@@ -785,7 +979,7 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
             drop(r.channel);
             env.go_on(r.node, r.exit, r.errors)
         }
-        RoleArg::Backup => {
+        (RoleArg::Backup, Some(link)) => {
             let node = Node::backup(cfg, source, world, nanos_since(epoch));
             let chan = BackupProgress::new(BackupEnd::new(link), log.clone(), every);
             let r = run_backup(node, chan, arbiter.clone(), epoch, rcfg, control, on_notice);
@@ -793,7 +987,7 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
             drop(r.channel);
             env.go_on(r.node, r.exit, r.errors)
         }
-        RoleArg::Join => {
+        (RoleArg::Join, Some(link)) => {
             let node = Node::clone_target(cfg, source, world, nanos_since(epoch));
             let r = ft_transport::run(
                 node,
@@ -807,6 +1001,11 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
             // The first link goes before anything else listens on its address.
             drop(r.channel);
             env.go_on(r.node, r.exit, r.errors)
+        }
+        (RoleArg::Backup | RoleArg::Join, None) => {
+            // Invariant: a backup's or joiner's link was opened above, or run
+            // returned with its error.
+            return Err(NodeError::Usage(format!("a {side} needs --peer ADDR")));
         }
     };
     for e in &errors {
@@ -824,7 +1023,7 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
     log.line(format_args!(
         "disk: fencing token {token}, {fenced} writes fenced off (a newer token had written)"
     ));
-    let t = opened.handle.stats();
+    let t = handle.map(|h| h.stats()).unwrap_or_default();
     log.line(format_args!(
         "log channel: {} connections ({} reconnects), {} refused ({} failed authentication), {} frames rejected, {} frames sent ({} resent), {} received",
         t.connections,

@@ -93,6 +93,8 @@ struct Cluster {
     logs: Vec<SocketAddr>,
     clients: Vec<SocketAddr>,
     nodes: Vec<NodeProc>,
+    /// The flags each node was started with.
+    args: Vec<Vec<String>>,
     status: Arc<ClientStatus>,
     client: Option<std::thread::JoinHandle<client::ClientReport>>,
     requests: u64,
@@ -100,25 +102,41 @@ struct Cluster {
 
 impl Cluster {
     fn start(n: usize, requests: u64) -> Cluster {
+        Cluster::start_with(n, requests, false)
+    }
+
+    /// As [`Cluster::start`]; `alone`: the primary starts alone, with no backup (the
+    /// client is served unprotected until a joiner clones it).
+    fn start_with(n: usize, requests: u64, alone: bool) -> Cluster {
         let st = Setup::new();
         let logs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
         let clients: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
         let mut nodes: Vec<NodeProc> = Vec::new();
-        let primary = st.args("primary", clients[0], &[s("--listen"), logs[0].to_string()]);
+        let mut extra = vec![s("--listen"), logs[0].to_string()];
+        if alone {
+            extra.push(s("--alone"));
+        }
+        let primary = st.args("primary", clients[0], &extra);
         nodes.push(NodeProc::spawn(&bin(), "n1", &primary, true).unwrap());
-        nodes[0].wait_for("waiting for the backup", LIMIT).unwrap();
-        let backup = st.args(
-            "backup",
-            clients[1],
-            &[
-                s("--peer"),
-                logs[0].to_string(),
-                s("--listen"),
-                logs[1].to_string(),
-            ],
-        );
-        nodes.push(NodeProc::spawn(&bin(), "n2", &backup, true).unwrap());
-        nodes[1].wait_for("log channel up", LIMIT).unwrap();
+        let mut args = vec![primary];
+        if alone {
+            nodes[0].wait_for("ALONE:", LIMIT).unwrap();
+        } else {
+            nodes[0].wait_for("waiting for the backup", LIMIT).unwrap();
+            let backup = st.args(
+                "backup",
+                clients[1],
+                &[
+                    s("--peer"),
+                    logs[0].to_string(),
+                    s("--listen"),
+                    logs[1].to_string(),
+                ],
+            );
+            nodes.push(NodeProc::spawn(&bin(), "n2", &backup, true).unwrap());
+            nodes[1].wait_for("log channel up", LIMIT).unwrap();
+            args.push(backup);
+        }
         let status = Arc::new(ClientStatus::default());
         let cfg = ClientConfig {
             addrs: clients.clone(),
@@ -136,6 +154,7 @@ impl Cluster {
             logs,
             clients,
             nodes,
+            args,
             status,
             client: Some(client),
             requests,
@@ -174,9 +193,21 @@ impl Cluster {
         let name = format!("n{}", joiner + 1);
         self.nodes
             .push(NodeProc::spawn(&bin(), &name, &args, true).unwrap());
+        self.args.push(args);
         wait_count(&self.nodes[joiner], "clone received and checked", 1);
         wait_count(&self.nodes[survivor], "protected again", protected + 1);
         joiner
+    }
+
+    /// Start node `k` again, with the very flags it was first started with, once
+    /// `survivor` offers a clone; wait until it rejoined `survivor` as its backup.
+    fn restart(&mut self, k: usize, survivor: usize) {
+        let protected = count(&self.nodes[survivor], "protected again");
+        wait_count(&self.nodes[survivor], "published in the arbiter", 1);
+        let name = format!("n{}-restarted", k + 1);
+        self.nodes[k] = NodeProc::spawn(&bin(), &name, &self.args[k], true).unwrap();
+        wait_count(&self.nodes[k], "clone received and checked", 1);
+        wait_count(&self.nodes[survivor], "protected again", protected + 1);
     }
 
     /// The client's session, verified exactly-once.
@@ -265,6 +296,192 @@ fn a_frozen_live_member_loses_to_its_clone_and_halts_when_thawed() {
     assert_eq!(c.disk_token(), 2);
     let code = c.nodes[joiner].wait_exit(LIMIT).and_then(|s| s.code());
     assert_eq!(code, Some(EXIT_DONE), "{}", c.nodes[joiner].tail(20));
+}
+
+/// A killed node restarted with its old command finds its generation taken; with the
+/// shared disk it rejoins, by live clone, as the backup of the live member that the
+/// arbiter's membership record names, at the address the member published. Both
+/// members are killed and restarted in turn (the primary's restart clones from the
+/// promoted backup, the backup's from the primary it once replayed); the service
+/// never stops and the client verifies.
+#[test]
+fn a_killed_node_restarted_with_its_old_command_rejoins_as_the_backup() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = Cluster::start(2, 1_500);
+    c.wait_answers(300);
+    c.nodes[0].kill9().unwrap();
+    wait_count(&c.nodes[1], "arbiter: WON", 1);
+    c.restart(0, 1);
+    assert!(
+        c.nodes[0].printed("restarts as the backup of the live member node 2"),
+        "{}",
+        c.nodes[0].tail(20)
+    );
+    c.wait_answers(700);
+    c.nodes[1].kill9().unwrap();
+    wait_count(&c.nodes[0], "arbiter: WON", 1);
+    c.restart(1, 0);
+    assert!(
+        c.nodes[1].printed("restarts as the backup of the live member node 1"),
+        "{}",
+        c.nodes[1].tail(20)
+    );
+    c.verify();
+    assert_eq!(c.disk_token(), 2);
+    for i in [0, 1] {
+        let code = c.nodes[i].wait_exit(LIMIT).and_then(|s| s.code());
+        assert_eq!(code, Some(EXIT_DONE), "n{}: {}", i + 1, c.nodes[i].tail(20));
+    }
+}
+
+/// A joiner given no `--peer` clones from wherever the live member's published
+/// offer says; a restarted node whose generation's live member was itself (a lone
+/// member that died) is refused, since its state died with it.
+#[test]
+fn a_joiner_finds_the_member_through_the_membership_record() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = Cluster::start_with(3, 1_000, true);
+    c.wait_answers(200);
+    wait_count(&c.nodes[0], "published in the arbiter", 1);
+    let args = c.st.args(
+        "join",
+        c.clients[1],
+        &[s("--node-id"), s("2"), s("--listen"), c.logs[1].to_string()],
+    );
+    c.nodes
+        .push(NodeProc::spawn(&bin(), "n2", &args, true).unwrap());
+    wait_count(&c.nodes[1], "clone received and checked", 1);
+    wait_count(&c.nodes[0], "protected again", 1);
+    c.verify();
+    for i in [0, 1] {
+        let code = c.nodes[i].wait_exit(LIMIT).and_then(|s| s.code());
+        assert_eq!(code, Some(EXIT_DONE), "n{}: {}", i + 1, c.nodes[i].tail(20));
+    }
+    // The lone primary's restart after its pair ended: it holds generation 1, whose
+    // offer it withdrew when node 2 joined; nothing offers a clone now.
+    let mut again = NodeProc::spawn(&bin(), "n1-again", &c.args[0], true).unwrap();
+    let code = again.wait_exit(LIMIT).and_then(|s| s.code());
+    assert_eq!(code, Some(EXIT_SETUP), "{}", again.tail(5));
+    assert!(
+        again.tail(5).contains("offers a live clone now"),
+        "{}",
+        again.tail(5)
+    );
+}
+
+/// A lone member killed while it offered a clone leaves its offer behind; restarted
+/// with its old command, it finds itself named as the live member and is refused (the
+/// guest's state died with it: there is nothing to clone from, and a fresh guest must
+/// not serve in its place).
+#[test]
+fn a_lone_member_restarted_after_it_died_is_refused() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let st = Setup::new();
+    let args = st.args(
+        "primary",
+        free_addr(),
+        &[s("--listen"), free_addr().to_string(), s("--alone")],
+    );
+    let mut first = NodeProc::spawn(&bin(), "n1", &args, true).unwrap();
+    wait_count(&first, "published in the arbiter", 1);
+    first.kill9().unwrap();
+    let mut again = NodeProc::spawn(&bin(), "n1-again", &args, true).unwrap();
+    let code = again.wait_exit(LIMIT).and_then(|s| s.code());
+    assert_eq!(code, Some(EXIT_SETUP), "{}", again.tail(5));
+    assert!(
+        again.tail(5).contains("this node's own id"),
+        "{}",
+        again.tail(5)
+    );
+    assert!(!again.printed("(serving)"), "{}", again.tail(10));
+}
+
+/// A primary started alone claims generation 1 and serves unprotected at once; a
+/// joiner then clones it and becomes its backup. Killing the primary after that is
+/// survived like any failover (the clone takes over generation 2), and a second
+/// joiner restores redundancy again; the one client session verifies throughout.
+#[test]
+fn a_primary_started_alone_serves_at_once_and_takes_a_backup_by_clone() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = Cluster::start_with(3, 1_500, true);
+    assert!(c.nodes[0].printed("arbiter: WON (fencing token 1)"));
+    // Served before any backup exists.
+    c.wait_answers(200);
+    assert_eq!(count(&c.nodes[0], "protected again"), 0);
+    let b = c.join(0);
+    c.wait_answers(600);
+    c.nodes[0].kill9().unwrap();
+    wait_count(&c.nodes[b], "arbiter: WON", 1);
+    let d = c.join(b);
+    let report = c.verify();
+    assert!(report.connections.len() >= 2, "{:?}", report.connections);
+    // Generation 1 was the lone primary's, generation 2 its clone's.
+    assert_eq!(c.disk_token(), 2);
+    for i in [b, d] {
+        let code = c.nodes[i].wait_exit(LIMIT).and_then(|s| s.code());
+        assert_eq!(code, Some(EXIT_DONE), "n{}: {}", i + 1, c.nodes[i].tail(20));
+    }
+}
+
+/// A second node started alone for a generation the first one claimed does not serve
+/// beside it: the membership check finds the claim, and with the shared disk the
+/// newcomer becomes the first one's backup by live clone instead (the engine's own
+/// rule, a loser of the arbiter halts before it runs, is an ft-core engine test).
+/// `--alone` without what a later clone needs, or for a backup, is refused at once.
+#[test]
+fn a_second_lone_primary_for_a_claimed_generation_becomes_its_backup() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let st = Setup::new();
+    let first = st.args(
+        "primary",
+        free_addr(),
+        &[s("--listen"), free_addr().to_string(), s("--alone")],
+    );
+    let mut first = NodeProc::spawn(&bin(), "n1", &first, true).unwrap();
+    first.wait_for("published in the arbiter", LIMIT).unwrap();
+    let second = st.args(
+        "primary",
+        free_addr(),
+        &[
+            s("--listen"),
+            free_addr().to_string(),
+            s("--alone"),
+            s("--node-id"),
+            s("7"),
+        ],
+    );
+    let mut second = NodeProc::spawn(&bin(), "n7", &second, true).unwrap();
+    second
+        .wait_for("clone received and checked", LIMIT)
+        .unwrap();
+    assert!(
+        second.printed("restarts as the backup of the live member node 1"),
+        "{}",
+        second.tail(10)
+    );
+    assert!(
+        second.printed("not serving until live"),
+        "{}",
+        second.tail(10)
+    );
+    assert!(!second.printed("(serving)"), "{}", second.tail(10));
+    first.wait_for("protected again", LIMIT).unwrap();
+    second.kill9().unwrap();
+    first.kill9().unwrap();
+    for (extra, why) in [
+        (vec![s("--alone")], "needs --listen ADDR"),
+        (
+            vec![s("--alone"), s("--peer"), free_addr().to_string()],
+            "--alone is for a primary",
+        ),
+    ] {
+        let role = if extra.len() > 1 { "backup" } else { "primary" };
+        let args = st.args(role, free_addr(), &extra);
+        let mut p = NodeProc::spawn(&bin(), "bad", &args, true).unwrap();
+        let code = p.wait_exit(LIMIT).and_then(|s| s.code());
+        assert_eq!(code, Some(EXIT_SETUP), "{why}: {}", p.tail(5));
+        assert!(p.tail(5).contains(why), "{why}: {}", p.tail(5));
+    }
 }
 
 fn count(p: &NodeProc, needle: &str) -> usize {

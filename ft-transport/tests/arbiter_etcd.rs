@@ -204,6 +204,18 @@ fn etcd_first_claim_wins_second_loses_generations_independent() {
 }
 
 #[test]
+fn etcd_clone_offers_follow_the_claims() {
+    let Some(bin) = etcd_binary("etcd_clone_offers_follow_the_claims") else {
+        return;
+    };
+    let etcd = Etcd::start(&bin);
+    let (a, b) = (etcd.arbiter(), etcd.arbiter());
+    common::offers_follow_the_claims(&a, &b, 4);
+    // The offer lives under the prefix, next to the claims.
+    assert_eq!(a.offer_key(pair(4, 2)), "ft/arbiter/vm/4/offer/2");
+}
+
+#[test]
 fn etcd_racing_threads_exactly_one_winner() {
     const THREADS: usize = 6;
     const ROUNDS: u64 = 40;

@@ -105,6 +105,28 @@ fn generations_and_vms_are_independent_and_tokens_grow() {
 }
 
 #[test]
+fn clone_offers_follow_the_claims() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (FileArbiter::new(dir.path()), FileArbiter::new(dir.path()));
+    common::offers_follow_the_claims(&a, &b, 4);
+    // A foreign or torn offer file is a failure, never an offer.
+    let pair = PairId {
+        vm: 4,
+        generation: 2,
+    };
+    std::fs::write(
+        a.offer_path(pair),
+        "ft-arbiter-offer 1\nvm 4\ngeneration 2\n",
+    )
+    .unwrap();
+    assert!(matches!(a.clone_offer(4), Err(ArbiterError::Failed(_))));
+    std::fs::write(a.offer_path(pair), "hello").unwrap();
+    assert!(matches!(a.clone_offer(4), Err(ArbiterError::Failed(_))));
+    // Withdrawing a broken offer is refused too (it is not known to be the member's).
+    assert!(a.withdraw_offer(pair, NodeId(2)).is_err());
+}
+
+#[test]
 fn missing_or_bad_directory_is_unreachable_until_it_appears() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("not-mounted");

@@ -265,6 +265,49 @@ fn a_backup_with_the_primarys_node_id_or_another_image_is_refused() {
     );
 }
 
+/// Once a backup is connected, the primary's link serves that node only: a second
+/// backup of the same pair, with the key and image but another node id (a stray
+/// joiner, say), is refused with the id of the one being served instead of taking
+/// over its connection and log stream; the first backup's connection stays up and
+/// the records still flow to it.
+#[test]
+fn a_second_backup_cannot_take_over_the_first_ones_stream() {
+    let k = key(7);
+    let (p, b, addr) = connect(cfg(&k), backup_cfg(&k), None);
+    let (ph, bh) = (p.handle(), b.handle());
+    let third = ft_transport::tcp::TcpConfig {
+        node: ft_core::NodeId(3),
+        ..backup_cfg(&k)
+    };
+    let e = TcpLink::connect(addr, third, PATIENCE).unwrap_err();
+    assert_eq!(
+        e,
+        TcpError::BackupTaken {
+            backup: ft_core::NodeId(2),
+            refused: None
+        }
+    );
+    assert!(e.to_string().contains("a second backup is refused"), "{e}");
+    wait_for("the refusal", || ph.stats().refused == 1);
+    assert_eq!(
+        ph.last_error(),
+        Some(TcpError::BackupTaken {
+            backup: ft_core::NodeId(2),
+            refused: Some(ft_core::NodeId(3))
+        })
+    );
+    assert_eq!(ph.stats().connections, 1);
+    assert_eq!(
+        bh.stats().disconnects,
+        0,
+        "the first backup kept its connection"
+    );
+    let (mut rng, _) = rng("second backup");
+    let (mut pe, mut be) = ends(p, b);
+    let all = records(&mut rng, 1, 200, 64);
+    stream(&mut pe, &mut be, &all, &mut rng, 16, |_, _| {});
+}
+
 /// One tamper, through a proxy, while records stream: the frame is rejected with the
 /// expected error and counted, the connection is replaced, and the records still
 /// arrive exactly once, in order, untouched.

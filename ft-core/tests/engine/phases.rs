@@ -460,3 +460,122 @@ fn configurations_are_validated() {
     };
     assert_eq!(field(Config::validate_pair(&p, &other_pair)), Some("pair"));
 }
+
+/// Carry out the node's arbiter commands against `arbiter` and hand it the answers.
+fn answer(n: &mut TestNode, arbiter: &ft_core::InProcessArbiter, now: ft_core::Nanos) -> usize {
+    let mut answered = 0;
+    while let Some(Command::TestAndSet { pair, me, .. }) = n.poll_command() {
+        n.on_arbiter(ft_core::Arbiter::test_and_set(arbiter, pair, me), now);
+        answered += 1;
+    }
+    answered
+}
+
+#[test]
+fn a_primary_started_alone_claims_the_arbiter_before_it_runs() {
+    let arbiter = ft_core::InProcessArbiter::new();
+    let cfg = test_config();
+    let mut n: TestNode = ft_core::Node::alone(
+        cfg.clone(),
+        ScriptedSource::new(script()),
+        ScriptedWorld::live("p", 1),
+        0,
+    );
+    assert_eq!(*n.phase(), Phase::Arbitrating);
+    assert!(!n.is_live());
+    // Nothing runs before the verdict, however often it is stepped.
+    for _ in 0..3 {
+        assert_eq!(
+            n.step(0).ok(),
+            Some(StepOutcome::Blocked(Blocked::Arbitrating))
+        );
+    }
+    assert_eq!(n.source().point().count, 0);
+    assert!(n.world().emitted.is_empty());
+    assert_eq!(
+        n.poll_command(),
+        Some(Command::TestAndSet {
+            pair: cfg.pair,
+            me: cfg.node,
+            attempt: 1
+        })
+    );
+    // An unreachable arbiter: it keeps waiting and retries; it never runs on its own.
+    arbiter.set_unreachable(true);
+    n.on_arbiter(
+        ft_core::Arbiter::test_and_set(&arbiter, cfg.pair, cfg.node),
+        0,
+    );
+    assert_eq!(*n.phase(), Phase::Arbitrating);
+    assert_eq!(
+        n.step(MS / 2).ok(),
+        Some(StepOutcome::Blocked(Blocked::Arbitrating))
+    );
+    assert_eq!(n.poll_command(), None, "no retry before the backoff");
+    arbiter.set_unreachable(false);
+    assert_eq!(
+        n.step(MS).ok(),
+        Some(StepOutcome::Blocked(Blocked::Arbitrating))
+    );
+    assert_eq!(answer(&mut n, &arbiter, MS), 1);
+    // Won: the token reaches the world before anything runs, and it is live alone.
+    assert_eq!(*n.phase(), Phase::Live);
+    assert_eq!(n.world().fenced, vec![(1, true)]);
+    assert_eq!(arbiter.holder(cfg.pair), Some(cfg.node));
+    let notices: Vec<Notice> = std::iter::from_fn(|| n.poll_notice().map(|(_, x)| x)).collect();
+    assert!(matches!(
+        notices[0],
+        Notice::ArbiterUnreachable { attempt: 1, .. }
+    ));
+    assert_eq!(
+        notices[1..],
+        [
+            Notice::ArbiterWon { token: 1 },
+            Notice::WentAlone { released: 0 }
+        ]
+    );
+    // Unprotected: outputs leave at once, nothing is logged or sent.
+    for _ in 0..4 {
+        n.step(2 * MS).expect("step");
+    }
+    assert!(n.world().emitted.len() >= 2);
+    assert!(n.world().emitted.iter().all(|e| !e.possible_repeat));
+    assert_eq!(n.last_seq(), 0);
+    assert_eq!(n.poll_transmit(2 * MS), None);
+}
+
+#[test]
+fn a_second_node_started_alone_for_a_claimed_pair_halts_without_running() {
+    let arbiter = ft_core::InProcessArbiter::new();
+    let cfg = test_config();
+    let mut first: TestNode = ft_core::Node::alone(
+        cfg.clone(),
+        ScriptedSource::new(script()),
+        ScriptedWorld::live("p", 1),
+        0,
+    );
+    answer(&mut first, &arbiter, 0);
+    assert!(first.is_live());
+    let other = ft_core::Config {
+        node: NodeId(9),
+        ..cfg.clone()
+    };
+    let mut second: TestNode = ft_core::Node::alone(
+        other,
+        ScriptedSource::new(script()),
+        ScriptedWorld::live("q", 2),
+        0,
+    );
+    assert_eq!(answer(&mut second, &arbiter, 0), 1);
+    assert_eq!(
+        *second.phase(),
+        Phase::Halted(HaltReason::LostArbitration { winner: NodeId(1) })
+    );
+    assert_eq!(second.step(MS).ok(), Some(StepOutcome::Halted));
+    assert_eq!(second.source().point().count, 0);
+    assert!(second.world().emitted.is_empty());
+    assert!(
+        second.world().fenced.is_empty(),
+        "a loser is never handed a token"
+    );
+}

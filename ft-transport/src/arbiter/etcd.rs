@@ -34,7 +34,9 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use ft_core::arbiter::{Arbiter, ArbiterError, Decision, NodeId, PairId};
+use ft_core::arbiter::{
+    not_the_holder, Arbiter, ArbiterError, CloneOffer, Decision, NodeId, PairId,
+};
 use serde_json::{json, Value};
 
 /// Largest answer read from etcd.
@@ -358,6 +360,103 @@ impl Arbiter for EtcdArbiter {
 
     fn newest_claimed(&self, vm: u64) -> ft_core::arbiter::Result<Option<u64>> {
         self.newest_generation(vm).map_err(ArbiterError::from)
+    }
+
+    fn publish_offer(&self, offer: &CloneOffer) -> ft_core::arbiter::Result<()> {
+        match self.put_offer(offer)? {
+            Ok(()) => Ok(()),
+            Err(holder) => Err(not_the_holder(offer, holder)),
+        }
+    }
+
+    fn withdraw_offer(&self, pair: PairId, member: NodeId) -> ft_core::arbiter::Result<()> {
+        self.delete_offer(pair, member).map_err(ArbiterError::from)
+    }
+
+    fn clone_offer(&self, vm: u64) -> ft_core::arbiter::Result<Option<CloneOffer>> {
+        let Some(generation) = self.newest_generation(vm)? else {
+            return Ok(None);
+        };
+        Ok(self.read_offer(PairId { vm, generation })?)
+    }
+}
+
+/// Clone offers: the key `<prefix>/vm/<vm>/offer/<gen>`, its value `member <id> addr
+/// <HOST:PORT>`. A transaction puts it only while the claim of that generation names
+/// the member:
+///
+/// ```text
+/// compare: value(claim key) == "holder <member>"
+/// success: put(offer key, "member <member> addr <addr>")
+/// failure: range(claim key)                    -> refused, with the holder
+/// ```
+impl EtcdArbiter {
+    /// The key of `pair`'s clone offer.
+    pub fn offer_key(&self, pair: PairId) -> String {
+        format!("{}/vm/{}/offer/{}", self.prefix, pair.vm, pair.generation)
+    }
+
+    /// Put `offer` if its member holds the claim; `Err(holder)` if it does not.
+    pub fn put_offer(&self, offer: &CloneOffer) -> Result<std::result::Result<(), Option<NodeId>>> {
+        let claim = B64.encode(self.key(offer.pair));
+        let key = B64.encode(self.offer_key(offer.pair));
+        let value = B64.encode(format!("member {} addr {}", offer.member.0, offer.addr));
+        let body = json!({
+            "compare": [{
+                "key": claim,
+                "result": "EQUAL",
+                "target": "VALUE",
+                "value": B64.encode(format!("holder {}", offer.member.0)),
+            }],
+            "success": [{ "request_put": { "key": key, "value": value } }],
+            "failure": [{ "request_range": { "key": claim } }],
+        });
+        self.on_any_endpoint("/v3/kv/txn", &body, |endpoint, answer| {
+            if answer.get("succeeded").and_then(Value::as_bool) == Some(true) {
+                return Ok(Ok(()));
+            }
+            match answer.pointer("/responses/0/response_range/kvs/0") {
+                None => Ok(Err(None)),
+                Some(kv) => read_kv(endpoint, kv).map(|(holder, _)| Err(Some(holder))),
+            }
+        })
+    }
+
+    /// The clone offer of `pair`, if its holder published one.
+    pub fn read_offer(&self, pair: PairId) -> Result<Option<CloneOffer>> {
+        let body = json!({ "key": B64.encode(self.offer_key(pair)) });
+        self.on_any_endpoint("/v3/kv/range", &body, |endpoint, answer| {
+            let Some(kv) = answer.pointer("/kvs/0") else {
+                return Ok(None);
+            };
+            let text = kv
+                .get("value")
+                .and_then(Value::as_str)
+                .and_then(|v| B64.decode(v).ok())
+                .and_then(|v| String::from_utf8(v).ok())
+                .ok_or_else(|| bad(endpoint, "an offer value that is not base64 text"))?;
+            let parsed = text.strip_prefix("member ").and_then(|rest| {
+                let (member, addr) = rest.split_once(" addr ")?;
+                Some((member.parse().ok()?, addr))
+            });
+            match parsed {
+                Some((member, addr)) if !addr.is_empty() => Ok(Some(CloneOffer {
+                    pair,
+                    member: NodeId(member),
+                    addr: addr.to_string(),
+                })),
+                _ => Err(bad(endpoint, format!("value {text:?} is not an offer"))),
+            }
+        })
+    }
+
+    /// Delete `pair`'s offer if `member` published it.
+    pub fn delete_offer(&self, pair: PairId, member: NodeId) -> Result<()> {
+        if self.read_offer(pair)?.is_none_or(|o| o.member != member) {
+            return Ok(());
+        }
+        let body = json!({ "key": B64.encode(self.offer_key(pair)) });
+        self.on_any_endpoint("/v3/kv/deleterange", &body, |_, _| Ok(()))
     }
 }
 

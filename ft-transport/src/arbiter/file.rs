@@ -50,7 +50,9 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ft_core::arbiter::{Arbiter, ArbiterError, Decision, NodeId, PairId};
+use ft_core::arbiter::{
+    not_the_holder, Arbiter, ArbiterError, CloneOffer, Decision, NodeId, PairId,
+};
 
 /// The first line of every claim file.
 const MAGIC: &str = "ft-arbiter-claim 1";
@@ -415,6 +417,148 @@ impl Arbiter for FileArbiter {
 
     fn newest_claimed(&self, vm: u64) -> ft_core::arbiter::Result<Option<u64>> {
         self.newest_generation(vm).map_err(ArbiterError::from)
+    }
+
+    fn publish_offer(&self, offer: &CloneOffer) -> ft_core::arbiter::Result<()> {
+        let holder = self.read_claim(offer.pair)?.map(|c| c.holder);
+        if holder != Some(offer.member) {
+            return Err(not_the_holder(offer, holder));
+        }
+        Ok(self.write_offer(offer)?)
+    }
+
+    fn withdraw_offer(&self, pair: PairId, member: NodeId) -> ft_core::arbiter::Result<()> {
+        if self.read_offer(pair)?.is_some_and(|o| o.member == member) {
+            let path = self.offer_path(pair);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(FileArbiterError::Io {
+                        path,
+                        op: "remove offer",
+                        source,
+                    }
+                    .into())
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn clone_offer(&self, vm: u64) -> ft_core::arbiter::Result<Option<CloneOffer>> {
+        let Some(generation) = self.newest_generation(vm)? else {
+            return Ok(None);
+        };
+        Ok(self.read_offer(PairId { vm, generation })?)
+    }
+}
+
+/// The first line of every offer file.
+const OFFER_MAGIC: &str = "ft-arbiter-offer 1";
+
+/// Clone offers: a file per pair generation, `ft-offer-vm<VM>-gen<GENERATION>`,
+/// written by the holder of that generation's claim (checked before the write) and
+/// replaced atomically (a fully written, synced temporary file renamed over it), so a
+/// reader sees a whole offer or none.
+impl FileArbiter {
+    /// Where the clone offer of `pair` lives.
+    pub fn offer_path(&self, pair: PairId) -> PathBuf {
+        self.dir
+            .join(format!("ft-offer-vm{}-gen{}", pair.vm, pair.generation))
+    }
+
+    /// The clone offer of `pair`, if its holder published one.
+    pub fn read_offer(&self, pair: PairId) -> Result<Option<CloneOffer>> {
+        let path = self.offer_path(pair);
+        let text = match fs::read(&path) {
+            Ok(b) if b.len() as u64 <= MAX_CLAIM_BYTES => {
+                String::from_utf8(b).map_err(|_| FileArbiterError::Malformed {
+                    path: path.clone(),
+                    detail: "not UTF-8".into(),
+                })?
+            }
+            Ok(_) => {
+                return Err(FileArbiterError::Malformed {
+                    path,
+                    detail: "too long for an offer".into(),
+                })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(FileArbiterError::Io {
+                    path,
+                    op: "read offer",
+                    source,
+                })
+            }
+        };
+        let malformed = |detail: String| FileArbiterError::Malformed {
+            path: path.clone(),
+            detail,
+        };
+        let mut lines = text.lines();
+        if lines.next() != Some(OFFER_MAGIC) {
+            return Err(malformed(format!("first line is not {OFFER_MAGIC:?}")));
+        }
+        let mut field = |name: &str| -> Result<String> {
+            let line = lines
+                .next()
+                .ok_or_else(|| malformed(format!("no {name} line")))?;
+            line.strip_prefix(name)
+                .and_then(|v| v.strip_prefix(' '))
+                .map(str::to_string)
+                .ok_or_else(|| malformed(format!("expected a {name} line, found {line:?}")))
+        };
+        let mut number = |name: &str| -> Result<u64> {
+            let v = field(name)?;
+            v.parse()
+                .map_err(|e| malformed(format!("bad {name} {v:?}: {e}")))
+        };
+        let (vm, generation, member) = (number("vm")?, number("generation")?, number("member")?);
+        let addr = field("addr")?;
+        let offer = CloneOffer {
+            pair: PairId { vm, generation },
+            member: NodeId(member),
+            addr,
+        };
+        if offer.pair != pair || offer.addr.is_empty() {
+            return Err(malformed(format!("it offers {offer:?}")));
+        }
+        Ok(Some(offer))
+    }
+
+    fn write_offer(&self, offer: &CloneOffer) -> Result<()> {
+        let text = format!(
+            "{OFFER_MAGIC}\nvm {}\ngeneration {}\nmember {}\naddr {}\n",
+            offer.pair.vm,
+            offer.pair.generation,
+            offer.member.0,
+            offer.addr.replace('\n', " ")
+        );
+        let target = self.offer_path(offer.pair);
+        let temp = self.dir.join(format!(
+            ".ft-offer-vm{}-gen{}.pid{}.{}.tmp",
+            offer.pair.vm,
+            offer.pair.generation,
+            std::process::id(),
+            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let written = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
+            .and_then(|()| fs::rename(&temp, &target));
+        if let Err(source) = written {
+            let _ = fs::remove_file(&temp);
+            return Err(FileArbiterError::Io {
+                path: target,
+                op: "write offer",
+                source,
+            });
+        }
+        self.sync_dir()
     }
 }
 

@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender};
 use ft_core::log_codec::{self, Frame};
-use ft_core::{ChannelError, Role};
+use ft_core::{ChannelError, NodeId, Role};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::wire::{
     self, io_err, ReadError, Session, DIR_TO_BACKUP, DIR_TO_PRIMARY, FRAME_HEADER_LEN, KIND_BYE,
-    KIND_DATA, KIND_REFUSED, KIND_RESUME, MAX_CONTROL_PAYLOAD, TAG_LEN,
+    KIND_DATA, KIND_REFUSED, KIND_RESUME, KIND_TAKEN, MAX_CONTROL_PAYLOAD, TAG_LEN,
 };
 use super::{Result, TcpConfig, TcpError, TcpStats};
 use crate::frame::FrameLink;
@@ -94,6 +94,7 @@ impl Counters {
             | TcpError::PairMismatch { .. }
             | TcpError::NodeCollision { .. }
             | TcpError::ImageMismatch { .. }
+            | TcpError::BackupTaken { .. }
             | TcpError::Refused(_) => bump(&self.peer_mismatches),
             TcpError::ResumeRefused { .. } => bump(&self.resume_refused),
             _ => {}
@@ -271,6 +272,9 @@ struct State {
     /// Backup: the current connection's reader, joined before a reconnect.
     reader: Option<JoinHandle<()>>,
     established: bool,
+    /// Primary: the backup this link serves, from its first connection on. A
+    /// reconnect must come from the same node.
+    backup: Option<NodeId>,
 }
 
 #[derive(Debug)]
@@ -532,6 +536,20 @@ impl Shared {
         if self.closing.load(Ordering::SeqCst) || st.fatal.is_some() {
             return Err(TcpError::Closed);
         }
+        if let Some(backup) = st.backup.filter(|b| *b != acc.peer) {
+            let _ = wire::write_frame(
+                &mut stream,
+                &acc.session,
+                DIR_TO_BACKUP,
+                0,
+                KIND_TAKEN,
+                &backup.0.to_le_bytes(),
+            );
+            return Err(TcpError::BackupTaken {
+                backup,
+                refused: Some(acc.peer),
+            });
+        }
         let mut out = self.out.lock();
         let cursor = match out.resume_point(acc.next_seq) {
             Ok(c) => c,
@@ -606,6 +624,7 @@ impl Shared {
             ));
         }
         st.established = true;
+        st.backup = Some(acc.peer);
         st.down_since = None;
         st.conn = Some(conn);
         drop(st);
@@ -716,6 +735,14 @@ pub(super) fn resume_answer(
 ) -> Result<()> {
     match answer {
         Ok((KIND_RESUME, p)) if p == want.to_le_bytes() => Ok(()),
+        Ok((KIND_TAKEN, p)) if p.len() == 8 => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&p);
+            Err(TcpError::BackupTaken {
+                backup: NodeId(u64::from_le_bytes(b)),
+                refused: None,
+            })
+        }
         Ok((KIND_REFUSED, p)) if p.len() == 24 => {
             let at = |i: usize| {
                 let mut b = [0u8; 8];

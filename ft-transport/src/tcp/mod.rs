@@ -249,6 +249,16 @@ pub enum TcpError {
         /// The peer's, when it said (a primary refusing us does not).
         theirs: Option<u64>,
     },
+    /// The primary's link already serves another backup of this pair generation; a
+    /// second one is refused (it would replace the first one's connection and take
+    /// its log stream).
+    #[error("the primary already has a backup in this generation (node {}){}; a second backup is refused", backup.0, refused.map_or_else(String::new, |n| format!(", refused node {}", n.0)))]
+    BackupTaken {
+        /// The backup the link serves.
+        backup: NodeId,
+        /// The node refused (known to the primary only).
+        refused: Option<NodeId>,
+    },
     /// The primary refused the hello with a status this build does not know.
     #[error("the primary refused the connection (status {0})")]
     Refused(u8),
@@ -320,6 +330,7 @@ impl TcpError {
                 | TcpError::PairMismatch { .. }
                 | TcpError::NodeCollision { .. }
                 | TcpError::ImageMismatch { .. }
+                | TcpError::BackupTaken { .. }
                 | TcpError::Refused(_)
                 | TcpError::AuthFailed
                 | TcpError::ResumeRefused { .. }

@@ -119,6 +119,9 @@ pub(crate) const KIND_RESUME: u8 = 2;
 pub(crate) const KIND_REFUSED: u8 = 3;
 /// Frame kind: the sender closes the channel for good.
 pub(crate) const KIND_BYE: u8 = 4;
+/// Frame kind: the primary refuses a second backup, sent instead of the resume answer
+/// to an authenticated backup whose node id is not the one the link serves (u64).
+pub(crate) const KIND_TAKEN: u8 = 5;
 /// Largest payload of a control frame (resume, refused, bye).
 pub(crate) const MAX_CONTROL_PAYLOAD: usize = 64;
 
@@ -274,6 +277,8 @@ pub(crate) struct Accepted {
     pub(crate) session: Session,
     /// The first record the backup asks for.
     pub(crate) next_seq: u64,
+    /// The backup's node id.
+    pub(crate) peer: NodeId,
 }
 
 /// The primary's side of the handshake on a fresh connection (timeouts already set).
@@ -342,7 +347,8 @@ pub(crate) fn server_handshake_with<S: Read + Write>(
             found: role,
         });
     }
-    if let Some((status, e)) = me.refuse(&Identity::get(&hello, 7)) {
+    let peer = Identity::get(&hello, 7);
+    if let Some((status, e)) = me.refuse(&peer) {
         let _ = s.write_all(&refusal(status));
         return Err(e);
     }
@@ -369,7 +375,11 @@ pub(crate) fn server_handshake_with<S: Read + Write>(
     if !session.verify_finished(CLIENT_FINISHED, &confirm) {
         return Err(TcpError::AuthFailed);
     }
-    Ok(Accepted { session, next_seq })
+    Ok(Accepted {
+        session,
+        next_seq,
+        peer: peer.node,
+    })
 }
 
 /// The backup's side of the handshake up to the key confirmation (timeouts already
@@ -533,7 +543,7 @@ pub(crate) fn read_frame<R: Read>(
     let kind = head[4];
     let max = match kind {
         KIND_DATA => max_data,
-        KIND_RESUME | KIND_REFUSED | KIND_BYE => MAX_CONTROL_PAYLOAD,
+        KIND_RESUME | KIND_REFUSED | KIND_BYE | KIND_TAKEN => MAX_CONTROL_PAYLOAD,
         other => return Err(ReadError::Bad(TcpError::UnknownFrameKind(other))),
     };
     if len > max {

@@ -474,3 +474,46 @@ impl<L: FrameLink, M: FrameLink> Pump<L, M> {
         self.errors.iter().find(|e| e.1 == who).map(|e| &e.2)
     }
 }
+
+/// The clone-offer contract every arbiter keeps, on `vm` of two handles `a` and `b` on
+/// the same store: only the holder of a claim publishes an offer for it; a reader
+/// sees the offer of the newest claimed generation only; withdrawal by another node
+/// leaves it, by its member removes it; a republished offer replaces the old one.
+#[allow(dead_code)] // Not every test binary that includes this module uses it.
+pub fn offers_follow_the_claims(a: &dyn ft_core::Arbiter, b: &dyn ft_core::Arbiter, vm: u64) {
+    use ft_core::{ArbiterError, CloneOffer, NodeId, PairId};
+    let g = |generation| PairId { vm, generation };
+    let offer = |generation, member, addr: &str| CloneOffer {
+        pair: g(generation),
+        member: NodeId(member),
+        addr: addr.to_string(),
+    };
+    assert_eq!(b.clone_offer(vm), Ok(None));
+    // Nobody holds generation 1: nobody may offer it.
+    assert!(matches!(
+        a.publish_offer(&offer(1, 1, "10.0.0.1:7100")),
+        Err(ArbiterError::Failed(_))
+    ));
+    a.test_and_set(g(1), NodeId(1)).unwrap();
+    let e = b.publish_offer(&offer(1, 2, "10.0.0.2:7100")).unwrap_err();
+    assert!(e.to_string().contains("node 1 holds it"), "{e}");
+    a.publish_offer(&offer(1, 1, "10.0.0.1:7100")).unwrap();
+    assert_eq!(b.clone_offer(vm), Ok(Some(offer(1, 1, "10.0.0.1:7100"))));
+    assert_eq!(b.clone_offer(vm + 1000), Ok(None));
+    a.publish_offer(&offer(1, 1, "host-a:7200")).unwrap();
+    assert_eq!(b.clone_offer(vm), Ok(Some(offer(1, 1, "host-a:7200"))));
+    b.withdraw_offer(g(1), NodeId(2)).unwrap();
+    assert!(
+        b.clone_offer(vm).unwrap().is_some(),
+        "another node's withdrawal"
+    );
+    a.withdraw_offer(g(1), NodeId(1)).unwrap();
+    assert_eq!(b.clone_offer(vm), Ok(None));
+    a.withdraw_offer(g(1), NodeId(1)).unwrap();
+    // A newer claim hides the older generation's offer, even one published again.
+    a.publish_offer(&offer(1, 1, "host-a:7200")).unwrap();
+    b.test_and_set(g(2), NodeId(2)).unwrap();
+    assert_eq!(a.clone_offer(vm), Ok(None));
+    b.publish_offer(&offer(2, 2, "host-b:7300")).unwrap();
+    assert_eq!(a.clone_offer(vm), Ok(Some(offer(2, 2, "host-b:7300"))));
+}
