@@ -105,7 +105,8 @@ pub enum RoleArg {
     /// Replays the log; goes live and serves clients when the primary dies.
     Backup,
     /// A fresh node that becomes the backup of a live member running alone (after
-    /// its pair lost a member) by live clone: it connects to `--peer`, receives the
+    /// its pair lost a member) by live clone: it connects to `--peer` (or to the
+    /// address the member published in the arbiter), receives the
     /// running guest's memory and state, then replays like any backup. Needs
     /// `--disk` (the pair's shared disk) and an explicit `--node-id`.
     Join,
@@ -125,7 +126,8 @@ pub struct NodeArgs {
     #[arg(long)]
     pub listen: Option<String>,
     /// Backup and joiner: the log channel address of the primary (of the live
-    /// member, for a joiner).
+    /// member, for a joiner; a joiner without it connects where the live member's
+    /// clone offer in the arbiter says).
     #[arg(long)]
     pub peer: Option<String>,
     /// Where clients connect (TCP) to reach the guest service.
@@ -494,12 +496,26 @@ fn plan(arbiter: &dyn Arbiter, args: &NodeArgs, me: NodeId) -> Result<Plan> {
                     vm: args.vm,
                     generation: o.pair.generation.saturating_add(1),
                 },
-                rejoined: Some(format!(
-                    "{superseded}; so this {} restarts as the backup of the live member node {}, by live clone from {}",
-                    side_of(args.role),
-                    o.member.0,
-                    o.addr
-                )),
+                rejoined: Some(match &superseded {
+                    NodeError::Superseded {
+                        vm,
+                        generation,
+                        why,
+                        ..
+                    } => format!(
+                        "vm {vm} generation {generation} is taken ({why}): this {} restarts as the backup of the live member node {}, by live clone from {} into generation {}",
+                        side_of(args.role),
+                        o.member.0,
+                        o.addr,
+                        o.pair.generation.saturating_add(1)
+                    ),
+                    other => format!(
+                        "{other}: this {} restarts as the backup of the live member node {}, by live clone from {}",
+                        side_of(args.role),
+                        o.member.0,
+                        o.addr
+                    ),
+                }),
                 peer: Some(o.addr),
             }),
             Some(o) => Err(NodeError::Usage(format!(
