@@ -310,39 +310,4 @@ mod tests {
             Err(ArbiterError::Unreachable(_))
         ));
     }
-
-    #[test]
-    fn only_the_holder_offers_and_only_the_newest_generation_counts() {
-        let a = InProcessArbiter::new();
-        let g = |generation| PairId { vm: 3, generation };
-        let offer = |generation, member, addr: &str| CloneOffer {
-            pair: g(generation),
-            member: NodeId(member),
-            addr: addr.to_string(),
-        };
-        assert_eq!(a.clone_offer(3), Ok(None));
-        // Nobody holds generation 1 yet: no offer for it.
-        assert!(matches!(
-            a.publish_offer(&offer(1, 1, "a:1")),
-            Err(ArbiterError::Failed(_))
-        ));
-        a.test_and_set(g(1), NodeId(1)).unwrap();
-        let e = a.publish_offer(&offer(1, 2, "b:2")).unwrap_err();
-        assert!(e.to_string().contains("node 1 holds it"), "{e}");
-        a.publish_offer(&offer(1, 1, "a:1")).unwrap();
-        assert_eq!(a.clone_offer(3), Ok(Some(offer(1, 1, "a:1"))));
-        assert_eq!(a.clone_offer(4), Ok(None));
-        // Another node's withdrawal leaves it; the member's removes it.
-        a.withdraw_offer(g(1), NodeId(2)).unwrap();
-        assert!(a.clone_offer(3).unwrap().is_some());
-        a.withdraw_offer(g(1), NodeId(1)).unwrap();
-        assert_eq!(a.clone_offer(3), Ok(None));
-        // An offer of an older generation is never answered once a newer one is
-        // claimed, even if its member publishes it again.
-        a.publish_offer(&offer(1, 1, "a:1")).unwrap();
-        a.test_and_set(g(2), NodeId(2)).unwrap();
-        assert_eq!(a.clone_offer(3), Ok(None));
-        a.publish_offer(&offer(2, 2, "b:2")).unwrap();
-        assert_eq!(a.clone_offer(3), Ok(Some(offer(2, 2, "b:2"))));
-    }
 }

@@ -484,11 +484,11 @@ fn plan(arbiter: &dyn Arbiter, args: &NodeArgs, me: NodeId) -> Result<Plan> {
                     rejoined: None,
                 })
             }
-            Err(e) => e,
+            // Only a taken generation can be rejoined; an arbiter that cannot be
+            // asked is reported as it is.
+            Err(e @ NodeError::Superseded { .. }) if args.offers_clone() => e,
+            Err(e) => return Err(e),
         };
-        if !args.offers_clone() {
-            return Err(superseded);
-        }
         return match arbiter.clone_offer(args.vm).map_err(unusable)? {
             Some(o) if o.member != me => Ok(Plan {
                 role: RoleArg::Join,
@@ -496,26 +496,15 @@ fn plan(arbiter: &dyn Arbiter, args: &NodeArgs, me: NodeId) -> Result<Plan> {
                     vm: args.vm,
                     generation: o.pair.generation.saturating_add(1),
                 },
-                rejoined: Some(match &superseded {
-                    NodeError::Superseded {
-                        vm,
-                        generation,
-                        why,
-                        ..
-                    } => format!(
-                        "vm {vm} generation {generation} is taken ({why}): this {} restarts as the backup of the live member node {}, by live clone from {} into generation {}",
-                        side_of(args.role),
-                        o.member.0,
-                        o.addr,
-                        o.pair.generation.saturating_add(1)
-                    ),
-                    other => format!(
-                        "{other}: this {} restarts as the backup of the live member node {}, by live clone from {}",
-                        side_of(args.role),
-                        o.member.0,
-                        o.addr
-                    ),
-                }),
+                rejoined: Some(format!(
+                    "vm {} generation {} is taken: this {} restarts as the backup of the live member node {}, by live clone from {} into generation {}",
+                    args.vm,
+                    args.generation,
+                    side_of(args.role),
+                    o.member.0,
+                    o.addr,
+                    o.pair.generation.saturating_add(1)
+                )),
                 peer: Some(o.addr),
             }),
             Some(o) => Err(NodeError::Usage(format!(
@@ -639,7 +628,6 @@ impl Env<'_> {
                 connect_timeout: Duration::from_millis(self.args.connect_timeout_ms),
             };
             let offer = Offer {
-                addr: listen.clone(),
                 opts,
                 record: ft_core::CloneOffer {
                     pair: node.config().pair,
@@ -725,8 +713,6 @@ fn outcome(node: &NodeT, exit: Exit, errors: Vec<ft_transport::RuntimeError>) ->
 
 /// What [`offer_clone`] offers: where, for which pair, through which arbiter.
 struct Offer {
-    /// `--listen`.
-    addr: String,
     /// The link's options, for the next generation.
     opts: LinkOptions,
     /// The offer published in the arbiter's membership record.
@@ -751,11 +737,11 @@ fn offer_clone(
         .spawn(move || {
             let log = thread_log;
             let Offer {
-                addr,
                 opts,
                 record,
                 arbiter,
             } = offer;
+            let addr = record.addr.clone();
             let deadline = Instant::now() + Duration::from_secs(5);
             let listener = loop {
                 match link::listen(&addr, &opts) {

@@ -104,6 +104,13 @@ fn generations_and_vms_are_independent_and_tokens_grow() {
     ));
 }
 
+/// The offer contract on the in-process arbiter too (two handles share one store).
+#[test]
+fn in_process_clone_offers_follow_the_claims() {
+    let a = ft_core::InProcessArbiter::new();
+    common::offers_follow_the_claims(&a, &a.clone(), 4);
+}
+
 #[test]
 fn clone_offers_follow_the_claims() {
     let dir = tempfile::tempdir().unwrap();

@@ -170,31 +170,9 @@ impl FileArbiter {
     /// The claim of `pair`, if one was made.
     pub fn read_claim(&self, pair: PairId) -> Result<Option<Claim>> {
         let path = self.claim_path(pair);
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(FileArbiterError::Io {
-                    path,
-                    op: "open claim",
-                    source,
-                })
-            }
+        let Some(text) = read_small(&path, ["open claim", "read claim"])? else {
+            return Ok(None);
         };
-        let mut text = String::new();
-        if let Err(source) = file.take(MAX_CLAIM_BYTES).read_to_string(&mut text) {
-            return Err(match source.kind() {
-                io::ErrorKind::InvalidData => FileArbiterError::Malformed {
-                    path,
-                    detail: "not UTF-8".into(),
-                },
-                _ => FileArbiterError::Io {
-                    path,
-                    op: "read claim",
-                    source,
-                },
-            });
-        }
         let claim = Claim::decode(&text).map_err(|detail| FileArbiterError::Malformed {
             path: path.clone(),
             detail,
@@ -454,6 +432,37 @@ impl Arbiter for FileArbiter {
     }
 }
 
+/// The text of a claim or offer file, if it exists: at most `MAX_CLAIM_BYTES` of
+/// it, which must be UTF-8. `ops` name the open and the read in errors.
+fn read_small(path: &Path, ops: [&'static str; 2]) -> Result<Option<String>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(FileArbiterError::Io {
+                path: path.to_path_buf(),
+                op: ops[0],
+                source,
+            })
+        }
+    };
+    let mut text = String::new();
+    match file.take(MAX_CLAIM_BYTES).read_to_string(&mut text) {
+        Ok(_) => Ok(Some(text)),
+        Err(source) if source.kind() == io::ErrorKind::InvalidData => {
+            Err(FileArbiterError::Malformed {
+                path: path.to_path_buf(),
+                detail: "not UTF-8".into(),
+            })
+        }
+        Err(source) => Err(FileArbiterError::Io {
+            path: path.to_path_buf(),
+            op: ops[1],
+            source,
+        }),
+    }
+}
+
 /// The first line of every offer file.
 const OFFER_MAGIC: &str = "ft-arbiter-offer 1";
 
@@ -471,27 +480,8 @@ impl FileArbiter {
     /// The clone offer of `pair`, if its holder published one.
     pub fn read_offer(&self, pair: PairId) -> Result<Option<CloneOffer>> {
         let path = self.offer_path(pair);
-        let text = match fs::read(&path) {
-            Ok(b) if b.len() as u64 <= MAX_CLAIM_BYTES => {
-                String::from_utf8(b).map_err(|_| FileArbiterError::Malformed {
-                    path: path.clone(),
-                    detail: "not UTF-8".into(),
-                })?
-            }
-            Ok(_) => {
-                return Err(FileArbiterError::Malformed {
-                    path,
-                    detail: "too long for an offer".into(),
-                })
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(FileArbiterError::Io {
-                    path,
-                    op: "read offer",
-                    source,
-                })
-            }
+        let Some(text) = read_small(&path, ["open offer", "read offer"])? else {
+            return Ok(None);
         };
         let malformed = |detail: String| FileArbiterError::Malformed {
             path: path.clone(),
