@@ -326,3 +326,135 @@ fn etcd_stopped_is_unreachable_and_the_engine_waits() {
     assert_eq!(*node.phase(), Phase::Arbitrating);
     assert!(!node.is_live());
 }
+
+/// A member's clone offer is put with its process's lease: when the arbiter holding
+/// it goes (the process ends), the offer goes with it.
+#[test]
+fn etcd_offers_vanish_with_their_member() {
+    let Some(bin) = etcd_binary("etcd_offers_vanish_with_their_member") else {
+        return;
+    };
+    let etcd = Etcd::start(&bin);
+    let reader = etcd.arbiter();
+    let member = etcd.arbiter();
+    let p = pair(3, 1);
+    member.test_and_set(p, NodeId(1)).unwrap();
+    let offer = ft_core::CloneOffer {
+        pair: p,
+        member: NodeId(1),
+        addr: "127.0.0.1:1".into(),
+    };
+    member.publish_offer(&offer).unwrap();
+    assert_eq!(reader.clone_offer(3), Ok(Some(offer.clone())));
+    assert_eq!(reader.record(3).unwrap().offers.get(&1), Some(&offer));
+    drop(member);
+    assert_eq!(
+        reader.clone_offer(3),
+        Ok(None),
+        "a dropped member's offer stays"
+    );
+}
+
+/// Standbys: registration with a lease, node-id collisions refused, exactly one of
+/// several racing standbys picked per offer, and a picked standby that dies releases
+/// its pick to the next.
+#[test]
+fn etcd_exactly_one_standby_is_picked_per_offer() {
+    use ft_transport::arbiter::etcd::standby::{Standby, StandbyError};
+    let Some(bin) = etcd_binary("etcd_exactly_one_standby_is_picked_per_offer") else {
+        return;
+    };
+    let etcd = Etcd::start(&bin);
+    let arb = etcd.arbiter();
+    let ttl = Duration::from_secs(2);
+    let vm = 5;
+    let standbys: Vec<Standby> = (10..14)
+        .map(|n| Standby::register(&arb, vm, NodeId(n), &format!("127.0.0.1:{n}"), ttl).unwrap())
+        .collect();
+    assert_eq!(
+        Standby::register(&arb, vm, NodeId(11), "x:1", ttl).map(|_| ()),
+        Err(StandbyError::Taken { node: 11, vm })
+    );
+    let record = arb.record(vm).unwrap();
+    assert_eq!(record.standbys.len(), 4);
+    assert_eq!(
+        record.standbys.get(&12).map(String::as_str),
+        Some("127.0.0.1:12")
+    );
+    // The live member of generation 1 offers a clone; the member's id is refused.
+    arb.test_and_set(pair(vm, 1), NodeId(1)).unwrap();
+    assert!(matches!(
+        Standby::register(&arb, vm, NodeId(1), "x:1", ttl),
+        Err(StandbyError::Member { node: 1, .. })
+    ));
+    let offer = ft_core::CloneOffer {
+        pair: pair(vm, 1),
+        member: NodeId(1),
+        addr: "127.0.0.1:9".into(),
+    };
+    arb.publish_offer(&offer).unwrap();
+    // All four race; exactly one is picked, the others keep waiting.
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let standbys: Vec<Arc<Standby>> = standbys.into_iter().map(Arc::new).collect();
+    for (i, s) in standbys.iter().enumerate() {
+        let (s, tx) = (s.clone(), tx.clone());
+        std::thread::spawn(move || {
+            let pick = s.wait_for_pick(Duration::from_millis(300), |_| {});
+            let _ = tx.send((i, pick));
+        });
+    }
+    let (first, pick) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(pick.offer, offer);
+    assert_eq!(pick.pair(), pair(vm, 2));
+    assert!(
+        rx.recv_timeout(Duration::from_millis(800)).is_err(),
+        "a second standby was picked for the same offer"
+    );
+    let record = arb.record(vm).unwrap();
+    let picked = NodeId(10 + first as u64);
+    assert_eq!(record.picks.get(&1), Some(&picked));
+    assert!(
+        !record.standbys.contains_key(&picked.0),
+        "picked is still listed"
+    );
+    assert_eq!(record.standbys.len(), 3);
+    // The picked standby dies before its clone is whole (its lease goes): the pick is
+    // released and exactly one of the others takes the still-open offer.
+    // (The threads of the waiting ones hold their own references.)
+    let mut standbys = standbys;
+    drop(standbys.remove(first));
+    let (second, _) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_ne!(second, first);
+    assert!(rx.recv_timeout(Duration::from_millis(800)).is_err());
+    assert_eq!(
+        arb.record(vm).unwrap().picks.get(&1),
+        Some(&NodeId(10 + second as u64))
+    );
+}
+
+/// A standby whose lease expired (as it does while the process is frozen past the
+/// TTL) leaves the pool, and its keeper registers it again with a fresh lease.
+#[test]
+fn etcd_standby_registers_again_after_its_lease_expired() {
+    use ft_transport::arbiter::etcd::standby::Standby;
+    let Some(bin) = etcd_binary("etcd_standby_registers_again_after_its_lease_expired") else {
+        return;
+    };
+    let etcd = Etcd::start(&bin);
+    let arb = etcd.arbiter();
+    let s = Standby::register(&arb, 8, NodeId(3), "127.0.0.1:3", Duration::from_secs(2)).unwrap();
+    let old = s.lease().id();
+    arb.revoke_lease(old).unwrap();
+    assert!(arb.record(8).unwrap().standbys.is_empty());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while arb.record(8).unwrap().standbys.is_empty() {
+        assert!(Instant::now() < deadline, "never registered again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_ne!(s.lease().id(), old);
+    drop(s);
+    assert!(
+        arb.record(8).unwrap().standbys.is_empty(),
+        "a dropped standby stays listed"
+    );
+}

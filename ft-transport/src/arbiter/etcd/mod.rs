@@ -30,6 +30,11 @@
 //! connection, a timeout, HTTP 5xx such as etcd's "no leader"), the claim is
 //! [`ArbiterError::Unreachable`]: the engine keeps waiting and retries with backoff.
 
+mod lease;
+pub mod standby;
+mod watch;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -38,6 +43,11 @@ use ft_core::arbiter::{
     not_the_holder, Arbiter, ArbiterError, CloneOffer, Decision, NodeId, PairId,
 };
 use serde_json::{json, Value};
+
+pub use lease::{Lease, Renewed};
+
+/// The TTL of the lease clone offers are put with, unless set.
+pub const DEFAULT_OFFER_TTL: Duration = Duration::from_secs(2);
 
 /// Largest answer read from etcd.
 const MAX_ANSWER_BYTES: u64 = 1 << 20;
@@ -101,6 +111,19 @@ pub struct EtcdArbiter {
     endpoints: Vec<String>,
     prefix: String,
     agent: ureq::Agent,
+    /// The lease this process's clone offers are put with, granted at the first
+    /// offer and shared by the clones of this arbiter.
+    offers: Arc<parking_lot::Mutex<Option<OfferLease>>>,
+    /// The TTL of that lease.
+    offer_ttl: Duration,
+}
+
+/// The lease of a process's clone offers, and the offers put with it (put again with
+/// a fresh lease if it expired while the process was frozen).
+#[derive(Debug)]
+struct OfferLease {
+    lease: Lease,
+    published: Arc<parking_lot::Mutex<Vec<CloneOffer>>>,
 }
 
 impl EtcdArbiter {
@@ -131,7 +154,25 @@ impl EtcdArbiter {
             endpoints: eps,
             prefix: "ft/arbiter".into(),
             agent,
+            offers: Arc::default(),
+            offer_ttl: DEFAULT_OFFER_TTL,
         })
+    }
+
+    /// The same endpoints and prefix, with no offer lease of its own (for the
+    /// threads that keep leases alive: they must not hold the arbiter that holds them).
+    fn bare(&self) -> EtcdArbiter {
+        EtcdArbiter {
+            offers: Arc::default(),
+            ..self.clone()
+        }
+    }
+
+    /// Put clone offers with a lease of `ttl` (default 2 s, etcd's usual minimum):
+    /// a member that dies takes its offer with it within that time.
+    pub fn with_offer_ttl(mut self, ttl: Duration) -> EtcdArbiter {
+        self.offer_ttl = ttl;
+        self
     }
 
     /// Use `prefix` instead of `ft/arbiter` for the keys.
@@ -212,12 +253,7 @@ impl EtcdArbiter {
     /// in a generation is [`EtcdError::BadAnswer`].
     pub fn newest_generation(&self, vm: u64) -> Result<Option<u64>> {
         let prefix = format!("{}/vm/{vm}/generation/", self.prefix);
-        // The range [prefix, prefix with its last byte + 1): every key under it ('/'
-        // is 0x2f, so its successor is '0').
-        let mut end = prefix.clone().into_bytes();
-        if let Some(last) = end.last_mut() {
-            *last += 1;
-        }
+        let end = watch::prefix_end(&prefix);
         let body = json!({
             "key": B64.encode(&prefix),
             "range_end": B64.encode(&end),
@@ -227,12 +263,7 @@ impl EtcdArbiter {
             let mut newest = None;
             let kvs = answer.get("kvs").and_then(Value::as_array);
             for kv in kvs.map(Vec::as_slice).unwrap_or_default() {
-                let key = kv
-                    .get("key")
-                    .and_then(Value::as_str)
-                    .and_then(|k| B64.decode(k).ok())
-                    .and_then(|k| String::from_utf8(k).ok())
-                    .ok_or_else(|| bad(endpoint, "a range answer key is not base64 text"))?;
+                let key = key_text(endpoint, kv)?;
                 let generation = key
                     .strip_prefix(&prefix)
                     .and_then(|g| g.parse::<u64>().ok())
@@ -326,6 +357,35 @@ fn decide_txn(endpoint: &str, answer: &Value, me: NodeId) -> Result<Decision> {
     })
 }
 
+/// The value of one key-value of a range answer, as text.
+fn value_text(endpoint: &str, kv: &Value) -> Result<String> {
+    kv.get("value")
+        .and_then(Value::as_str)
+        .and_then(|v| B64.decode(v).ok())
+        .and_then(|v| String::from_utf8(v).ok())
+        .ok_or_else(|| bad(endpoint, "a value that is not base64 text"))
+}
+
+/// The key of one key-value of a range or watch answer, as text.
+fn key_text(endpoint: &str, kv: &Value) -> Result<String> {
+    kv.get("key")
+        .and_then(Value::as_str)
+        .and_then(|k| B64.decode(k).ok())
+        .and_then(|k| String::from_utf8(k).ok())
+        .ok_or_else(|| bad(endpoint, "a key that is not base64 text"))
+}
+
+/// An offer's value, `member <id> addr <addr>`.
+fn parse_offer(pair: PairId, text: &str) -> Option<CloneOffer> {
+    let (member, addr) = text.strip_prefix("member ")?.split_once(" addr ")?;
+    let member = NodeId(member.parse().ok()?);
+    (!addr.is_empty()).then(|| CloneOffer {
+        pair,
+        member,
+        addr: addr.to_string(),
+    })
+}
+
 /// The holder and token in one key-value of a range answer.
 fn read_kv(endpoint: &str, kv: &Value) -> Result<(NodeId, u64)> {
     let token = int(kv.get("create_revision"))
@@ -363,8 +423,14 @@ impl Arbiter for EtcdArbiter {
     }
 
     fn publish_offer(&self, offer: &CloneOffer) -> ft_core::arbiter::Result<()> {
-        match self.put_offer(offer)? {
-            Ok(()) => Ok(()),
+        let (lease, published) = self.offer_lease()?;
+        match self.put_offer(offer, Some(lease))? {
+            Ok(()) => {
+                let mut p = published.lock();
+                p.retain(|o| o.pair != offer.pair);
+                p.push(offer.clone());
+                Ok(())
+            }
             Err(holder) => Err(not_the_holder(offer, holder)),
         }
     }
@@ -382,8 +448,9 @@ impl Arbiter for EtcdArbiter {
 }
 
 /// Clone offers: the key `<prefix>/vm/<vm>/offer/<gen>`, its value `member <id> addr
-/// <HOST:PORT>`. A transaction puts it only while the claim of that generation names
-/// the member:
+/// <HOST:PORT>`, put with a lease the publishing process keeps alive (so the offer of
+/// a member that died vanishes within the lease's TTL). A transaction puts it only
+/// while the claim of that generation names the member:
 ///
 /// ```text
 /// compare: value(claim key) == "holder <member>"
@@ -396,11 +463,46 @@ impl EtcdArbiter {
         format!("{}/vm/{}/offer/{}", self.prefix, pair.vm, pair.generation)
     }
 
-    /// Put `offer` if its member holds the claim; `Err(holder)` if it does not.
-    pub fn put_offer(&self, offer: &CloneOffer) -> Result<std::result::Result<(), Option<NodeId>>> {
+    /// This process's offer lease (granted at the first offer) and the offers put
+    /// with it.
+    fn offer_lease(&self) -> Result<(i64, Arc<parking_lot::Mutex<Vec<CloneOffer>>>)> {
+        let mut session = self.offers.lock();
+        if let Some(s) = &*session {
+            return Ok((s.lease.id(), s.published.clone()));
+        }
+        let published: Arc<parking_lot::Mutex<Vec<CloneOffer>>> = Arc::default();
+        let (bare, again) = (self.bare(), published.clone());
+        // A lease that expired (the process was frozen past its TTL) took the offers
+        // with it: put them again with its successor, each only while its member
+        // still holds the claim.
+        let renewed: Renewed = Box::new(move |fresh| {
+            again
+                .lock()
+                .retain(|o| matches!(bare.put_offer(o, Some(fresh)), Ok(Ok(())) | Err(_)));
+        });
+        let lease = Lease::grant(&self.bare(), self.offer_ttl, renewed)?;
+        let id = lease.id();
+        *session = Some(OfferLease {
+            lease,
+            published: published.clone(),
+        });
+        Ok((id, published))
+    }
+
+    /// Put `offer` (with `lease`, if given) if its member holds the claim;
+    /// `Err(holder)` if it does not.
+    pub fn put_offer(
+        &self,
+        offer: &CloneOffer,
+        lease: Option<i64>,
+    ) -> Result<std::result::Result<(), Option<NodeId>>> {
         let claim = B64.encode(self.key(offer.pair));
         let key = B64.encode(self.offer_key(offer.pair));
         let value = B64.encode(format!("member {} addr {}", offer.member.0, offer.addr));
+        let mut put = json!({ "key": key, "value": value });
+        if let Some(id) = lease {
+            put["lease"] = json!(id.to_string());
+        }
         let body = json!({
             "compare": [{
                 "key": claim,
@@ -408,7 +510,7 @@ impl EtcdArbiter {
                 "target": "VALUE",
                 "value": B64.encode(format!("holder {}", offer.member.0)),
             }],
-            "success": [{ "request_put": { "key": key, "value": value } }],
+            "success": [{ "request_put": put }],
             "failure": [{ "request_range": { "key": claim } }],
         });
         self.on_any_endpoint("/v3/kv/txn", &body, |endpoint, answer| {
@@ -429,29 +531,20 @@ impl EtcdArbiter {
             let Some(kv) = answer.pointer("/kvs/0") else {
                 return Ok(None);
             };
-            let text = kv
-                .get("value")
-                .and_then(Value::as_str)
-                .and_then(|v| B64.decode(v).ok())
-                .and_then(|v| String::from_utf8(v).ok())
-                .ok_or_else(|| bad(endpoint, "an offer value that is not base64 text"))?;
-            let parsed = text.strip_prefix("member ").and_then(|rest| {
-                let (member, addr) = rest.split_once(" addr ")?;
-                Some((member.parse().ok()?, addr))
-            });
-            match parsed {
-                Some((member, addr)) if !addr.is_empty() => Ok(Some(CloneOffer {
-                    pair,
-                    member: NodeId(member),
-                    addr: addr.to_string(),
-                })),
-                _ => Err(bad(endpoint, format!("value {text:?} is not an offer"))),
-            }
+            let text = value_text(endpoint, kv)?;
+            parse_offer(pair, &text)
+                .map(Some)
+                .ok_or_else(|| bad(endpoint, format!("value {text:?} is not an offer")))
         })
     }
 
     /// Delete `pair`'s offer if `member` published it.
     pub fn delete_offer(&self, pair: PairId, member: NodeId) -> Result<()> {
+        if let Some(s) = &*self.offers.lock() {
+            s.published
+                .lock()
+                .retain(|o| o.pair != pair || o.member != member);
+        }
         if self.read_offer(pair)?.is_none_or(|o| o.member != member) {
             return Ok(());
         }
