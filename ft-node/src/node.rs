@@ -89,6 +89,9 @@ pub enum NodeError {
         /// The VM.
         vm: u64,
     },
+    /// The standby could not register or wait in etcd.
+    #[error("standby: {0}")]
+    Standby(#[from] ft_transport::arbiter::etcd::standby::StandbyError),
     /// The engine parameters given by the flags are out of range.
     #[error("{0} (see --heartbeat-ms and --timeout-ms)")]
     Config(ft_core::EngineError),
@@ -110,6 +113,12 @@ pub enum RoleArg {
     /// running guest's memory and state, then replays like any backup. Needs
     /// `--disk` (the pair's shared disk) and an explicit `--node-id`.
     Join,
+    /// A spare node for any pair of the VM that loses a member: it registers in etcd
+    /// (with a lease, so it leaves the pool when it dies), waits, and when a live
+    /// member runs alone and offers a live clone, races the other standbys in one etcd
+    /// transaction; the one picked joins as `--role join` would. Needs an etcd
+    /// `--arbiter`, `--disk`, `--listen` and an explicit `--node-id`.
+    Standby,
 }
 
 /// Run one side of a protected pair: the sim service guest (or an image), replicated
@@ -176,6 +185,11 @@ pub struct NodeArgs {
     /// Log a state digest every this many guest instructions.
     #[arg(long, default_value_t = 5000)]
     pub digest_interval: u64,
+    /// TTL of this node's etcd leases (a standby's registration and pick, a live
+    /// member's clone offer), in milliseconds; whole seconds, and etcd raises it to its
+    /// minimum (about 2 s). A node that dies leaves etcd's record within it.
+    #[arg(long, default_value_t = 2000)]
+    pub lease_ms: u64,
     /// Timeout of one arbiter request (etcd), in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub arbiter_timeout_ms: u64,
@@ -198,6 +212,7 @@ fn side_of(role: RoleArg) -> &'static str {
         RoleArg::Primary => "primary",
         RoleArg::Backup => "backup",
         RoleArg::Join => "joiner",
+        RoleArg::Standby => "standby",
     }
 }
 
@@ -209,9 +224,14 @@ impl NodeArgs {
             (RoleArg::Backup, None) => Ok(2),
             // A joiner's id must differ from every member's, in every generation the
             // VM goes through: no default can know that.
-            (RoleArg::Join, None) => Err(NodeError::Usage(
-                "a joining node needs --node-id, distinct from every other node of the vm".into(),
-            )),
+            (RoleArg::Join | RoleArg::Standby, None) => Err(NodeError::Usage(format!(
+                "a {} node needs --node-id, distinct from every other node of the vm",
+                if self.role == RoleArg::Join {
+                    "joining"
+                } else {
+                    "standby"
+                }
+            ))),
         }
     }
 
@@ -223,6 +243,19 @@ impl NodeArgs {
 
     /// Flags that only make sense together.
     fn check_combination(&self) -> Result<()> {
+        if self.role == RoleArg::Standby {
+            if !self.arbiter.starts_with("etcd:") {
+                return Err(NodeError::Usage(format!(
+                    "a standby needs an etcd arbiter (--arbiter etcd:http://HOST:PORT): standbys register with etcd leases and are picked by an etcd transaction; {:?} is not one",
+                    self.arbiter
+                )));
+            }
+            if !self.offers_clone() {
+                return Err(NodeError::Usage(
+                    "a standby needs --disk FILE (the pair's shared disk) and --listen ADDR (where it offers a live clone once it is the live member)".into(),
+                ));
+            }
+        }
         if self.role == RoleArg::Join && self.disk.is_none() {
             return Err(NodeError::Usage(
                 "a joining node needs the pair's shared --disk: a private in-memory disk is not cloned"
@@ -553,6 +586,47 @@ fn plan(arbiter: &dyn Arbiter, args: &NodeArgs, me: NodeId) -> Result<Plan> {
     })
 }
 
+/// Register as a standby of the VM in etcd and wait until picked to join a live
+/// member that runs alone; the plan is then a joiner's.
+fn wait_as_standby(
+    etcd: &ft_transport::arbiter::EtcdArbiter,
+    args: &NodeArgs,
+    me: NodeId,
+) -> Result<(Plan, ft_transport::arbiter::etcd::standby::Standby)> {
+    use ft_transport::arbiter::etcd::standby::Standby;
+    let log = Log::new("standby");
+    let listen = args.listen.as_deref().unwrap_or_default();
+    let ttl = Duration::from_millis(args.lease_ms);
+    let standby = Standby::register(etcd, args.vm, me, listen, ttl)?;
+    log.line(format_args!(
+        "standby (node {}) registered for vm {} in etcd (lease {:x}, ttl {} s); waiting for a live member that needs a backup",
+        me.0,
+        args.vm,
+        standby.lease().id(),
+        standby.lease().ttl().as_secs()
+    ));
+    let mut last_error = String::new();
+    let pick = standby.wait_for_pick(Duration::from_millis(500), |e| {
+        let e = e.to_string();
+        if e != last_error {
+            log.line(format_args!("etcd: {e}; still waiting"));
+            last_error = e;
+        }
+    });
+    let pair = pick.pair();
+    log.line(format_args!(
+        "PICKED by etcd to restore vm {}'s redundancy: joining generation {} by live clone from the live member node {} at {}",
+        args.vm, pair.generation, pick.offer.member.0, pick.offer.addr
+    ));
+    let plan = Plan {
+        role: RoleArg::Join,
+        pair,
+        peer: Some(pick.offer.addr),
+        rejoined: None,
+    };
+    Ok((plan, standby))
+}
+
 /// A notice handler: print the notice, and stop the run through `control` when
 /// `when` holds for it.
 fn stop_on(
@@ -825,20 +899,39 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
         args.disk.is_some(),
     );
 
-    let arbiter: Arc<dyn Arbiter> = ft_transport::arbiter::parse_spec(
-        &args.arbiter,
-        Duration::from_millis(args.arbiter_timeout_ms.max(1)),
-    )?;
+    let timeout = Duration::from_millis(args.arbiter_timeout_ms.max(1));
+    let etcd = match ft_transport::arbiter::parse_etcd_spec(&args.arbiter, timeout) {
+        Some(e) => Some(e?.with_offer_ttl(Duration::from_millis(args.lease_ms))),
+        None => None,
+    };
+    let arbiter: Arc<dyn Arbiter> = match &etcd {
+        Some(e) => Arc::new(e.clone()),
+        None => ft_transport::arbiter::parse_spec(&args.arbiter, timeout)?,
+    };
     arbiter.check().map_err(|source| NodeError::ArbiterCheck {
         spec: args.arbiter.clone(),
         source,
     })?;
-    let Plan {
-        role,
-        pair,
-        peer,
-        rejoined,
-    } = plan(&*arbiter, args, NodeId(me))?;
+    // A standby's registration (and its pick) lives as long as the process.
+    let (
+        Plan {
+            role,
+            pair,
+            peer,
+            rejoined,
+        },
+        _standby,
+    ) = match (&etcd, args.role) {
+        (Some(etcd), RoleArg::Standby) => {
+            let (plan, standby) = wait_as_standby(etcd, args, NodeId(me))?;
+            (plan, Some(standby))
+        }
+        // Invariant: check_combination refused a standby without an etcd arbiter.
+        (None, RoleArg::Standby) => {
+            return Err(NodeError::Usage("a standby needs an etcd arbiter".into()))
+        }
+        _ => (plan(&*arbiter, args, NodeId(me))?, None),
+    };
     let side = side_of(role);
     let log = Log::new(side);
     if let Some(why) = &rejoined {
@@ -897,7 +990,8 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
                 .ok_or_else(|| NodeError::Usage("a primary needs --listen ADDR".into()))?;
             Some(link::open_primary(addr, &link_opts, &log)?)
         }
-        RoleArg::Backup | RoleArg::Join => {
+        // A standby's plan is a joiner's.
+        RoleArg::Backup | RoleArg::Join | RoleArg::Standby => {
             let addr = peer
                 .as_deref()
                 .ok_or_else(|| NodeError::Usage(format!("a {side} needs --peer ADDR")))?;
@@ -942,7 +1036,9 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
         }
         RoleArg::Primary => "running: recording and shipping the log",
         RoleArg::Backup => "running: replaying the log",
-        RoleArg::Join => "running: receiving a live clone, then replaying the log",
+        RoleArg::Join | RoleArg::Standby => {
+            "running: receiving a live clone, then replaying the log"
+        }
     });
     // A node that offers clones stops its run when it becomes the live member alone,
     // and goes on in `serve_and_clone`.
@@ -989,7 +1085,7 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
             drop(r.channel);
             env.go_on(r.node, r.exit, r.errors)
         }
-        (RoleArg::Join, Some(link)) => {
+        (RoleArg::Join | RoleArg::Standby, Some(link)) => {
             let node = Node::clone_target(cfg, source, world, nanos_since(epoch));
             let r = ft_transport::run(
                 node,
@@ -1004,7 +1100,7 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
             drop(r.channel);
             env.go_on(r.node, r.exit, r.errors)
         }
-        (RoleArg::Backup | RoleArg::Join, None) => {
+        (RoleArg::Backup | RoleArg::Join | RoleArg::Standby, None) => {
             // Invariant: a backup's or joiner's link was opened above, or run
             // returned with its error.
             return Err(NodeError::Usage(format!("a {side} needs --peer ADDR")));

@@ -5,6 +5,12 @@
 //! every failover and verifies exactly-once answers with a continuous counter.
 //! Also: a joiner refused when there is nothing to join, without `--node-id`, or
 //! without the shared disk.
+//!
+//! With a real etcd on loopback (`FT_REQUIRE_ETCD=1` makes it required; without
+//! etcd those tests print a SKIP line): standby processes (`--role standby`) that
+//! etcd picks, one per failure, to restore the pair after each of five kills of the
+//! live member; the SIGSTOP fencing case with picked clones; a stale restart refused
+//! without an outage; and standbys refused for a taken id or a missing etcd.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -14,7 +20,8 @@ use std::time::{Duration, Instant};
 use ft_node::client::{self, ClientConfig, ClientStatus};
 use ft_node::node::{EXIT_DONE, EXIT_LOST, EXIT_SETUP};
 use ft_node::progress::Log;
-use ft_node::testkit::{write_key, NodeProc};
+use ft_node::testkit::{write_key, EtcdServer, NodeProc};
+use ft_transport::arbiter::EtcdArbiter;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 const LIMIT: Duration = Duration::from_secs(30);
@@ -38,6 +45,8 @@ struct Setup {
     key: String,
     arbiter: String,
     disk: String,
+    /// The etcd the arbiter spec names, if it is one (stopped on drop).
+    etcd: Option<EtcdServer>,
 }
 
 impl Setup {
@@ -51,7 +60,32 @@ impl Setup {
             arbiter: format!("file:{}", arb.display()),
             disk: dir.path().join("pair.disk").display().to_string(),
             _dir: dir,
+            etcd: None,
         }
+    }
+
+    /// The same with a real etcd on loopback as the arbiter; `None` after the skip
+    /// line when etcd is not installed (a failure if `FT_REQUIRE_ETCD=1`).
+    fn with_etcd(test: &str) -> Option<Setup> {
+        let Some(bin) = ft_node::testkit::etcd_binary() else {
+            if std::env::var("FT_REQUIRE_ETCD").as_deref() == Ok("1") {
+                panic!("{test}: etcd not installed but FT_REQUIRE_ETCD=1: apt-get install -y etcd-server");
+            }
+            println!("SKIP {test}: etcd not installed");
+            return None;
+        };
+        let etcd = EtcdServer::start(&bin).unwrap();
+        Some(Setup {
+            arbiter: format!("etcd:{}", etcd.url()),
+            etcd: Some(etcd),
+            ..Setup::new()
+        })
+    }
+
+    /// The etcd arbiter, to read the membership record.
+    fn etcd(&self) -> EtcdArbiter {
+        let url = self.etcd.as_ref().unwrap().url();
+        EtcdArbiter::new(&[url], Duration::from_secs(1)).unwrap()
     }
 
     /// Flags every node shares, then `role`'s.
@@ -108,7 +142,11 @@ impl Cluster {
     /// As [`Cluster::start`]; `alone`: the primary starts alone, with no backup (the
     /// client is served unprotected until a joiner clones it).
     fn start_with(n: usize, requests: u64, alone: bool) -> Cluster {
-        let st = Setup::new();
+        Cluster::start_on(Setup::new(), n, requests, alone)
+    }
+
+    /// As [`Cluster::start_with`], on `st`.
+    fn start_on(st: Setup, n: usize, requests: u64, alone: bool) -> Cluster {
         let logs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
         let clients: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
         let mut nodes: Vec<NodeProc> = Vec::new();
@@ -208,6 +246,48 @@ impl Cluster {
         self.nodes[k] = NodeProc::spawn(&bin(), &name, &self.args[k], true).unwrap();
         wait_count(&self.nodes[k], "clone received and checked", 1);
         wait_count(&self.nodes[survivor], "protected again", protected + 1);
+    }
+
+    /// Start a standby in the next slot (node id: the slot + 1), registered in the
+    /// etcd arbiter; wait until it waits. Returns its index.
+    fn standby(&mut self) -> usize {
+        let k = self.nodes.len();
+        let args = self.st.args(
+            "standby",
+            self.clients[k],
+            &[
+                s("--node-id"),
+                (k + 1).to_string(),
+                s("--listen"),
+                self.logs[k].to_string(),
+            ],
+        );
+        let name = format!("s{}", k + 1);
+        self.nodes
+            .push(NodeProc::spawn(&bin(), &name, &args, true).unwrap());
+        self.args.push(args);
+        wait_count(&self.nodes[k], "waiting for a live member", 1);
+        k
+    }
+
+    /// Wait until one of `spares` says etcd picked it; fail if none does or if more
+    /// than `already` picks were made among them.
+    fn wait_pick(&self, spares: &[usize]) -> usize {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let picked: Vec<usize> = spares
+                .iter()
+                .copied()
+                .filter(|&k| self.nodes[k].printed("PICKED by etcd"))
+                .collect();
+            match picked.as_slice() {
+                [] => {}
+                [one] => return *one,
+                more => panic!("more than one standby picked: {more:?}"),
+            }
+            assert!(Instant::now() < deadline, "no standby was picked");
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// The client's session, verified exactly-once.
@@ -531,5 +611,206 @@ fn a_joiner_is_refused_when_it_cannot_join() {
         p.tail(5).contains("needs the pair's shared --disk"),
         "{}",
         p.tail(5)
+    );
+}
+
+/// The clustering service's role, through etcd: a pair plus two registered standbys
+/// (`--role standby`). The live member is killed (`kill -9`) five times in a row;
+/// each time its backup takes over, runs alone and offers a live clone, and exactly
+/// one standby is picked by etcd's transaction, clones it and becomes its backup (a
+/// fresh standby then keeps the pool at two). One client session spans it all and
+/// verifies exactly-once answers; etcd's record holds one claim and one pick per
+/// failure, each by a different node.
+#[test]
+fn etcd_standbys_restore_redundancy_after_every_kill_of_the_live_member() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let test = "etcd_standbys_restore_redundancy_after_every_kill_of_the_live_member";
+    let Some(st) = Setup::with_etcd(test) else {
+        return;
+    };
+    let mut c = Cluster::start_on(st, 4 + KILLS, 400 * (KILLS as u64 + 1), false);
+    let mut spares = vec![c.standby(), c.standby()];
+    let (mut live, mut backup) = (0, 1);
+    for kill in 0..KILLS {
+        c.wait_answers(300 * (kill as u64 + 1));
+        let wins = count(&c.nodes[backup], "arbiter: WON");
+        let protected = count(&c.nodes[backup], "protected again");
+        c.nodes[live].kill9().unwrap();
+        println!(
+            "kill {}: live member n{} killed after {} answers; n{} takes over",
+            kill + 1,
+            live + 1,
+            c.status.answered(),
+            backup + 1
+        );
+        wait_count(&c.nodes[backup], "arbiter: WON", wins + 1);
+        let picked = c.wait_pick(&spares);
+        wait_count(&c.nodes[picked], "clone received and checked", 1);
+        wait_count(&c.nodes[backup], "protected again", protected + 1);
+        // Still exactly one: the others saw the pick and kept waiting.
+        assert_eq!(c.wait_pick(&spares), picked);
+        // etcd's record: generation `kill + 1` went to the backup that took over,
+        // and its pick names the standby that joined it.
+        let record = c.st.etcd().record(1).unwrap();
+        let generation = kill as u64 + 1;
+        assert_eq!(
+            record.newest(),
+            Some((generation, ft_core::NodeId(backup as u64 + 1)))
+        );
+        assert_eq!(
+            record.picks.get(&generation),
+            Some(&ft_core::NodeId(picked as u64 + 1))
+        );
+        assert!(
+            !record.standbys.contains_key(&(picked as u64 + 1)),
+            "{record:?}"
+        );
+        spares.retain(|&k| k != picked);
+        spares.push(c.standby());
+        (live, backup) = (backup, picked);
+    }
+    let report = c.verify();
+    assert!(report.connections.len() >= 2, "{:?}", report.connections);
+    // The pool is two standbys again, each still waiting.
+    let record = c.st.etcd().record(1).unwrap();
+    let pool: Vec<u64> = spares.iter().map(|&k| k as u64 + 1).collect();
+    assert_eq!(record.standbys.keys().copied().collect::<Vec<_>>(), pool);
+    for i in [live, backup] {
+        let code = c.nodes[i].wait_exit(LIMIT).and_then(|s| s.code());
+        assert_eq!(code, Some(EXIT_DONE), "n{}: {}", i + 1, c.nodes[i].tail(20));
+    }
+}
+
+/// With etcd standbys: after a failover and a pick, the live member is frozen
+/// (SIGSTOP) past the peer timeout. Its picked clone takes over in the next generation
+/// and a second standby is picked to back it up. Thawed, the old member finds the
+/// arbiter taken and halts. The first primary, restarted with its old command while
+/// that pair is whole, is refused at once and the service never stops; the client
+/// verifies throughout.
+#[test]
+fn etcd_a_frozen_live_member_loses_to_its_picked_clone_and_a_stale_restart_is_refused() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let test = "etcd_a_frozen_live_member_loses_to_its_picked_clone_and_a_stale_restart_is_refused";
+    let Some(st) = Setup::with_etcd(test) else {
+        return;
+    };
+    let mut c = Cluster::start_on(st, 4, 1_500, false);
+    let s3 = c.standby();
+    c.wait_answers(300);
+    c.nodes[0].kill9().unwrap();
+    wait_count(&c.nodes[1], "arbiter: WON", 1);
+    assert_eq!(c.wait_pick(&[s3]), s3);
+    wait_count(&c.nodes[s3], "clone received and checked", 1);
+    wait_count(&c.nodes[1], "protected again", 1);
+    let s4 = c.standby();
+    c.wait_answers(700);
+    c.nodes[1].signal("-STOP").unwrap();
+    wait_count(&c.nodes[s3], "LIVE at", 1);
+    assert_eq!(c.wait_pick(&[s4]), s4);
+    wait_count(&c.nodes[s4], "clone received and checked", 1);
+    wait_count(&c.nodes[s3], "protected again", 1);
+    c.nodes[1].signal("-CONT").unwrap();
+    let code = c.nodes[1].wait_exit(LIMIT).and_then(|s| s.code());
+    assert_eq!(code, Some(EXIT_LOST), "{}", c.nodes[1].tail(20));
+    assert!(
+        c.nodes[1].printed("LOST to node 3"),
+        "{}",
+        c.nodes[1].tail(20)
+    );
+    // Stale state from the first run of the pair: refused, and nothing stops.
+    let answered = c.status.answered();
+    let mut again = NodeProc::spawn(&bin(), "n1-again", &c.args[0], true).unwrap();
+    let code = again.wait_exit(LIMIT).and_then(|s| s.code());
+    assert_eq!(code, Some(EXIT_SETUP), "{}", again.tail(5));
+    assert!(
+        again.tail(5).contains("offers a live clone now"),
+        "{}",
+        again.tail(5)
+    );
+    assert!(!again.printed("(serving)"), "{}", again.tail(10));
+    c.wait_answers(answered + 100);
+    c.verify();
+    for i in [s3, s4] {
+        let code = c.nodes[i].wait_exit(LIMIT).and_then(|s| s.code());
+        assert_eq!(code, Some(EXIT_DONE), "n{}: {}", i + 1, c.nodes[i].tail(20));
+    }
+}
+
+/// A standby is refused at once without an etcd arbiter, without the flags a later
+/// clone needs, without an id, with the id of a registered standby (another process),
+/// or with the id of a live member.
+#[test]
+fn etcd_a_standby_is_refused_when_it_cannot_stand_by() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(st) = Setup::with_etcd("etcd_a_standby_is_refused_when_it_cannot_stand_by") else {
+        return;
+    };
+    let refused = |args: &[String], why: &str| {
+        let mut p = NodeProc::spawn(&bin(), "refused", args, true).unwrap();
+        let code = p.wait_exit(LIMIT).and_then(|s| s.code());
+        assert_eq!(code, Some(EXIT_SETUP), "{why}: {}", p.tail(5));
+        assert!(p.tail(5).contains(why), "{why}: {}", p.tail(5));
+    };
+    let listen = |id: &str| {
+        vec![
+            s("--node-id"),
+            s(id),
+            s("--listen"),
+            free_addr().to_string(),
+        ]
+    };
+    let file = Setup::new();
+    refused(
+        &file.args("standby", free_addr(), &listen("3")),
+        "needs an etcd arbiter",
+    );
+    refused(
+        &st.args("standby", free_addr(), &[s("--node-id"), s("3")]),
+        "needs --disk FILE",
+    );
+    refused(
+        &st.args(
+            "standby",
+            free_addr(),
+            &[s("--listen"), free_addr().to_string()],
+        ),
+        "needs --node-id",
+    );
+    let first = NodeProc::spawn(
+        &bin(),
+        "s3",
+        &st.args("standby", free_addr(), &listen("3")),
+        true,
+    )
+    .unwrap();
+    wait_count(&first, "waiting for a live member", 1);
+    refused(
+        &st.args("standby", free_addr(), &listen("3")),
+        "already registered as a standby",
+    );
+    // Node 9 holds generation 1 (went live in it).
+    let etcd = st.etcd();
+    let won = ft_core::Arbiter::test_and_set(
+        &etcd,
+        ft_core::PairId {
+            vm: 1,
+            generation: 1,
+        },
+        ft_core::NodeId(9),
+    );
+    assert!(matches!(won, Ok(ft_core::Decision::Won { .. })), "{won:?}");
+    refused(
+        &st.args("standby", free_addr(), &listen("9")),
+        "is a member of vm 1",
+    );
+    // The waiting standby is still registered, once.
+    assert_eq!(
+        etcd.record(1)
+            .unwrap()
+            .standbys
+            .keys()
+            .copied()
+            .collect::<Vec<_>>(),
+        [3]
     );
 }

@@ -64,11 +64,18 @@ pub fn parse_spec(spec: &str, timeout: Duration) -> Result<Arc<dyn Arbiter>> {
         }
         return Ok(Arc::new(FileArbiter::new(path)));
     }
-    if let Some(urls) = spec.strip_prefix("etcd:") {
-        let endpoints: Vec<&str> = urls.split(',').filter(|u| !u.is_empty()).collect();
-        return Ok(Arc::new(EtcdArbiter::new(&endpoints, timeout)?));
+    if let Some(etcd) = parse_etcd_spec(spec, timeout) {
+        return Ok(Arc::new(etcd?));
     }
     Err(SpecError::Unknown(spec.to_string()))
+}
+
+/// The etcd arbiter of an `etcd:URL[,URL...]` spec, for what only etcd offers
+/// (standbys, leases); `None` for a spec of another kind.
+pub fn parse_etcd_spec(spec: &str, timeout: Duration) -> Option<Result<EtcdArbiter>> {
+    let urls = spec.strip_prefix("etcd:")?;
+    let endpoints: Vec<&str> = urls.split(',').filter(|u| !u.is_empty()).collect();
+    Some(EtcdArbiter::new(&endpoints, timeout).map_err(SpecError::from))
 }
 
 #[cfg(test)]
