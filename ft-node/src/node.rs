@@ -615,8 +615,8 @@ fn wait_as_standby(
     });
     let pair = pick.pair();
     log.line(format_args!(
-        "PICKED by etcd to restore vm {}'s redundancy: joining generation {} by live clone from the live member node {} at {}",
-        args.vm, pair.generation, pick.offer.member.0, pick.offer.addr
+        "PICKED by etcd (node {}) to restore vm {}'s redundancy: joining generation {} by live clone from the live member node {} at {}",
+        me.0, args.vm, pair.generation, pick.offer.member.0, pick.offer.addr
     ));
     let plan = Plan {
         role: RoleArg::Join,
