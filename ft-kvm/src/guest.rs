@@ -507,6 +507,96 @@ pub fn service_workload(rounds: u32) -> Result<Vec<u8>> {
     u.finish()
 }
 
+/// Guest address of the [`net_service_workload`]'s disk sector buffer (in the DMA area).
+pub const NET_SERVICE_DISK_BUF: u64 = DMA_BASE;
+/// Guest address of its receive buffer.
+pub const NET_SERVICE_RX_BUF: u64 = DMA_BASE + 0x1000;
+/// Guest address of its transmit buffer.
+pub const NET_SERVICE_TX_BUF: u64 = DMA_BASE + 0x2000;
+/// How long it idles between two looks at the network device, in host nanoseconds.
+pub const NET_SERVICE_POLL_NS: u32 = 250_000;
+
+/// The network service of ft-sim's `guests::service`, for KVM, speaking the same
+/// protocol to the same device set:
+///
+/// * at boot it reads its request counter from disk sector 0 and prints `boot` and
+///   the counter (hex);
+/// * for every packet it increments the counter, reads the clock and the RNG, and
+///   replies with `[counter, clock, random, ticks, payload...]` (four little-endian
+///   `u64`s, then the request echoed); it prints `req` and the counter;
+/// * every 4th request it writes the counter back to sector 0;
+/// * a request starting with `quit` makes it print `bye` and exit with code 0.
+///
+/// Between packets it idles on the timer ([`NET_SERVICE_POLL_NS`]); a packet that
+/// arrives meanwhile is taken at the next look (the kernel's idle call waits for a
+/// tick, and the network interrupt only counts).
+///
+/// # Errors
+///
+/// [`GuestError`] when the code does not assemble.
+pub fn net_service_workload() -> Result<Vec<u8>> {
+    let net = |r: u64| map::NET + r;
+    let mut u = UserAsm::new()?;
+    u.block_read(0, NET_SERVICE_DISK_BUF)?;
+    u.a.mov(r12, qword_ptr(NET_SERVICE_DISK_BUF))?;
+    u.print(b"boot ")?;
+    u.print_hex(r12)?;
+    let mut main = u.a.create_label();
+    let mut handle = u.a.create_label();
+    let mut no_write = u.a.create_label();
+    let mut not_quit = u.a.create_label();
+    u.a.set_label(&mut main)?;
+    u.a.mov(rax, qword_ptr(net(reg::NET_RX_LEN)))?;
+    u.a.test(rax, rax)?;
+    u.a.jnz(handle)?;
+    u.sleep(NET_SERVICE_POLL_NS)?;
+    u.a.jmp(main)?;
+
+    // One request: take it into the receive buffer.
+    u.a.set_label(&mut handle)?;
+    u.a.mov(r13, rax)?;
+    u.a.mov(rax, NET_SERVICE_RX_BUF)?;
+    u.a.mov(qword_ptr(net(reg::NET_RX_ADDR)), rax)?;
+    u.a.mov(qword_ptr(net(reg::NET_RX_POP)), 0)?;
+    u.a.inc(r12)?;
+    // The reply's header: counter, clock, random, ticks.
+    u.a.mov(qword_ptr(NET_SERVICE_TX_BUF), r12)?;
+    u.read_clock(rax)?;
+    u.a.mov(qword_ptr(NET_SERVICE_TX_BUF + 8), rax)?;
+    u.read_rng(rax)?;
+    u.a.mov(qword_ptr(NET_SERVICE_TX_BUF + 16), rax)?;
+    u.read_ticks(rax)?;
+    u.a.mov(qword_ptr(NET_SERVICE_TX_BUF + 24), rax)?;
+    // The payload, echoed.
+    u.a.mov(rsi, NET_SERVICE_RX_BUF)?;
+    u.a.mov(rdi, NET_SERVICE_TX_BUF + 32)?;
+    u.a.mov(rcx, r13)?;
+    u.a.cld()?;
+    u.a.rep().movsb()?;
+    u.a.mov(rax, NET_SERVICE_TX_BUF)?;
+    u.a.mov(qword_ptr(net(reg::NET_TX_ADDR)), rax)?;
+    u.a.lea(rax, qword_ptr(r13 + 32))?;
+    u.a.mov(qword_ptr(net(reg::NET_TX_LEN)), rax)?;
+    u.a.mov(qword_ptr(net(reg::NET_TX_SEND)), 0)?;
+    u.print(b"req ")?;
+    u.print_hex(r12)?;
+    // Every 4th request: persist the counter.
+    u.a.test(r12, 3)?;
+    u.a.jnz(no_write)?;
+    u.a.mov(qword_ptr(NET_SERVICE_DISK_BUF), r12)?;
+    u.block_write(0, NET_SERVICE_DISK_BUF)?;
+    u.a.set_label(&mut no_write)?;
+    // "quit" ends the service.
+    u.a.cmp(dword_ptr(NET_SERVICE_RX_BUF), i32::from_le_bytes(*b"quit"))?;
+    u.a.jne(not_quit)?;
+    u.print(b"bye\n")?;
+    u.a.xor(eax, eax)?;
+    u.exit_with(rax)?;
+    u.a.set_label(&mut not_quit)?;
+    u.a.jmp(main)?;
+    u.finish()
+}
+
 /// Guest-physical (and, identity-mapped, virtual) address of the [`dirtier_workload`]'s
 /// working set: 16 MiB into RAM, above the kernel, the workload and its DMA area.
 pub const DIRTY_BASE: u64 = 0x100_0000;

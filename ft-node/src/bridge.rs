@@ -410,16 +410,37 @@ impl<W: World> World for BridgeWorld<W> {
     }
 }
 
-/// The sim machine with its packet injection tapped for the bridge's received set.
+/// A machine whose network device can say how many packets it dropped (a full
+/// receive queue): a packet it dropped was not received by the guest.
+pub trait NetDrops {
+    /// Packets the network device dropped so far.
+    fn net_dropped(&self) -> u64;
+}
+
+impl NetDrops for Machine {
+    fn net_dropped(&self) -> u64 {
+        Machine::net_dropped(self)
+    }
+}
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+impl NetDrops for ft_kvm::machine::KvmMachine {
+    fn net_dropped(&self) -> u64 {
+        self.devices().net_dropped()
+    }
+}
+
+/// A machine (ft-sim's by default, or a KVM guest) with its packet injection tapped
+/// for the bridge's received set.
 #[derive(Debug)]
-pub struct TappedMachine {
-    inner: Machine,
+pub struct TappedMachine<M = Machine> {
+    inner: M,
     bridge: Arc<Bridge>,
 }
 
-impl TappedMachine {
+impl<M> TappedMachine<M> {
     /// Wrap `machine`.
-    pub fn new(machine: Machine, bridge: Arc<Bridge>) -> TappedMachine {
+    pub fn new(machine: M, bridge: Arc<Bridge>) -> TappedMachine<M> {
         TappedMachine {
             inner: machine,
             bridge,
@@ -427,12 +448,12 @@ impl TappedMachine {
     }
 
     /// The machine.
-    pub fn machine(&self) -> &Machine {
+    pub fn machine(&self) -> &M {
         &self.inner
     }
 }
 
-impl EventSource for TappedMachine {
+impl<M: EventSource + NetDrops> EventSource for TappedMachine<M> {
     fn point(&self) -> ExecPoint {
         self.inner.point()
     }

@@ -17,7 +17,7 @@ use ft_transport::{
     nanos_since, run_backup, run_primary, BackupEnd, Control, Exit, PrimaryEnd, RuntimeConfig,
 };
 
-use crate::bridge::{Bridge, BridgeWorld, TappedMachine};
+use crate::bridge::{Bridge, BridgeWorld, NetDrops, TappedMachine};
 use crate::link::{self, LinkOptions};
 use crate::progress::{BackupProgress, Log, PrimaryProgress};
 use ft_transport::tcp::{TcpError, TcpHandle};
@@ -89,6 +89,10 @@ pub enum NodeError {
         /// The VM.
         vm: u64,
     },
+    /// The KVM guest could not be made (no `/dev/kvm`, no permission, a host without
+    /// what the backend needs).
+    #[error("--backend kvm: {0}")]
+    Kvm(String),
     /// The standby could not register or wait in etcd.
     #[error("standby: {0}")]
     Standby(#[from] ft_transport::arbiter::etcd::standby::StandbyError),
@@ -121,6 +125,38 @@ pub enum RoleArg {
     Standby,
 }
 
+/// Which machine runs the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// ft-sim's RISC-V machine, in software: the built-in service guest or `--image`.
+    Sim,
+    /// A KVM guest (x86-64, `/dev/kvm`): ft-kvm's kernel and its network service
+    /// workload, which speaks the sim service's protocol.
+    Kvm,
+}
+
+impl BackendArg {
+    /// Points per engine step. A sim point is one instruction (nanoseconds); a KVM
+    /// point is a deterministic exit (microseconds each, tens of them on a nested
+    /// host), so KVM steps are short: the slice bounds how late an asynchronous event
+    /// (a packet, a disk completion) reaches a guest that polls a device.
+    fn slice(self) -> u64 {
+        match self {
+            BackendArg::Sim => Config::default().slice,
+            BackendArg::Kvm => 16,
+        }
+    }
+
+    /// Mixed into the handshake's image digest, so a sim side and a KVM side refuse
+    /// each other.
+    fn identity(self) -> u64 {
+        match self {
+            BackendArg::Sim => 0,
+            BackendArg::Kvm => 0x4b56_4d5f_4b56_4d5f, // "KVM_KVM_"
+        }
+    }
+}
+
 /// Run one side of a protected pair: the sim service guest (or an image), replicated
 /// over the TCP log channel, with a file or etcd arbiter and a client bridge.
 #[derive(Debug, Clone, Parser)]
@@ -139,6 +175,9 @@ pub struct NodeArgs {
     /// clone offer in the arbiter says).
     #[arg(long)]
     pub peer: Option<String>,
+    /// The machine that runs the guest.
+    #[arg(long, value_enum, default_value_t = BackendArg::Sim)]
+    pub backend: BackendArg,
     /// Where clients connect (TCP) to reach the guest service.
     #[arg(long)]
     pub client_listen: String,
@@ -388,6 +427,39 @@ fn load_machine(args: &NodeArgs) -> Result<Machine> {
             m.map_err(|e| NodeError::Image(format!("{}: {e}", path.display())))
         }
     }
+}
+
+/// The KVM guest: ft-kvm's kernel and network service workload.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn load_kvm(args: &NodeArgs) -> Result<ft_kvm::machine::KvmMachine> {
+    use ft_kvm::machine::{KvmMachine, MachineConfig as KvmConfig};
+    if args.image.is_some() {
+        return Err(NodeError::Usage(
+            "--image is for sim guests: --backend kvm runs ft-kvm's built-in network service"
+                .into(),
+        ));
+    }
+    let workload = ft_kvm::guest::net_service_workload()
+        .map_err(|e| NodeError::Image(format!("the KVM service workload: {e}")))?;
+    let cfg = KvmConfig {
+        disk: if args.disk.is_some() {
+            DiskMode::Shared {
+                backup_reads_disk: false,
+            }
+        } else {
+            DiskMode::Private {
+                backup_reads_disk: false,
+            }
+        },
+        ..KvmConfig::default()
+    };
+    KvmMachine::with_workload(cfg, workload).map_err(|e| NodeError::Kvm(e.to_string()))
+}
+
+/// Without KVM: refused.
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+fn load_kvm(_: &NodeArgs) -> Result<Machine> {
+    Err(NodeError::Kvm("this build has no KVM backend (Linux on x86-64 only)".into()))
 }
 
 fn ms(n: Nanos) -> f64 {
@@ -643,8 +715,12 @@ fn stop_on(
     }
 }
 
+/// A guest ft-node can run: ft-sim's machine or a KVM guest.
+pub trait Guest: EventSource + NetDrops {}
+impl<M: EventSource + NetDrops> Guest for M {}
+
 /// The machine and world of an ft-node.
-type NodeT = Node<TappedMachine, BridgeWorld<SimWorld>>;
+type NodeT<M> = Node<TappedMachine<M>, BridgeWorld<SimWorld>>;
 
 /// What a run leaves for the final report.
 type Outcome = (
@@ -668,7 +744,12 @@ struct Env<'a> {
 impl Env<'_> {
     /// After the first run: a node stopped because it became the live member alone
     /// (and offers clones) goes on serving and cloning; any other ends here.
-    fn go_on(&self, node: NodeT, exit: Exit, errors: Vec<ft_transport::RuntimeError>) -> Outcome {
+    fn go_on<M: Guest>(
+        &self,
+        node: NodeT<M>,
+        exit: Exit,
+        errors: Vec<ft_transport::RuntimeError>,
+    ) -> Outcome {
         if exit == Exit::Stopped && node.is_live() {
             return self.serve_and_clone(node, errors);
         }
@@ -679,9 +760,9 @@ impl Env<'_> {
     /// connects, clone into the next generation and run the new pair; when that pair
     /// loses its backup (or the clone fails), go back to running alone. Returns when
     /// the guest ends or the node halts.
-    fn serve_and_clone(
+    fn serve_and_clone<M: Guest>(
         &self,
-        mut node: NodeT,
+        mut node: NodeT<M>,
         mut errors: Vec<ft_transport::RuntimeError>,
     ) -> Outcome {
         let Some(listen) = self.args.listen.clone() else {
@@ -752,14 +833,14 @@ impl Env<'_> {
 
     /// Run `node` over `link` until it is done or `control` stops it (`stop_when` a
     /// notice holds, or another thread); collect its errors and drop the link.
-    fn run_over<L: ft_core::driver::Link>(
+    fn run_over<M: Guest, L: ft_core::driver::Link>(
         &self,
-        node: NodeT,
+        node: NodeT<M>,
         link: L,
         control: Control,
         stop_when: impl Fn(&Notice) -> bool,
         errors: &mut Vec<ft_transport::RuntimeError>,
-    ) -> (NodeT, Exit) {
+    ) -> (NodeT<M>, Exit) {
         let on_notice = stop_on(self.log, &control, stop_when);
         let r = ft_transport::run(
             node,
@@ -775,7 +856,11 @@ impl Env<'_> {
     }
 }
 
-fn outcome(node: &NodeT, exit: Exit, errors: Vec<ft_transport::RuntimeError>) -> Outcome {
+fn outcome<M: Guest>(
+    node: &NodeT<M>,
+    exit: Exit,
+    errors: Vec<ft_transport::RuntimeError>,
+) -> Outcome {
     let w = node.world().inner();
     (
         exit,
@@ -886,18 +971,26 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
         heartbeat_interval: args.heartbeat_ms.saturating_mul(1_000_000),
         peer_timeout: args.timeout_ms.saturating_mul(1_000_000),
         digest_interval: args.digest_interval,
+        slice: args.backend.slice(),
         ..Config::default()
     };
     cfg.validate().map_err(NodeError::Config)?;
-    let mut machine = load_machine(args)?;
+    match args.backend {
+        BackendArg::Sim => run_on(args, me, cfg, load_machine(args)?),
+        BackendArg::Kvm => run_on(args, me, cfg, load_kvm(args)?),
+    }
+}
+
+/// The rest of [`run`], on the loaded guest.
+fn run_on<M: Guest>(args: &NodeArgs, me: u64, cfg: Config, mut machine: M) -> Result<i32> {
     // Both sides must start from the same state; the log channel's handshake compares
-    // this digest and refuses a peer with another image.
+    // this digest and refuses a peer with another image (or another backend).
     let image = identity_digest(
         machine
             .digest()
             .map_err(|e| NodeError::Image(format!("digest of the loaded machine: {e}")))?,
         args.disk.is_some(),
-    );
+    ) ^ args.backend.identity();
 
     let timeout = Duration::from_millis(args.arbiter_timeout_ms.max(1));
     let etcd = match ft_transport::arbiter::parse_etcd_spec(&args.arbiter, timeout) {
