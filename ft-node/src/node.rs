@@ -459,7 +459,9 @@ fn load_kvm(args: &NodeArgs) -> Result<ft_kvm::machine::KvmMachine> {
 /// Without KVM: refused.
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
 fn load_kvm(_: &NodeArgs) -> Result<Machine> {
-    Err(NodeError::Kvm("this build has no KVM backend (Linux on x86-64 only)".into()))
+    Err(NodeError::Kvm(
+        "this build has no KVM backend (Linux on x86-64 only)".into(),
+    ))
 }
 
 fn ms(n: Nanos) -> f64 {

@@ -401,6 +401,56 @@ pub struct EtcdServer {
     _dir: tempfile::TempDir,
 }
 
+/// A loopback address with a port that is free now and that the kernel never hands
+/// out by itself: below the ephemeral range (`ip_local_port_range`), so no outgoing
+/// connection or `bind(":0")` can take it before the node that is given it binds it.
+/// (A port from `bind(":0")`, released and passed on, can be taken meanwhile by any
+/// connection's ephemeral source port.)
+///
+/// # Errors
+///
+/// [`KitError::Io`] when no port in the range binds.
+pub fn spare_addr() -> Result<SocketAddr> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768)
+        .clamp(12_000, 65_535);
+    let span = low - 10_000;
+    // Spread the processes of parallel test binaries over the range.
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 10_000 + (start + n.wrapping_mul(13)) % span;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port as u16));
+        if TcpListener::bind(addr).is_ok() {
+            return Ok(addr);
+        }
+    }
+    Err(KitError::Io {
+        what: "no spare loopback port below the ephemeral range".into(),
+        source: io::Error::from(io::ErrorKind::AddrInUse),
+    })
+}
+
+/// Whether this host can run `--backend kvm` (a usable `/dev/kvm`, asked with
+/// ft-kvm's probe). Without one it prints `SKIP <test>: ...` and answers `false`,
+/// unless `FT_REQUIRE_KVM=1`, where it panics: CI requires the KVM tests.
+pub fn kvm_or_skip(test: &str) -> bool {
+    match ft_kvm::probe() {
+        Ok(_) => true,
+        Err(e) => {
+            assert!(
+                std::env::var("FT_REQUIRE_KVM").as_deref() != Ok("1"),
+                "{test}: FT_REQUIRE_KVM=1 but KVM is not usable here: {e}"
+            );
+            println!("SKIP {test}: no usable /dev/kvm ({e})");
+            false
+        }
+    }
+}
+
 /// The etcd binary to use, if it runs.
 pub fn etcd_binary() -> Option<PathBuf> {
     let bin = std::env::var("FT_ETCD_BIN").unwrap_or_else(|_| "etcd".into());

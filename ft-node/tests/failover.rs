@@ -157,14 +157,16 @@ fn under_load(test: &str, opts: &PairOptions) -> Loaded {
     }
 }
 
-/// Kill the primary; `etcd` replaces the file arbiter with that etcd.
-fn kill_primary(test: &str, etcd: Option<&str>) {
+/// Kill the primary; `etcd` replaces the file arbiter with that etcd; `backend` is
+/// `--backend`'s value.
+fn kill_primary(test: &str, etcd: Option<&str>, backend: &str) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let opts = PairOptions {
+    let mut opts = PairOptions {
         arbiter: etcd.map(|url| format!("etcd:{url}")),
         ..options(dir.path(), false)
     };
+    opts.extra.extend(["--backend".into(), backend.into()]);
     let Loaded {
         mut primary,
         mut backup,
@@ -203,7 +205,7 @@ fn kill_primary(test: &str, etcd: Option<&str>) {
 
 #[test]
 fn kill_primary_backup_goes_live_exactly_once() {
-    kill_primary("kill_primary", None);
+    kill_primary("kill_primary", None, "sim");
 }
 
 /// Both processes open one `--disk` file: the counter the service keeps on disk
@@ -254,6 +256,16 @@ fn kill_primary_with_a_shared_disk_file() {
     assert_eq!(file.token().unwrap(), 1, "the backup wrote with its token");
 }
 
+/// The same with a KVM guest (`--backend kvm`: ft-kvm's network service), where
+/// `/dev/kvm` is usable (required with `FT_REQUIRE_KVM=1`).
+#[test]
+fn kvm_kill_primary_backup_goes_live_exactly_once() {
+    if !ft_node::testkit::kvm_or_skip("kvm_kill_primary_backup_goes_live_exactly_once") {
+        return;
+    }
+    kill_primary("kill_primary_kvm", None, "kvm");
+}
+
 /// The same with the etcd arbiter (skipped without etcd unless `FT_REQUIRE_ETCD=1`).
 #[test]
 fn kill_primary_with_etcd_arbiter() {
@@ -265,7 +277,7 @@ fn kill_primary_with_etcd_arbiter() {
         return;
     };
     let etcd = ft_node::testkit::EtcdServer::start(&bin).unwrap();
-    kill_primary("kill_primary_etcd", Some(etcd.url()));
+    kill_primary("kill_primary_etcd", Some(etcd.url()), "sim");
 }
 
 /// The pause that breaks naive designs: the primary is frozen (SIGSTOP) past the

@@ -146,3 +146,15 @@ fn a_disk_from_an_earlier_run_is_refused() {
     );
     assert_eq!(disk.read(0, 8).unwrap(), [1; 8], "the file is untouched");
 }
+
+/// `--backend kvm` runs its own workload: an `--image` is refused; an unknown backend
+/// is refused by the flag parser with the values it takes.
+#[test]
+fn a_kvm_backend_with_an_image_and_an_unknown_backend_are_refused() {
+    let (code, err) = ft_node(&["--backend", "kvm", "--image", "/nonexistent"]);
+    assert_eq!(code, Some(ft_node::node::EXIT_SETUP), "{err}");
+    assert!(err.contains("--image is for sim guests"), "{err}");
+    let (code, err) = ft_node(&["--backend", "qemu"]);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("possible values: sim, kvm"), "{err}");
+}
