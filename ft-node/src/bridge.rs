@@ -71,6 +71,21 @@ pub enum BridgeError {
 /// Result alias of this module.
 pub type Result<T, E = BridgeError> = std::result::Result<T, E>;
 
+/// Newest received requests and outputs a live clone carries to the new backup's
+/// bridge.
+pub const CARRIED: usize = 4096;
+
+/// What the live member's bridge hands the clone's, with the guest's CPU and device
+/// state: the newest payloads the guest took in (so a client's retry of a request the
+/// guest received before the clone point is dropped by the clone, once it is live, as
+/// it would be by the member), and the newest outputs (so a client that reconnects to
+/// the clone is sent outputs from before the clone point it may have missed).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Carried {
+    received: Vec<Bytes>,
+    history: Vec<(Output, bool)>,
+}
+
 #[derive(Debug, Default)]
 struct Shared {
     history: BTreeMap<u64, (Output, bool)>,
@@ -250,6 +265,28 @@ impl Bridge {
     fn replayed(&self, o: &Output) {
         let mut sh = self.shared.lock();
         remember_output(&mut sh, o, false);
+    }
+
+    /// What a clone carries to the new backup's bridge (see [`Carried`]).
+    fn carry(&self) -> Carried {
+        let sh = self.shared.lock();
+        let skip = sh.received_order.len().saturating_sub(CARRIED);
+        let history = sh.history.values().rev().take(CARRIED).rev().cloned();
+        Carried {
+            received: sh.received_order.iter().skip(skip).cloned().collect(),
+            history: history.collect(),
+        }
+    }
+
+    /// Take what the live member's bridge carried, before replay starts.
+    fn adopt(&self, carried: Carried) {
+        for payload in &carried.received {
+            self.guest_received(payload);
+        }
+        let mut sh = self.shared.lock();
+        for (o, possible_repeat) in &carried.history {
+            remember_output(&mut sh, o, *possible_repeat);
+        }
     }
 
     /// The guest's network device took in `payload`.
@@ -523,14 +560,45 @@ impl<M: EventSource + NetDrops> EventSource for TappedMachine<M> {
         self.inner.zero_page(index)
     }
 
+    /// The machine's CPU and devices, then what the bridge carries to the clone's
+    /// bridge ([`Carried`]).
     fn save_cpu_devices(&self) -> SourceResult<Vec<u8>> {
-        self.inner.save_cpu_devices()
+        let machine = self.inner.save_cpu_devices()?;
+        let carried = postcard::to_stdvec(&self.bridge.carry())
+            .map_err(|e| ft_core::SourceError::Snapshot(format!("the bridge's state: {e}")))?;
+        let len = u32::try_from(machine.len())
+            .map_err(|_| ft_core::SourceError::Snapshot("machine state beyond 4 GiB".into()))?;
+        let mut out = Vec::with_capacity(8 + machine.len() + carried.len());
+        out.extend_from_slice(&CARRY_MAGIC);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&machine);
+        out.extend_from_slice(&carried);
+        Ok(out)
     }
 
     fn load_cpu_devices(&mut self, state: &[u8]) -> SourceResult<()> {
-        self.inner.load_cpu_devices(state)
+        let bad = |what: &str| ft_core::SourceError::Snapshot(format!("clone state: {what}"));
+        let rest = state
+            .strip_prefix(&CARRY_MAGIC[..])
+            .ok_or_else(|| bad("not from an ft-node (no bridge state)"))?;
+        let (len, rest) = rest
+            .split_first_chunk::<4>()
+            .ok_or_else(|| bad("truncated"))?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if rest.len() < len {
+            return Err(bad("truncated machine state"));
+        }
+        let (machine, carried) = rest.split_at(len);
+        let carried: Carried =
+            postcard::from_bytes(carried).map_err(|e| bad(&format!("the bridge's state: {e}")))?;
+        self.inner.load_cpu_devices(machine)?;
+        self.bridge.adopt(carried);
+        Ok(())
     }
 }
+
+/// The tag of a clone's CPU-and-device blob from a [`TappedMachine`].
+const CARRY_MAGIC: [u8; 4] = *b"FTBR";
 
 #[cfg(test)]
 mod tests {
@@ -604,5 +672,62 @@ mod tests {
             .unwrap();
         assert_eq!(to.point(), from.point());
         assert_eq!(to.digest().unwrap(), from.digest().unwrap());
+    }
+
+    fn bridge(side: &'static str) -> Arc<Bridge> {
+        Bridge::bind(
+            "127.0.0.1:0",
+            Network::new("primary"),
+            side,
+            1,
+            Log::new("test"),
+        )
+        .unwrap()
+    }
+
+    /// A clone carries the member's received set and output history to the clone's
+    /// bridge: a retry of a request the guest took in before the clone point is known
+    /// there, and the outputs before it are in the history a reconnecting client gets.
+    /// A blob that is not a tapped machine's is refused.
+    #[test]
+    fn a_clone_carries_the_bridges_received_set_and_history() {
+        let (member, clone) = (bridge("primary"), bridge("backup"));
+        let (from, mut to) = (tapped(&member), tapped(&clone));
+        for i in 0..(CARRIED as u64 + 10) {
+            member.guest_received(&Bytes::from(format!("req-{i}")));
+            let o = Output {
+                seq: ft_core::OutputSeq(i),
+                device: id::NET,
+                data: Bytes::from(format!("answer-{i}")),
+            };
+            member.output(&o, false);
+        }
+        to.load_cpu_devices(&from.save_cpu_devices().unwrap())
+            .unwrap();
+        let sh = clone.shared.lock();
+        // The newest CARRIED of each, in order.
+        assert_eq!(sh.received.len(), CARRIED);
+        assert!(sh
+            .received
+            .contains(&Bytes::from(format!("req-{}", CARRIED + 9))));
+        assert!(!sh.received.contains(&Bytes::from("req-9")));
+        assert_eq!(sh.received_order.front(), Some(&Bytes::from("req-10")));
+        assert_eq!(sh.history.len(), CARRIED);
+        assert_eq!(sh.history.keys().next(), Some(&10));
+        assert_eq!(
+            sh.history
+                .get(&(CARRIED as u64 + 9))
+                .map(|(o, _)| o.data.clone()),
+            Some(Bytes::from(format!("answer-{}", CARRIED + 9)))
+        );
+        drop(sh);
+        let machine_only = from.machine().save_cpu_devices().unwrap();
+        assert!(matches!(
+            to.load_cpu_devices(&machine_only),
+            Err(ft_core::SourceError::Snapshot(_))
+        ));
+        let mut truncated = from.save_cpu_devices().unwrap();
+        truncated.truncate(10);
+        assert!(to.load_cpu_devices(&truncated).is_err());
     }
 }
