@@ -170,6 +170,11 @@ pub struct NodeArgs {
     /// live clone to a joining node (`--role join`).
     #[arg(long)]
     pub listen: Option<String>,
+    /// The address other hosts reach `--listen` at, published in the clone offer and
+    /// a standby's registration (default: `--listen` itself). Needed when `--listen`
+    /// is a wildcard address (`0.0.0.0:PORT`), which names no host to connect to.
+    #[arg(long)]
+    pub advertise: Option<String>,
     /// Backup and joiner: the log channel address of the primary (of the live
     /// member, for a joiner; a joiner without it connects where the live member's
     /// clone offer in the arbiter says).
@@ -280,8 +285,32 @@ impl NodeArgs {
         self.listen.is_some() && self.disk.is_some()
     }
 
+    /// Where joiners connect to this node's `--listen`: `--advertise`, or `--listen`.
+    fn advertised(&self) -> Option<String> {
+        self.advertise.clone().or_else(|| self.listen.clone())
+    }
+
     /// Flags that only make sense together.
     fn check_combination(&self) -> Result<()> {
+        if self.advertise.is_some() && self.listen.is_none() {
+            return Err(NodeError::Usage(
+                "--advertise names where --listen is reached: give --listen too".into(),
+            ));
+        }
+        let wildcard = self
+            .listen
+            .as_deref()
+            .and_then(|l| l.parse::<SocketAddr>().ok())
+            .is_some_and(|a| a.ip().is_unspecified());
+        if wildcard
+            && self.advertise.is_none()
+            && (self.offers_clone() || self.role == RoleArg::Standby)
+        {
+            return Err(NodeError::Usage(format!(
+                "--listen {} is a wildcard address, which a joiner on another host cannot connect to: give --advertise HOST:PORT, the address it is reached at",
+                self.listen.as_deref().unwrap_or_default()
+            )));
+        }
         if self.role == RoleArg::Standby {
             if !self.arbiter.starts_with("etcd:") {
                 return Err(NodeError::Usage(format!(
@@ -669,9 +698,9 @@ fn wait_as_standby(
 ) -> Result<(Plan, ft_transport::arbiter::etcd::standby::Standby)> {
     use ft_transport::arbiter::etcd::standby::Standby;
     let log = Log::new("standby");
-    let listen = args.listen.as_deref().unwrap_or_default();
+    let advertised = args.advertised().unwrap_or_default();
     let ttl = Duration::from_millis(args.lease_ms);
-    let standby = Standby::register(etcd, args.vm, me, listen, ttl)?;
+    let standby = Standby::register(etcd, args.vm, me, &advertised, ttl)?;
     log.line(format_args!(
         "standby (node {}) registered for vm {} in etcd (lease {:x}, ttl {} s); waiting for a live member that needs a backup",
         me.0,
@@ -786,10 +815,11 @@ impl Env<'_> {
             };
             let offer = Offer {
                 opts,
+                listen: listen.clone(),
                 record: ft_core::CloneOffer {
                     pair: node.config().pair,
                     member: self.me,
-                    addr: listen.clone(),
+                    addr: self.args.advertised().unwrap_or_else(|| listen.clone()),
                 },
                 arbiter: self.arbiter.clone(),
             };
@@ -876,7 +906,10 @@ fn outcome<M: Guest>(
 struct Offer {
     /// The link's options, for the next generation.
     opts: LinkOptions,
-    /// The offer published in the arbiter's membership record.
+    /// The address to listen on (`--listen`).
+    listen: String,
+    /// The offer published in the arbiter's membership record (its address is
+    /// `--advertise`, or `--listen`).
     record: ft_core::CloneOffer,
     arbiter: Arc<dyn Arbiter>,
 }
@@ -899,10 +932,10 @@ fn offer_clone(
             let log = thread_log;
             let Offer {
                 opts,
+                listen: addr,
                 record,
                 arbiter,
             } = offer;
-            let addr = record.addr.clone();
             let deadline = Instant::now() + Duration::from_secs(5);
             let listener = loop {
                 match link::listen(&addr, &opts) {
@@ -922,9 +955,14 @@ fn offer_clone(
                     }
                 }
             };
+            let reached = if record.addr == addr {
+                String::new()
+            } else {
+                format!(", reached at {}", record.addr)
+            };
             match arbiter.publish_offer(&record) {
                 Ok(()) => log.line(format_args!(
-                    "live clone: offered on {addr} for generation {} (published in the arbiter's membership record)",
+                    "live clone: offered on {addr}{reached} for generation {} (published in the arbiter's membership record)",
                     opts.pair.generation
                 )),
                 // A joiner given --peer still finds it; one that looks it up does not.

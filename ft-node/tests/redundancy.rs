@@ -546,6 +546,44 @@ fn a_joiner_finds_the_member_through_the_membership_record() {
     );
 }
 
+/// A member listening on a wildcard address publishes `--advertise` in its offer, and
+/// a joiner without `--peer` connects there; without `--advertise` a wildcard
+/// `--listen` is refused at once (it names no host a joiner could reach).
+#[test]
+fn an_offer_on_a_wildcard_listen_carries_the_advertised_address() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let st = Setup::new();
+    let port = free_addr().port();
+    let wildcard = format!("0.0.0.0:{port}");
+    let refused = st.args(
+        "primary",
+        free_addr(),
+        &[s("--listen"), wildcard.clone(), s("--alone")],
+    );
+    let mut p = NodeProc::spawn(&bin(), "refused", &refused, true).unwrap();
+    let code = p.wait_exit(LIMIT).and_then(|s| s.code());
+    assert_eq!(code, Some(EXIT_SETUP), "{}", p.tail(5));
+    assert!(p.tail(5).contains("give --advertise"), "{}", p.tail(5));
+    let advertised = format!("127.0.0.1:{port}");
+    let args = st.args(
+        "primary",
+        free_addr(),
+        &[
+            s("--listen"),
+            wildcard,
+            s("--advertise"),
+            advertised.clone(),
+            s("--alone"),
+        ],
+    );
+    let member = NodeProc::spawn(&bin(), "n1", &args, true).unwrap();
+    wait_count(&member, &format!("reached at {advertised}"), 1);
+    let joiner = st.args("join", free_addr(), &[s("--node-id"), s("2")]);
+    let joiner = NodeProc::spawn(&bin(), "n2", &joiner, true).unwrap();
+    wait_count(&joiner, "clone received and checked", 1);
+    wait_count(&member, "protected again", 1);
+}
+
 /// A lone member killed while it offered a clone leaves its offer behind; restarted
 /// with its old command, it finds itself named as the live member and is refused (the
 /// guest's state died with it: there is nothing to clone from, and a fresh guest must
