@@ -21,6 +21,10 @@ pub enum LinkError {
     /// The TCP channel failed (key file, bind, connect, handshake).
     #[error("log channel: {0}")]
     Tcp(#[from] TcpError),
+    /// The primary stopped waiting for its backup: another node went live in its
+    /// generation meanwhile.
+    #[error("stopped waiting for the backup: {0}")]
+    Superseded(String),
 }
 
 /// Result alias of this module.
@@ -78,6 +82,44 @@ pub fn accept(mut listener: PrimaryListener, log: &Log) -> Result<Opened> {
         listener.local_addr()
     ));
     let link = listener.accept(None)?;
+    let handle = link.handle();
+    log.line(format_args!(
+        "log channel: backup connected from {} and authenticated",
+        handle
+            .peer_addr()
+            .map_or_else(|| "?".to_string(), |a| a.to_string())
+    ));
+    Ok(Opened {
+        link: Box::new(link),
+        handle,
+    })
+}
+
+/// Primary: as [`open_primary`], asking `superseded` every `every` while it waits; when
+/// that answers a reason, stop waiting with [`LinkError::Superseded`].
+pub fn open_primary_watching(
+    addr: &str,
+    opts: &LinkOptions,
+    log: &Log,
+    every: Duration,
+    mut superseded: impl FnMut() -> Option<String>,
+) -> Result<Opened> {
+    let mut listener = listen(addr, opts)?;
+    log.line(format_args!(
+        "log channel: waiting for the backup on {}",
+        listener.local_addr()
+    ));
+    let link = loop {
+        match listener.accept(Some(every)) {
+            Ok(link) => break link,
+            Err(TcpError::Timeout(_)) => {
+                if let Some(why) = superseded() {
+                    return Err(LinkError::Superseded(why));
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     let handle = link.handle();
     log.line(format_args!(
         "log channel: backup connected from {} and authenticated",

@@ -89,6 +89,15 @@ pub enum NodeError {
         /// The VM.
         vm: u64,
     },
+    /// A primary that waited for its backup found its generation taken meanwhile (it
+    /// was restarted before its old backup timed it out, and that backup went live).
+    /// It serves nothing; started again with the same flags, it rejoins the live
+    /// member by clone (`ft-node` does that itself).
+    #[error("{why}; this node never ran the guest, and starts again with its own flags to rejoin as the live member's backup")]
+    SupersededWhileWaiting {
+        /// What the arbiter holds.
+        why: String,
+    },
     /// The KVM guest could not be made (no `/dev/kvm`, no permission, a host without
     /// what the backend needs).
     #[error("--backend kvm: {0}")]
@@ -730,6 +739,57 @@ fn wait_as_standby(
     Ok((plan, standby))
 }
 
+/// Asked while a primary waits for its backup: whether another node went live in its
+/// generation (or a newer one was claimed) meanwhile. It answers once the live member
+/// offers a clone to rejoin by, or [`SUPERSEDED_GRACE`] after the claim if it offers
+/// none, so that a node restarted at once finds the offer.
+struct SupersededWatch<'a> {
+    arbiter: &'a dyn Arbiter,
+    pair: PairId,
+    me: NodeId,
+    seen: Option<Instant>,
+}
+
+/// How long [`SupersededWatch`] waits for the live member's offer after the claim.
+const SUPERSEDED_GRACE: Duration = Duration::from_secs(2);
+
+impl<'a> SupersededWatch<'a> {
+    fn new(arbiter: &'a dyn Arbiter, pair: PairId, me: NodeId) -> SupersededWatch<'a> {
+        SupersededWatch {
+            arbiter,
+            pair,
+            me,
+            seen: None,
+        }
+    }
+
+    fn poll(&mut self) -> Option<String> {
+        // An arbiter that cannot answer now: keep waiting, ask again.
+        let holder = self.arbiter.holder(self.pair).ok()?;
+        let newest = self.arbiter.newest_claimed(self.pair.vm).ok()?;
+        let why = match (holder, newest) {
+            (Some(h), _) if h != self.me => format!("node {} went live in it", h.0),
+            (_, Some(n)) if n > self.pair.generation => {
+                format!("the newer generation {n} was claimed")
+            }
+            _ => return None,
+        };
+        let seen = *self.seen.get_or_insert_with(Instant::now);
+        let offered = self
+            .arbiter
+            .clone_offer(self.pair.vm)
+            .ok()
+            .flatten()
+            .is_some_and(|o| o.member != self.me);
+        (offered || seen.elapsed() >= SUPERSEDED_GRACE).then(|| {
+            format!(
+                "vm {} generation {} was taken while this primary waited for its backup: {why}",
+                self.pair.vm, self.pair.generation
+            )
+        })
+    }
+}
+
 /// A notice handler: print the notice, and stop the run through `control` when
 /// `when` holds for it.
 fn stop_on(
@@ -1121,7 +1181,18 @@ fn run_on<M: Guest>(args: &NodeArgs, me: u64, cfg: Config, mut machine: M) -> Re
                 .listen
                 .as_deref()
                 .ok_or_else(|| NodeError::Usage("a primary needs --listen ADDR".into()))?;
-            Some(link::open_primary(addr, &link_opts, &log)?)
+            // A primary restarted before its backup timed it out finds no claim, and
+            // waits here while the backup goes live: it asks the arbiter as it waits.
+            let mut watch = SupersededWatch::new(&*arbiter, pair, NodeId(me));
+            let every = Duration::from_millis(args.timeout_ms.clamp(20, 500));
+            match link::open_primary_watching(addr, &link_opts, &log, every, || watch.poll()) {
+                Ok(o) => Some(o),
+                Err(link::LinkError::Superseded(why)) => {
+                    log.line(format_args!("{why}"));
+                    return Err(NodeError::SupersededWhileWaiting { why });
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         // A standby's plan is a joiner's.
         RoleArg::Backup | RoleArg::Join | RoleArg::Standby => {

@@ -47,6 +47,8 @@ struct Setup {
     etcd: Option<EtcdServer>,
     /// `--backend`.
     backend: &'static str,
+    /// `--timeout-ms`.
+    timeout_ms: &'static str,
 }
 
 impl Setup {
@@ -62,6 +64,7 @@ impl Setup {
             _dir: dir,
             etcd: None,
             backend: "sim",
+            timeout_ms: "150",
         }
     }
 
@@ -116,7 +119,7 @@ impl Setup {
             "--heartbeat-ms",
             "10",
             "--timeout-ms",
-            "150",
+            self.timeout_ms,
             "--progress-ms",
             "0",
         ]
@@ -470,6 +473,52 @@ fn a_joiner_frozen_during_its_clone_never_serves_and_the_member_clones_another()
     let next = c.join(1);
     c.verify();
     for i in [1, next] {
+        let code = c.nodes[i].wait_exit(LIMIT).and_then(|s| s.code());
+        assert_eq!(code, Some(EXIT_DONE), "n{}: {}", i + 1, c.nodes[i].tail(20));
+    }
+}
+
+/// A primary killed and restarted with its old command before its backup timed it
+/// out finds no claim and waits for a backup, asking the arbiter as it waits. When the
+/// old backup goes live, the waiting primary serves nothing: it starts itself again,
+/// finds its generation taken and rejoins the live member by clone.
+#[test]
+fn a_primary_restarted_before_its_backup_timed_out_rejoins_once_it_goes_live() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let st = Setup {
+        timeout_ms: "1500",
+        ..Setup::new()
+    };
+    let mut c = Cluster::start_on(st, 2, 1_500, false);
+    c.wait_answers(300);
+    c.nodes[0].kill9().unwrap();
+    c.nodes[0] = NodeProc::spawn(&bin(), "n1-restarted", &c.args[0], true).unwrap();
+    wait_count(&c.nodes[0], "waiting for the backup", 1);
+    assert!(
+        !c.nodes[1].printed("arbiter: WON"),
+        "the backup timed out before the restart: {}",
+        c.nodes[1].tail(10)
+    );
+    wait_count(&c.nodes[1], "arbiter: WON", 1);
+    wait_count(
+        &c.nodes[0],
+        "was taken while this primary waited for its backup",
+        1,
+    );
+    wait_count(
+        &c.nodes[0],
+        "restarts as the backup of the live member node 2",
+        1,
+    );
+    wait_count(&c.nodes[0], "clone received and checked", 1);
+    wait_count(&c.nodes[1], "protected again", 1);
+    assert!(
+        !c.nodes[0].printed("running: recording"),
+        "{}",
+        c.nodes[0].tail(20)
+    );
+    c.verify();
+    for i in [0, 1] {
         let code = c.nodes[i].wait_exit(LIMIT).and_then(|s| s.code());
         assert_eq!(code, Some(EXIT_DONE), "n{}: {}", i + 1, c.nodes[i].tail(20));
     }
