@@ -299,6 +299,22 @@ fn frame_len(bytes: &[u8], max_payload: usize) -> Result<Option<usize>> {
     Ok(Some(HEADER_LEN + len))
 }
 
+/// The sequence numbers `(first, last)` of the records in an encoded records frame,
+/// read from the start of its payload without decoding the records (a transport that
+/// keeps frames to resend, or answers where to resume, needs only these); `None` for
+/// any other frame, an empty batch, or bytes that are not a frame. The header's
+/// checksum is not verified here: [`decode_frame`] does that.
+pub fn peek_record_range(frame: &[u8]) -> Option<(u64, u64)> {
+    if frame.len() <= HEADER_LEN || frame[..4] != MAGIC || frame[6] != KIND_RECORDS {
+        return None;
+    }
+    // A WireBatch starts with its first sequence number, then the item count.
+    let (first, rest) = postcard::take_from_bytes::<u64>(&frame[HEADER_LEN..]).ok()?;
+    let (count, _) = postcard::take_from_bytes::<u64>(rest).ok()?;
+    let last = first.checked_add(count.checked_sub(1)?)?;
+    Some((first, last))
+}
+
 /// Decode exactly one whole frame; trailing bytes are an error.
 pub fn decode_frame(bytes: &[u8]) -> Result<Frame> {
     decode_frame_with_limit(bytes, DEFAULT_MAX_PAYLOAD)
@@ -471,6 +487,35 @@ impl FrameDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn record_ranges_peek_from_the_payload() {
+        use crate::{Ack, AsyncEvent, Event, ExecPoint, IoId, Record};
+        for (first, n) in [(1u64, 1u64), (127, 3), (128, 200), (u64::MAX / 4, 300)] {
+            let recs: Vec<Record> = (0..n)
+                .map(|i| Record {
+                    seq: first + i,
+                    point: ExecPoint::at(1000 + i * 3),
+                    event: Event::Async(AsyncEvent::IoComplete {
+                        io: IoId(i),
+                        status: 0,
+                        data: Some(bytes::Bytes::from(vec![7u8; 5])),
+                    }),
+                })
+                .collect();
+            let mut buf = Vec::new();
+            encode_records(&recs, &mut buf).unwrap();
+            assert_eq!(peek_record_range(&buf), Some((first, first + n - 1)));
+        }
+        let mut ack = Vec::new();
+        encode_ack(&Ack::default(), &mut ack).unwrap();
+        assert_eq!(peek_record_range(&ack), None);
+        let mut empty = Vec::new();
+        encode_records(&[], &mut empty).unwrap();
+        assert_eq!(peek_record_range(&empty), None);
+        assert_eq!(peek_record_range(b"garbage"), None);
+        assert_eq!(peek_record_range(&[]), None);
+    }
     use crate::record::{AsyncEvent, DeviceId, IoId, OutputSeq};
     use bytes::Bytes;
 

@@ -576,74 +576,20 @@ pub(crate) fn read_frame<R: Read>(
     Ok((kind, payload))
 }
 
-fn varint(b: &[u8], at: &mut usize) -> Option<u64> {
-    let mut v = 0u64;
-    for i in 0..10 {
-        let byte = *b.get(*at)?;
-        *at += 1;
-        v |= u64::from(byte & 0x7f).checked_shl(7 * i)?;
-        if byte & 0x80 == 0 {
-            return Some(v);
-        }
-    }
-    None
-}
-
-/// The sequence numbers `(first, last)` of an encoded records frame, read from its
-/// first bytes without decoding it; `None` for anything else (an ack, garbage, an empty
-/// batch).
-///
-/// This relies on the records payload starting with the batch's first sequence number
-/// and record count as postcard varints (`log_codec`'s `WireBatch`); a unit test keeps
-/// it honest against the codec.
+/// The sequence numbers `(first, last)` of an encoded records frame; `None` for
+/// anything else. The codec owns the layout ([`ft_core::log_codec::peek_record_range`]).
 pub(crate) fn peek_records(frame: &[u8]) -> Option<(u64, u64)> {
-    use ft_core::log_codec::{HEADER_LEN, MAGIC as LOG_MAGIC};
-    if frame.len() <= HEADER_LEN || frame[..4] != LOG_MAGIC || frame[6] != 1 {
-        return None;
-    }
-    let mut at = HEADER_LEN;
-    let first = varint(frame, &mut at)?;
-    let count = varint(frame, &mut at)?;
-    if count == 0 {
-        return None;
-    }
-    Some((first, first.checked_add(count - 1)?))
+    ft_core::log_codec::peek_record_range(frame)
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use bytes::Bytes;
-    use ft_core::{log_codec, Ack, AsyncEvent, Event, ExecPoint, IoId, Record};
     use std::io::Cursor;
 
     fn session() -> Session {
         Session::derive(b"0123456789abcdef0123", b"transcript").unwrap()
-    }
-
-    #[test]
-    fn peek_matches_the_codec() {
-        for (first, n) in [(1u64, 1u64), (127, 3), (128, 200), (u64::MAX / 4, 300)] {
-            let recs: Vec<Record> = (0..n)
-                .map(|i| Record {
-                    seq: first + i,
-                    point: ExecPoint::at(1000 + i * 3),
-                    event: Event::Async(AsyncEvent::IoComplete {
-                        io: IoId(i),
-                        status: 0,
-                        data: Some(Bytes::from(vec![7u8; 5])),
-                    }),
-                })
-                .collect();
-            let mut buf = Vec::new();
-            log_codec::encode_records(&recs, &mut buf).unwrap();
-            assert_eq!(peek_records(&buf), Some((first, first + n - 1)));
-        }
-        let mut ack = Vec::new();
-        log_codec::encode_ack(&Ack::default(), &mut ack).unwrap();
-        assert_eq!(peek_records(&ack), None);
-        assert_eq!(peek_records(b"garbage"), None);
     }
 
     #[test]
