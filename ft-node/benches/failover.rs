@@ -12,6 +12,9 @@
 //!   (a reply to a request the client sent after failing over);
 //! * kill → client's first answer after the failover.
 //!
+//! The sim guest runs in four timing configurations; where `/dev/kvm` is usable, a
+//! fifth runs the KVM guest (`--backend kvm`) at 10 / 30 ms.
+//!
 //! Printed figures only (min / median / max). Run:
 //!
 //! ```sh
@@ -31,6 +34,8 @@ struct Config {
     heartbeat_ms: u64,
     timeout_ms: u64,
     disconnect_is_failure: bool,
+    /// `--backend`.
+    backend: &'static str,
 }
 
 #[derive(Default)]
@@ -67,7 +72,12 @@ fn stats(v: &[f64]) -> String {
 
 fn one_run(cfg: &Config, rng: &mut impl Rng, out: &mut Samples) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let mut extra = vec!["--progress-ms".to_string(), "0".to_string()];
+    let mut extra = vec![
+        "--progress-ms".to_string(),
+        "0".to_string(),
+        "--backend".to_string(),
+        cfg.backend.to_string(),
+    ];
     if cfg.disconnect_is_failure {
         extra.push("--disconnect-is-failure".into());
     }
@@ -159,32 +169,47 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(42);
-    let configs = [
+    let mut configs = vec![
         Config {
             name: "defaults (silence only)",
             heartbeat_ms: 10,
             timeout_ms: 100,
             disconnect_is_failure: false,
+            backend: "sim",
         },
         Config {
             name: "10 ms heartbeat (silence only)",
             heartbeat_ms: 10,
             timeout_ms: 30,
             disconnect_is_failure: false,
+            backend: "sim",
         },
         Config {
             name: "tight LAN (silence only)",
             heartbeat_ms: 5,
             timeout_ms: 40,
             disconnect_is_failure: false,
+            backend: "sim",
         },
         Config {
             name: "defaults + connection loss",
             heartbeat_ms: 10,
             timeout_ms: 100,
             disconnect_is_failure: true,
+            backend: "sim",
         },
     ];
+    if ft_kvm::probe().is_ok() {
+        configs.push(Config {
+            name: "KVM guest, 10 ms heartbeat (silence only)",
+            heartbeat_ms: 10,
+            timeout_ms: 30,
+            disconnect_is_failure: false,
+            backend: "kvm",
+        });
+    } else {
+        println!("(no usable /dev/kvm: the KVM configuration is skipped)");
+    }
     println!("ft-node failover benchmark: {runs} runs per configuration, seed {seed} (FT_BENCH_RUNS, FT_BENCH_SEED)");
     println!("two processes on loopback, file arbiter, client with 8 requests in flight, primary killed with SIGKILL at a random moment\n");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -198,8 +223,9 @@ fn main() {
             }
         }
         println!(
-            "{} — heartbeat {} ms, timeout {} ms{}: {} runs ok, {} failed",
+            "{} ({}) — heartbeat {} ms, timeout {} ms{}: {} runs ok, {} failed",
             cfg.name,
+            cfg.backend,
             cfg.heartbeat_ms,
             cfg.timeout_ms,
             if cfg.disconnect_is_failure {
