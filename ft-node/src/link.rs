@@ -76,23 +76,8 @@ pub fn listen(addr: &str, opts: &LinkOptions) -> Result<PrimaryListener> {
 }
 
 /// Primary: wait on `listener` for the backup to connect and authenticate.
-pub fn accept(mut listener: PrimaryListener, log: &Log) -> Result<Opened> {
-    log.line(format_args!(
-        "log channel: waiting for the backup on {}",
-        listener.local_addr()
-    ));
-    let link = listener.accept(None)?;
-    let handle = link.handle();
-    log.line(format_args!(
-        "log channel: backup connected from {} and authenticated",
-        handle
-            .peer_addr()
-            .map_or_else(|| "?".to_string(), |a| a.to_string())
-    ));
-    Ok(Opened {
-        link: Box::new(link),
-        handle,
-    })
+pub fn accept(listener: PrimaryListener, log: &Log) -> Result<Opened> {
+    accept_watching(listener, log, Duration::from_secs(1), || None)
 }
 
 /// Primary: as [`open_primary`], asking `superseded` every `every` while it waits; when
@@ -102,9 +87,18 @@ pub fn open_primary_watching(
     opts: &LinkOptions,
     log: &Log,
     every: Duration,
+    superseded: impl FnMut() -> Option<String>,
+) -> Result<Opened> {
+    accept_watching(listen(addr, opts)?, log, every, superseded)
+}
+
+/// Wait on `listener` for the backup, asking `superseded` every `every`.
+fn accept_watching(
+    mut listener: PrimaryListener,
+    log: &Log,
+    every: Duration,
     mut superseded: impl FnMut() -> Option<String>,
 ) -> Result<Opened> {
-    let mut listener = listen(addr, opts)?;
     log.line(format_args!(
         "log channel: waiting for the backup on {}",
         listener.local_addr()

@@ -239,24 +239,27 @@ impl Cluster {
     /// Start a fresh node that joins `survivor` by live clone; returns its index at
     /// once.
     fn spawn_joiner(&mut self, survivor: usize) -> usize {
-        let joiner = self.nodes.len();
-        let args = self.st.args(
-            "join",
-            self.clients[joiner],
-            &[
-                s("--node-id"),
-                (joiner + 1).to_string(),
-                s("--peer"),
-                self.logs[survivor].to_string(),
-                s("--listen"),
-                self.logs[joiner].to_string(),
-            ],
-        );
-        let name = format!("n{}", joiner + 1);
+        let peer = self.logs[survivor].to_string();
+        self.spawn_next("join", "n", &[s("--peer"), peer])
+    }
+
+    /// Start a node with `role` in the next slot `k`: node id `k + 1`, listening on
+    /// `logs[k]`, serving clients on `clients[k]`, with `extra` flags; its index.
+    fn spawn_next(&mut self, role: &str, name: &str, extra: &[String]) -> usize {
+        let k = self.nodes.len();
+        let mut flags = vec![
+            s("--node-id"),
+            (k + 1).to_string(),
+            s("--listen"),
+            self.logs[k].to_string(),
+        ];
+        flags.extend_from_slice(extra);
+        let args = self.st.args(role, self.clients[k], &flags);
+        let name = format!("{name}{}", k + 1);
         self.nodes
             .push(NodeProc::spawn(&bin(), &name, &args, true).unwrap());
         self.args.push(args);
-        joiner
+        k
     }
 
     /// Start node `k` again, with the very flags it was first started with, once
@@ -273,27 +276,13 @@ impl Cluster {
     /// Start a standby in the next slot (node id: the slot + 1), registered in the
     /// etcd arbiter; wait until it waits. Returns its index.
     fn standby(&mut self) -> usize {
-        let k = self.nodes.len();
-        let args = self.st.args(
-            "standby",
-            self.clients[k],
-            &[
-                s("--node-id"),
-                (k + 1).to_string(),
-                s("--listen"),
-                self.logs[k].to_string(),
-            ],
-        );
-        let name = format!("s{}", k + 1);
-        self.nodes
-            .push(NodeProc::spawn(&bin(), &name, &args, true).unwrap());
-        self.args.push(args);
+        let k = self.spawn_next("standby", "s", &[]);
         wait_count(&self.nodes[k], "waiting for a live member", 1);
         k
     }
 
-    /// Wait until one of `spares` says etcd picked it; fail if none does or if more
-    /// than `already` picks were made among them.
+    /// Wait until one of `spares` says etcd picked it; fail if none does, or if more
+    /// than one of them was picked.
     fn wait_pick(&self, spares: &[usize]) -> usize {
         let deadline = Instant::now() + LIMIT;
         loop {

@@ -359,20 +359,21 @@ fn decide_txn(endpoint: &str, answer: &Value, me: NodeId) -> Result<Decision> {
 
 /// The value of one key-value of a range answer, as text.
 fn value_text(endpoint: &str, kv: &Value) -> Result<String> {
-    kv.get("value")
-        .and_then(Value::as_str)
-        .and_then(|v| B64.decode(v).ok())
-        .and_then(|v| String::from_utf8(v).ok())
-        .ok_or_else(|| bad(endpoint, "a value that is not base64 text"))
+    b64_text(endpoint, kv, "value")
 }
 
 /// The key of one key-value of a range or watch answer, as text.
 fn key_text(endpoint: &str, kv: &Value) -> Result<String> {
-    kv.get("key")
+    b64_text(endpoint, kv, "key")
+}
+
+/// The base64 text field `field` of a key-value.
+fn b64_text(endpoint: &str, kv: &Value, field: &str) -> Result<String> {
+    kv.get(field)
         .and_then(Value::as_str)
-        .and_then(|k| B64.decode(k).ok())
-        .and_then(|k| String::from_utf8(k).ok())
-        .ok_or_else(|| bad(endpoint, "a key that is not base64 text"))
+        .and_then(|v| B64.decode(v).ok())
+        .and_then(|v| String::from_utf8(v).ok())
+        .ok_or_else(|| bad(endpoint, format!("a {field} that is not base64 text")))
 }
 
 /// An offer's value, `member <id> addr <addr>`.
@@ -390,14 +391,7 @@ fn parse_offer(pair: PairId, text: &str) -> Option<CloneOffer> {
 fn read_kv(endpoint: &str, kv: &Value) -> Result<(NodeId, u64)> {
     let token = int(kv.get("create_revision"))
         .ok_or_else(|| bad(endpoint, "key without create_revision"))?;
-    let raw = kv
-        .get("value")
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad(endpoint, "key without value"))?;
-    let bytes = B64
-        .decode(raw)
-        .map_err(|e| bad(endpoint, format!("value not base64: {e}")))?;
-    let text = String::from_utf8_lossy(&bytes);
+    let text = value_text(endpoint, kv)?;
     let holder = text
         .strip_prefix("holder ")
         .and_then(|n| n.parse().ok())
