@@ -135,6 +135,64 @@ pub trait Arbiter: Send + Sync {
     ///
     /// As for [`Arbiter::holder`].
     fn clone_offer(&self, vm: u64) -> Result<Option<CloneOffer>>;
+
+    /// Reserve a fresh generation of `vm` for a new pair whose primary is `me`: the
+    /// first generation above every generation of `vm` reserved or claimed so far,
+    /// recorded as reserved by `me`. Atomic: concurrent callers (in any number of
+    /// processes) get distinct generations. So a new pair never needs an operator to
+    /// choose a number, and no claim or reservation left by an earlier run can decide
+    /// (or collide with) the new pair's failover.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Arbiter::holder`].
+    fn reserve_generation(&self, vm: u64, me: NodeId) -> Result<u64>;
+
+    /// The node that reserved `pair`'s generation ([`Arbiter::reserve_generation`]),
+    /// if one did.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Arbiter::holder`].
+    fn reserved_by(&self, pair: PairId) -> Result<Option<NodeId>>;
+
+    /// The newest generation of `vm` that was reserved or claimed, if any.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Arbiter::holder`].
+    fn newest_generation(&self, vm: u64) -> Result<Option<u64>>;
+
+    /// What the arbiter holds about `vm`'s newest generation (reserved or claimed):
+    /// the membership record a starting node reads. `None` for a VM the arbiter has
+    /// never seen.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Arbiter::holder`].
+    fn membership(&self, vm: u64) -> Result<Option<Membership>> {
+        let Some(generation) = self.newest_generation(vm)? else {
+            return Ok(None);
+        };
+        let pair = PairId { vm, generation };
+        Ok(Some(Membership {
+            pair,
+            reserved_by: self.reserved_by(pair)?,
+            holder: self.holder(pair)?,
+        }))
+    }
+}
+
+/// A VM's newest generation, as the arbiter records it ([`Arbiter::membership`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Membership {
+    /// The VM and its newest generation.
+    pub pair: PairId,
+    /// The primary that reserved the generation for a new pair, if it was reserved
+    /// (a generation a clone or an operator chose is not).
+    pub reserved_by: Option<NodeId>,
+    /// The node that went live in it, if one did: the generation's live member.
+    pub holder: Option<NodeId>,
 }
 
 /// The refusal of an offer whose member does not hold its claim.
@@ -154,6 +212,7 @@ pub fn not_the_holder(offer: &CloneOffer, holder: Option<NodeId>) -> ArbiterErro
 #[derive(Debug, Default)]
 struct InProcessState {
     holders: HashMap<PairId, (NodeId, u64)>,
+    reserved: HashMap<PairId, NodeId>,
     offers: HashMap<PairId, CloneOffer>,
     next_token: u64,
     unreachable: bool,
@@ -181,6 +240,16 @@ impl InProcessArbiter {
     pub fn holder(&self, pair: PairId) -> Option<NodeId> {
         self.state.lock().holders.get(&pair).map(|(n, _)| *n)
     }
+}
+
+/// The newest generation of `vm` reserved or claimed.
+fn newest_of(st: &InProcessState, vm: u64) -> Option<u64> {
+    st.holders
+        .keys()
+        .chain(st.reserved.keys())
+        .filter(|p| p.vm == vm)
+        .map(|p| p.generation)
+        .max()
 }
 
 impl Arbiter for InProcessArbiter {
@@ -235,6 +304,31 @@ impl Arbiter for InProcessArbiter {
         };
         let st = self.state.lock();
         Ok(st.offers.get(&PairId { vm, generation }).cloned())
+    }
+
+    fn reserve_generation(&self, vm: u64, me: NodeId) -> Result<u64> {
+        self.check()?;
+        // One lock for the read and the reservation: atomic.
+        let mut st = self.state.lock();
+        let next = newest_of(&st, vm).unwrap_or(0).saturating_add(1);
+        st.reserved.insert(
+            PairId {
+                vm,
+                generation: next,
+            },
+            me,
+        );
+        Ok(next)
+    }
+
+    fn reserved_by(&self, pair: PairId) -> Result<Option<NodeId>> {
+        self.check()?;
+        Ok(self.state.lock().reserved.get(&pair).copied())
+    }
+
+    fn newest_generation(&self, vm: u64) -> Result<Option<u64>> {
+        self.check()?;
+        Ok(newest_of(&self.state.lock(), vm))
     }
 
     fn test_and_set(&self, pair: PairId, me: NodeId) -> Result<Decision> {
@@ -296,7 +390,41 @@ mod tests {
         assert_eq!(Arbiter::holder(&a, PairId { vm: 2, ..p1 }), Ok(None));
         assert_eq!(a.newest_claimed(1), Ok(Some(2)));
         assert_eq!(a.newest_claimed(2), Ok(None));
+        // Reservations: above every claim and reservation, one generation each.
+        assert_eq!(a.newest_generation(1), Ok(Some(2)));
+        assert_eq!(a.membership(3), Ok(None));
+        assert_eq!(a.reserve_generation(1, NodeId(7)), Ok(3));
+        assert_eq!(a.reserve_generation(1, NodeId(8)), Ok(4));
+        assert_eq!(a.reserve_generation(3, NodeId(7)), Ok(1));
+        assert_eq!(a.newest_claimed(1), Ok(Some(2)));
+        assert_eq!(a.newest_generation(1), Ok(Some(4)));
+        let p4 = PairId {
+            vm: 1,
+            generation: 4,
+        };
+        assert_eq!(a.reserved_by(p4), Ok(Some(NodeId(8))));
+        assert_eq!(a.reserved_by(p2), Ok(None));
+        assert_eq!(
+            a.membership(1),
+            Ok(Some(Membership {
+                pair: p4,
+                reserved_by: Some(NodeId(8)),
+                holder: None,
+            }))
+        );
+        assert!(matches!(
+            a.test_and_set(p4, NodeId(9)),
+            Ok(Decision::Won { .. })
+        ));
+        assert_eq!(
+            a.membership(1).map(|m| m.and_then(|m| m.holder)),
+            Ok(Some(NodeId(9)))
+        );
         a.set_unreachable(true);
+        assert!(matches!(
+            a.reserve_generation(1, NodeId(7)),
+            Err(ArbiterError::Unreachable(_))
+        ));
         assert!(matches!(
             a.test_and_set(p2, NodeId(2)),
             Err(ArbiterError::Unreachable(_))

@@ -61,7 +61,9 @@ pub mod world;
 /// needs no direct `bytes` dependency of a matching version.
 pub use bytes::Bytes;
 
-pub use arbiter::{Arbiter, ArbiterError, CloneOffer, Decision, InProcessArbiter, NodeId, PairId};
+pub use arbiter::{
+    Arbiter, ArbiterError, CloneOffer, Decision, InProcessArbiter, Membership, NodeId, PairId,
+};
 pub use event_source::{EventSource, MemoryLayout, SourceError, SourceResult, Stop};
 pub use exec_point::ExecPoint;
 pub use failure_detector::{FailureDetector, Heartbeat};

@@ -63,7 +63,7 @@ pub enum NodeError {
     /// The pair generation already has a live member (a side of it won the arbiter),
     /// or a newer generation of the VM exists: this node, starting with a fresh
     /// machine, is not that member and must not serve or go live.
-    #[error("vm {vm} generation {generation} is taken: {why}. This node starts from a fresh guest and is not that live member, so it refuses to serve. If the earlier run is over, start the new pair with --generation {next} (or clear the arbiter's claims)")]
+    #[error("vm {vm} generation {generation} is taken: {why}. This node starts from a fresh guest and is not that live member, so it refuses to serve. If the earlier run is over, start the new pair's primary with --new-run (the arbiter reserves it a generation above every earlier one; or pass --generation {next} to both sides)")]
     Superseded {
         /// The VM.
         vm: u64,
@@ -95,6 +95,14 @@ pub enum NodeError {
     /// member by clone (`ft-node` does that itself).
     #[error("{why}; this node never ran the guest, and starts again with its own flags to rejoin as the live member's backup")]
     SupersededWhileWaiting {
+        /// What the arbiter holds.
+        why: String,
+    },
+    /// A primary waiting for its backup found a newer generation reserved for a new
+    /// pair (its run was declared over with `--new-run`): it stops, and does not
+    /// rejoin.
+    #[error("{why}; this node never ran the guest, and stops")]
+    Replaced {
         /// What the arbiter holds.
         why: String,
     },
@@ -220,11 +228,20 @@ pub struct NodeArgs {
     /// The protected VM's id (the arbiter's key, with the generation).
     #[arg(long, default_value_t = 1)]
     pub vm: u64,
-    /// The pairing generation (a new backup after a failover needs a new one). A
-    /// generation in which a side already went live, or below the newest claimed one,
-    /// is refused at startup.
-    #[arg(long, default_value_t = 1)]
-    pub generation: u64,
+    /// The pairing generation, for an operator who manages generations. Default: the
+    /// primary reserves a fresh one from the arbiter (atomically above every
+    /// generation of the VM reserved or claimed before), and the backup takes the one
+    /// its primary reserved. A generation in which a side already went live, or below
+    /// the newest one, is refused at startup.
+    #[arg(long)]
+    pub generation: Option<u64>,
+    /// Primary: the VM's earlier run is over (its live member is gone for good). The
+    /// primary reserves a new generation above every earlier one, so the earlier run's
+    /// claims and reservations decide nothing. Without it, a primary of a VM whose
+    /// newest generation another node went live in or reserved refuses to start (or
+    /// rejoins that member by clone): it cannot tell an earlier run from a live one.
+    #[arg(long)]
+    pub new_run: bool,
     /// This side's node id (default: 1 for a primary, 2 for a backup).
     #[arg(long)]
     pub node_id: Option<u64>,
@@ -339,6 +356,18 @@ impl NodeArgs {
                     .into(),
             ));
         }
+        if self.new_run {
+            if self.role != RoleArg::Primary {
+                return Err(NodeError::Usage(
+                    "--new-run is for a primary: it reserves the new run's generation, and its backup takes that one".into(),
+                ));
+            }
+            if self.generation.is_some() {
+                return Err(NodeError::Usage(
+                    "--new-run reserves a generation from the arbiter; it does not go with --generation".into(),
+                ));
+            }
+        }
         if self.alone {
             if self.role != RoleArg::Primary {
                 return Err(NodeError::Usage(
@@ -366,11 +395,11 @@ fn check_membership(arbiter: &dyn Arbiter, pair: PairId, spec: &str) -> Result<(
         source,
     };
     let holder = arbiter.holder(pair).map_err(unusable)?;
-    let newest = arbiter.newest_claimed(pair.vm).map_err(unusable)?;
+    let newest = arbiter.newest_generation(pair.vm).map_err(unusable)?;
     let why = match (holder, newest) {
         (Some(h), _) => format!("node {} went live in it", h.0),
         (None, Some(n)) if n > pair.generation => {
-            format!("the newer generation {n} was claimed")
+            format!("the newer generation {n} was claimed or reserved")
         }
         _ => return Ok(()),
     };
@@ -605,36 +634,210 @@ struct Plan {
 /// * A joiner joins the generation after the newest claimed one, whose holder is the
 ///   live member running alone; it connects to `--peer`, or to where the member's
 ///   published clone offer says.
-/// * A primary or backup starts for `--generation` if nobody went live in it and no
-///   newer generation was claimed. Otherwise the pair went on without this node (it
-///   was killed and restarted, say): with `--disk` and `--listen` it rejoins as the
-///   backup of the live member, by live clone, if that member offers one; without,
-///   it is refused ([`NodeError::Superseded`]).
+/// * A primary without `--generation` reserves a fresh generation from the arbiter
+///   ([`reserve_for_primary`]); a backup without it takes the one its primary
+///   reserved ([`adopt_reservation`]).
+/// * A primary or backup with `--generation` starts for it if nobody went live in it
+///   and no newer generation was claimed or reserved.
+/// * Otherwise the pair went on without this node (it was killed and restarted, say):
+///   with `--disk` and `--listen` it rejoins as the backup of the live member, by
+///   live clone, if that member offers one; without, it is refused
+///   ([`NodeError::Superseded`]).
 fn plan(arbiter: &dyn Arbiter, args: &NodeArgs, me: NodeId) -> Result<Plan> {
     let unusable = |source| NodeError::ArbiterCheck {
         spec: args.arbiter.clone(),
         source,
     };
-    let pair = PairId {
-        vm: args.vm,
-        generation: args.generation,
+    if args.role == RoleArg::Join {
+        return plan_join(arbiter, args, me);
+    }
+    let checked = match (args.generation, args.role) {
+        (Some(generation), _) => {
+            let pair = PairId {
+                vm: args.vm,
+                generation,
+            };
+            check_membership(arbiter, pair, &args.arbiter).map(|()| (pair, None))
+        }
+        (None, RoleArg::Primary) => reserve_for_primary(arbiter, args, me),
+        (None, _) => adopt_reservation(arbiter, args, me),
     };
-    if args.role != RoleArg::Join {
-        let superseded = match check_membership(arbiter, pair, &args.arbiter) {
-            Ok(()) => {
-                return Ok(Plan {
-                    role: args.role,
-                    pair,
-                    peer: args.peer.clone(),
-                    rejoined: None,
-                })
+    match checked {
+        Ok((pair, note)) => Ok(Plan {
+            role: args.role,
+            pair,
+            peer: args.peer.clone(),
+            rejoined: note,
+        }),
+        // Only a taken generation can be rejoined; an arbiter that cannot be asked is
+        // reported as it is.
+        Err(superseded @ NodeError::Superseded { .. }) if args.offers_clone() => {
+            rejoin(arbiter, args, me, superseded)
+        }
+        Err(e) => Err(e),
+    }
+    .map_err(|e| match e {
+        NodeError::ArbiterCheck { source, .. } => unusable(source),
+        e => e,
+    })
+}
+
+/// A primary without `--generation`: the generation the arbiter reserves it, or the
+/// reason it may not start. It reserves one when the VM has no generation yet, or
+/// with `--new-run`; it takes its own reservation again when it restarts before any
+/// side went live in it; and it is [`NodeError::Superseded`] when the VM's newest
+/// generation has a live member or another primary's reservation (a pair that may be
+/// running: only the operator can say that an earlier run is over).
+fn reserve_for_primary(
+    arbiter: &dyn Arbiter,
+    args: &NodeArgs,
+    me: NodeId,
+) -> Result<(PairId, Option<String>)> {
+    let unusable = |source| NodeError::ArbiterCheck {
+        spec: args.arbiter.clone(),
+        source,
+    };
+    let membership = arbiter.membership(args.vm).map_err(unusable)?;
+    let reserve = |why: String| -> Result<(PairId, Option<String>)> {
+        let generation = arbiter.reserve_generation(args.vm, me).map_err(unusable)?;
+        Ok((
+            PairId {
+                vm: args.vm,
+                generation,
+            },
+            Some(format!(
+                "reserved generation {generation} of vm {} from the arbiter ({why})",
+                args.vm
+            )),
+        ))
+    };
+    let Some(m) = membership else {
+        return reserve("the vm's first".into());
+    };
+    if args.new_run {
+        return reserve(format!(
+            "--new-run: above the earlier run's newest generation {}",
+            m.pair.generation
+        ));
+    }
+    let why = match (m.holder, m.reserved_by) {
+        (Some(h), _) => format!("node {} went live in it", h.0),
+        (None, Some(r)) if r == me => return Ok((
+            m.pair,
+            Some(format!(
+                "generation {} of vm {}: reserved by this node before, and nobody went live in it",
+                m.pair.generation, args.vm
+            )),
+        )),
+        (None, Some(r)) => format!(
+            "node {} reserved it for a new pair, which may be running",
+            r.0
+        ),
+        (None, None) => "it is in use".into(),
+    };
+    Err(NodeError::Superseded {
+        vm: args.vm,
+        generation: m.pair.generation,
+        why,
+        next: m.pair.generation.saturating_add(1),
+    })
+}
+
+/// How long a backup without `--generation` waits for a usable reservation while
+/// the VM's newest generation is claimed (a primary started with `--new-run` at the
+/// same moment reserves a newer one within this).
+const ADOPT_GRACE: Duration = Duration::from_secs(2);
+
+/// A backup without `--generation`: the generation its primary reserved, which is the
+/// VM's newest, unclaimed, and reserved by another node. It waits for the primary's
+/// reservation up to `--connect-timeout-ms`. A claimed newest generation is
+/// [`NodeError::Superseded`] at once when its live member offers a clone to rejoin,
+/// and otherwise after [`ADOPT_GRACE`].
+fn adopt_reservation(
+    arbiter: &dyn Arbiter,
+    args: &NodeArgs,
+    me: NodeId,
+) -> Result<(PairId, Option<String>)> {
+    let unusable = |source| NodeError::ArbiterCheck {
+        spec: args.arbiter.clone(),
+        source,
+    };
+    let start = Instant::now();
+    let deadline = start + Duration::from_millis(args.connect_timeout_ms);
+    loop {
+        let m = arbiter.membership(args.vm).map_err(unusable)?;
+        let now = Instant::now();
+        match m {
+            Some(m) if m.holder.is_none() => match m.reserved_by {
+                Some(r) if r != me => {
+                    return Ok((
+                        m.pair,
+                        Some(format!(
+                            "generation {} of vm {}: the one node {} reserved for its new pair",
+                            m.pair.generation, args.vm, r.0
+                        )),
+                    ))
+                }
+                Some(r) => {
+                    return Err(NodeError::Usage(format!(
+                        "node id collision: vm {}'s newest generation {} was reserved by node {}, this backup's own --node-id; give the backup an id of its own",
+                        args.vm, m.pair.generation, r.0
+                    )))
+                }
+                None if now < deadline => {}
+                None => {
+                    return Err(NodeError::Usage(format!(
+                        "vm {}'s newest generation {} was not reserved by a primary; give both sides --generation",
+                        args.vm, m.pair.generation
+                    )))
+                }
+            },
+            Some(m) => {
+                // A live member that offers a clone is rejoined at once.
+                let offered = args.offers_clone()
+                    && arbiter
+                        .clone_offer(args.vm)
+                        .map_err(unusable)?
+                        .is_some_and(|o| o.member != me);
+                if offered || now >= deadline.min(start + ADOPT_GRACE) {
+                    let h = m.holder.map_or(0, |h| h.0);
+                    return Err(NodeError::Superseded {
+                        vm: args.vm,
+                        generation: m.pair.generation,
+                        why: format!("node {h} went live in it"),
+                        next: m.pair.generation.saturating_add(1),
+                    });
+                }
             }
-            // Only a taken generation can be rejoined; an arbiter that cannot be
-            // asked is reported as it is.
-            Err(e @ NodeError::Superseded { .. }) if args.offers_clone() => e,
-            Err(e) => return Err(e),
-        };
-        return match arbiter.clone_offer(args.vm).map_err(unusable)? {
+            None if now >= deadline => {
+                return Err(NodeError::Usage(format!(
+                    "no primary reserved a generation of vm {} within --connect-timeout-ms ({} ms): start the primary (or give both sides --generation)",
+                    args.vm, args.connect_timeout_ms
+                )))
+            }
+            None => {}
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A primary or backup whose generation is taken (`superseded`): rejoin the VM's
+/// live member by clone if it offers one, or say why not.
+fn rejoin(
+    arbiter: &dyn Arbiter,
+    args: &NodeArgs,
+    me: NodeId,
+    superseded: NodeError,
+) -> Result<Plan> {
+    let unusable = |source| NodeError::ArbiterCheck {
+        spec: args.arbiter.clone(),
+        source,
+    };
+    let taken = match &superseded {
+        NodeError::Superseded { generation, .. } => *generation,
+        _ => 0,
+    };
+    match arbiter.clone_offer(args.vm).map_err(unusable)? {
             Some(o) if o.member != me => Ok(Plan {
                 role: RoleArg::Join,
                 pair: PairId {
@@ -644,7 +847,7 @@ fn plan(arbiter: &dyn Arbiter, args: &NodeArgs, me: NodeId) -> Result<Plan> {
                 rejoined: Some(format!(
                     "vm {} generation {} is taken: this {} restarts as the backup of the live member node {}, by live clone from {} into generation {}",
                     args.vm,
-                    args.generation,
+                    taken,
                     side_of(args.role),
                     o.member.0,
                     o.addr,
@@ -660,8 +863,15 @@ fn plan(arbiter: &dyn Arbiter, args: &NodeArgs, me: NodeId) -> Result<Plan> {
                 "{superseded}; no live member of vm {} offers a live clone now to rejoin by (the pair is whole, or its member runs without --listen and --disk)",
                 args.vm
             ))),
-        };
-    }
+        }
+}
+
+/// A joiner: the generation after the newest claimed one, and the member to clone.
+fn plan_join(arbiter: &dyn Arbiter, args: &NodeArgs, me: NodeId) -> Result<Plan> {
+    let unusable = |source| NodeError::ArbiterCheck {
+        spec: args.arbiter.clone(),
+        source,
+    };
     let newest = arbiter.newest_claimed(args.vm).map_err(unusable)?;
     let Some(generation) = newest else {
         return Err(NodeError::Usage(format!(
@@ -669,6 +879,18 @@ fn plan(arbiter: &dyn Arbiter, args: &NodeArgs, me: NodeId) -> Result<Plan> {
             args.vm
         )));
     };
+    // A newer reservation is a new pair (a primary started with --new-run): the run
+    // whose member went live in `generation` was declared over.
+    if let Some(reserved) = arbiter
+        .newest_generation(args.vm)
+        .map_err(unusable)?
+        .filter(|&g| g > generation)
+    {
+        return Err(NodeError::Usage(format!(
+            "nothing to join: vm {}'s newest generation {reserved} was reserved for a new pair after a member went live in generation {generation}; that pair takes its backup at start",
+            args.vm
+        )));
+    }
     let peer = match &args.peer {
         Some(p) => p.clone(),
         None => match arbiter.clone_offer(args.vm).map_err(unusable)? {
@@ -748,6 +970,8 @@ struct SupersededWatch<'a> {
     pair: PairId,
     me: NodeId,
     seen: Option<Instant>,
+    /// The answer was a newer reservation (not a live member to rejoin).
+    replaced: bool,
 }
 
 /// How long [`SupersededWatch`] waits for the live member's offer after the claim.
@@ -760,6 +984,7 @@ impl<'a> SupersededWatch<'a> {
             pair,
             me,
             seen: None,
+            replaced: false,
         }
     }
 
@@ -767,6 +992,18 @@ impl<'a> SupersededWatch<'a> {
         // An arbiter that cannot answer now: keep waiting, ask again.
         let holder = self.arbiter.holder(self.pair).ok()?;
         let newest = self.arbiter.newest_claimed(self.pair.vm).ok()?;
+        if holder.is_none() && newest.is_none_or(|n| n <= self.pair.generation) {
+            // No live member anywhere newer; a newer reservation is a new pair (a
+            // primary started with --new-run): this one's run is over.
+            let reserved = self.arbiter.newest_generation(self.pair.vm).ok()?;
+            if let Some(n) = reserved.filter(|&n| n > self.pair.generation) {
+                self.replaced = true;
+                return Some(format!(
+                    "vm {} generation {} was superseded while this primary waited for its backup: the newer generation {n} was reserved for a new pair",
+                    self.pair.vm, self.pair.generation
+                ));
+            }
+        }
         let why = match (holder, newest) {
             (Some(h), _) if h != self.me => format!("node {} went live in it", h.0),
             (_, Some(n)) if n > self.pair.generation => {
@@ -1063,9 +1300,10 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
     args.check_combination()?;
     // Refuse bad parameters before anything starts or prints.
     let cfg = Config {
+        // The generation is the plan's (run_on); any valid one checks the rest here.
         pair: PairId {
             vm: args.vm,
-            generation: args.generation,
+            generation: args.generation.unwrap_or(1),
         },
         node: NodeId(me),
         heartbeat_interval: args.heartbeat_ms.saturating_mul(1_000_000),
@@ -1078,6 +1316,41 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
     match args.backend {
         BackendArg::Sim => run_on(args, me, cfg, load_machine(args)?),
         BackendArg::Kvm => run_on(args, me, cfg, load_kvm(args)?),
+    }
+}
+
+/// Backup: connect to the primary at `addr`. A backup that took the generation its
+/// primary reserved ([`adopt_reservation`]) and is refused for the pair (it read the
+/// arbiter before a `--new-run` primary reserved a newer generation) takes the newer
+/// reservation and connects again, until `--connect-timeout-ms`.
+fn open_backup(
+    arbiter: &dyn Arbiter,
+    args: &NodeArgs,
+    me: u64,
+    addr: &str,
+    opts: &mut LinkOptions,
+    log: &Log,
+) -> Result<link::Opened> {
+    let deadline = Instant::now() + Duration::from_millis(args.connect_timeout_ms);
+    loop {
+        match link::open_backup(addr, opts, log) {
+            Err(link::LinkError::Tcp(TcpError::PairMismatch { .. }))
+                if args.generation.is_none()
+                    && args.role == RoleArg::Backup
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(100));
+                let (pair, _) = adopt_reservation(arbiter, args, NodeId(me))?;
+                if pair != opts.pair {
+                    log.line(format_args!(
+                        "the primary at {addr} is not in generation {}; taking the newer reservation, generation {}",
+                        opts.pair.generation, pair.generation
+                    ));
+                    opts.pair = pair;
+                }
+            }
+            other => return Ok(other?),
+        }
     }
 }
 
@@ -1158,7 +1431,7 @@ fn run_on<M: Guest>(args: &NodeArgs, me: u64, cfg: Config, mut machine: M) -> Re
         }
     ));
 
-    let link_opts = LinkOptions {
+    let mut link_opts = LinkOptions {
         pair,
         node: NodeId(me),
         image,
@@ -1187,6 +1460,10 @@ fn run_on<M: Guest>(args: &NodeArgs, me: u64, cfg: Config, mut machine: M) -> Re
             let every = Duration::from_millis(args.timeout_ms.clamp(20, 500));
             match link::open_primary_watching(addr, &link_opts, &log, every, || watch.poll()) {
                 Ok(o) => Some(o),
+                // A new pair replaced this one: nothing to rejoin, the run is over.
+                Err(link::LinkError::Superseded(why)) if watch.replaced => {
+                    return Err(NodeError::Replaced { why });
+                }
                 Err(link::LinkError::Superseded(why)) => {
                     log.line(format_args!("{why}"));
                     return Err(NodeError::SupersededWhileWaiting { why });
@@ -1199,9 +1476,19 @@ fn run_on<M: Guest>(args: &NodeArgs, me: u64, cfg: Config, mut machine: M) -> Re
             let addr = peer
                 .as_deref()
                 .ok_or_else(|| NodeError::Usage(format!("a {side} needs --peer ADDR")))?;
-            Some(link::open_backup(addr, &link_opts, &log)?)
+            Some(open_backup(
+                &*arbiter,
+                args,
+                me,
+                addr,
+                &mut link_opts,
+                &log,
+            )?)
         }
     };
+    // A backup that took its primary's reservation may have found a newer one.
+    let pair = link_opts.pair;
+    let cfg = Config { pair, ..cfg };
     let handle = opened.as_ref().map(|o| o.handle.clone());
     if let Some(h) = &handle {
         watch_link(h.clone(), log.clone());

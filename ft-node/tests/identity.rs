@@ -217,6 +217,108 @@ fn a_stale_claim_is_refused_at_startup_and_a_new_generation_runs() {
     primary.kill9().unwrap();
 }
 
+/// The address after `prefix` in one of `node`'s lines.
+fn addr_in(node: &NodeProc, prefix: &str) -> String {
+    let line = node.wait_for(prefix, LIMIT).unwrap();
+    line.msg
+        .split(prefix)
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// No `--generation` anywhere: the arbiter reserves them. An earlier run left a
+/// failover's claim (generation 1) and another primary's reservation (generation 2)
+/// behind. A primary is refused until `--new-run` declares that run over; then it
+/// reserves generation 3, above all of it. Its backup, started first, took the stale
+/// reservation 2, is refused by the primary's handshake, and takes 3. When the
+/// backup dies, the primary wins generation 3 and goes on alone: no outage.
+#[test]
+fn a_new_run_reserves_a_generation_above_an_earlier_runs_state_and_survives_a_failover() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let bin = Path::new(env!("CARGO_BIN_EXE_ft-node"));
+    let dir = tempfile::tempdir().unwrap();
+    let arb_dir = dir.path().join("arbiter");
+    std::fs::create_dir_all(&arb_dir).unwrap();
+    let arb = FileArbiter::new(&arb_dir);
+    arb.test_and_set(pair(1), NodeId(2)).unwrap();
+    assert_eq!(arb.reserve_generation(1, NodeId(5)), Ok(2));
+
+    let (code, tail) = refused_node("primary", dir.path(), &[]);
+    assert_eq!(code, Some(EXIT_SETUP), "{tail}");
+    assert!(
+        tail.contains("vm 1 generation 2 is taken: node 5 reserved it for a new pair"),
+        "{tail}"
+    );
+    assert!(tail.contains("--new-run"), "{tail}");
+    // --new-run is the primary's: a backup, or a primary with --generation, is told.
+    let (code, tail) = refused_node("backup", dir.path(), &["--new-run"]);
+    assert_eq!(code, Some(EXIT_SETUP), "{tail}");
+    assert!(tail.contains("--new-run is for a primary"), "{tail}");
+    let (code, tail) = refused_node("primary", dir.path(), &["--new-run", "--generation", "9"]);
+    assert_eq!(code, Some(EXIT_SETUP), "{tail}");
+    assert!(tail.contains("does not go with --generation"), "{tail}");
+
+    let key = write_key(dir.path()).unwrap();
+    let timing = ["--heartbeat-ms", "10", "--timeout-ms", "150"];
+    let listen = ft_node::testkit::spare_addr().unwrap().to_string();
+    let mut bflags = vec!["--peer", listen.as_str(), "--connect-timeout-ms", "15000"];
+    bflags.extend_from_slice(&timing);
+    let mut backup = NodeProc::spawn(
+        bin,
+        "backup",
+        &args("backup", &arb_dir, &key, &bflags),
+        false,
+    )
+    .unwrap();
+    backup
+        .wait_for("generation 2 of vm 1: the one node 5 reserved", LIMIT)
+        .unwrap();
+    let mut pflags = vec!["--listen", listen.as_str(), "--new-run"];
+    pflags.extend_from_slice(&timing);
+    let mut primary = NodeProc::spawn(
+        bin,
+        "primary",
+        &args("primary", &arb_dir, &key, &pflags),
+        false,
+    )
+    .unwrap();
+    primary
+        .wait_for(
+            "reserved generation 3 of vm 1 from the arbiter (--new-run",
+            LIMIT,
+        )
+        .unwrap();
+    backup
+        .wait_for("taking the newer reservation, generation 3", LIMIT)
+        .unwrap();
+    backup.wait_for("log channel up", LIMIT).unwrap();
+    primary.wait_for("log channel up", LIMIT).unwrap();
+    assert_eq!(arb.reserved_by(pair(3)), Ok(Some(NodeId(1))));
+    let _ = addr_in(&primary, "clients: ");
+
+    backup.kill9().unwrap();
+    wait_claim(&arb, pair(3), NodeId(1));
+    primary.wait_for("ALONE:", LIMIT).unwrap();
+    assert!(
+        primary.wait_exit(Duration::from_millis(300)).is_none(),
+        "the primary stopped after its backup died: {}",
+        primary.tail(5)
+    );
+    // The stale claim decided nothing, and a restart of the old command is refused.
+    assert_eq!(Arbiter::holder(&arb, pair(1)), Ok(Some(NodeId(2))));
+    let (code, tail) = refused_node("primary", dir.path(), &["--node-id", "7"]);
+    assert_eq!(code, Some(EXIT_SETUP), "{tail}");
+    assert!(
+        tail.contains("vm 1 generation 3 is taken: node 1 went live in it"),
+        "{tail}"
+    );
+    primary.kill9().unwrap();
+}
+
 #[test]
 fn a_restarted_primary_is_refused_while_its_promoted_backup_is_live() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

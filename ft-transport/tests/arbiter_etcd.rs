@@ -216,6 +216,18 @@ fn etcd_clone_offers_follow_the_claims() {
 }
 
 #[test]
+fn etcd_reservations_are_unique_and_above_every_claim() {
+    let Some(bin) = etcd_binary("etcd_reservations_are_unique_and_above_every_claim") else {
+        return;
+    };
+    let etcd = Etcd::start(&bin);
+    let a = etcd.arbiter();
+    common::reservations_are_unique(move || a.clone(), 5, 4, 10);
+    let a = etcd.arbiter();
+    assert_eq!(a.reservation_key(pair(5, 7)), "ft/arbiter/vm/5/reserve/7");
+}
+
+#[test]
 fn etcd_racing_threads_exactly_one_winner() {
     const THREADS: usize = 6;
     const ROUNDS: u64 = 40;

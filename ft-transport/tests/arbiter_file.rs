@@ -112,6 +112,33 @@ fn in_process_clone_offers_follow_the_claims() {
 }
 
 #[test]
+fn in_process_reservations_are_unique() {
+    let a = ft_core::InProcessArbiter::new();
+    common::reservations_are_unique(move || a.clone(), 5, 4, 25);
+}
+
+#[test]
+fn reservations_are_unique_and_above_every_claim() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    common::reservations_are_unique(move || FileArbiter::new(&path), 5, 4, 25);
+    let a = FileArbiter::new(dir.path());
+    // A reservation file that is not one is a failure, never a reserver.
+    let pair = PairId {
+        vm: 5,
+        generation: 1000,
+    };
+    std::fs::write(a.reservation_path(pair), "ft-arbiter-reservation 1\nvm 5\n").unwrap();
+    assert!(matches!(a.reserved_by(pair), Err(ArbiterError::Failed(_))));
+    // And a missing directory is unreachable, as for claims.
+    let missing = FileArbiter::new(dir.path().join("gone"));
+    assert!(matches!(
+        missing.reserve_generation(1, NodeId(1)),
+        Err(ArbiterError::Unreachable(_))
+    ));
+}
+
+#[test]
 fn clone_offers_follow_the_claims() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (FileArbiter::new(dir.path()), FileArbiter::new(dir.path()));

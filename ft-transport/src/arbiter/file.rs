@@ -37,13 +37,21 @@
 //! requests carrying a token below the highest it has seen fences off every older
 //! winner.
 //!
+//! # Reservations
+//!
+//! A new pair's generation is reserved ([`FileArbiter::reserve`]) by the same link of a
+//! synced temporary file, to `ft-reserve-vm<VM>-gen<GENERATION>` (the first generation
+//! above every claim and reservation file of the VM), holding the reserving node's id.
+//! A link that finds the name taken, by a concurrent reservation, tries the next
+//! generation; so no two reservations share a generation.
+//!
 //! # Failures
 //!
 //! A missing, unreadable or unwritable directory (and any other I/O failure) is
 //! [`ArbiterError::Unreachable`]: the engine keeps waiting and retries with backoff,
 //! and never goes live unconfirmed. A claim file that does not parse is
 //! [`ArbiterError::Failed`] (the engine retries that too). A crashed claimant may leave
-//! a temporary file (`.ft-claim-*.tmp`) behind; it is never read and can be deleted.
+//! a temporary file (`.ft-claim-*.tmp`, `.ft-reserve-*.tmp`) behind; it is never read and can be deleted.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -191,23 +199,112 @@ impl FileArbiter {
     /// # Errors
     ///
     /// [`FileArbiterError::Io`] when the directory cannot be listed.
-    pub fn newest_generation(&self, vm: u64) -> Result<Option<u64>> {
+    pub fn newest_claim(&self, vm: u64) -> Result<Option<u64>> {
+        self.newest_named(&format!("ft-claim-vm{vm}-gen"))
+    }
+
+    /// The newest generation of `vm` with a claim or a reservation file.
+    ///
+    /// # Errors
+    ///
+    /// [`FileArbiterError::Io`] when the directory cannot be listed.
+    pub fn newest_reserved_or_claimed(&self, vm: u64) -> Result<Option<u64>> {
+        Ok(self
+            .newest_claim(vm)?
+            .max(self.newest_named(&format!("ft-reserve-vm{vm}-gen"))?))
+    }
+
+    /// The largest generation among the directory's files named `<prefix><gen>`.
+    fn newest_named(&self, prefix: &str) -> Result<Option<u64>> {
         let io = |source| FileArbiterError::Io {
             path: self.dir.clone(),
             op: "list claims",
             source,
         };
-        let prefix = format!("ft-claim-vm{vm}-gen");
         let mut newest = None;
         for entry in fs::read_dir(&self.dir).map_err(io)? {
             let name = entry.map_err(io)?.file_name();
             let generation = name
                 .to_str()
-                .and_then(|n| n.strip_prefix(&prefix))
+                .and_then(|n| n.strip_prefix(prefix))
                 .and_then(|g| g.parse::<u64>().ok());
             newest = newest.max(generation);
         }
         Ok(newest)
+    }
+
+    /// Where the reservation of `pair`'s generation lives.
+    pub fn reservation_path(&self, pair: PairId) -> PathBuf {
+        self.dir
+            .join(format!("ft-reserve-vm{}-gen{}", pair.vm, pair.generation))
+    }
+
+    /// The node that reserved `pair`'s generation, if one did.
+    ///
+    /// # Errors
+    ///
+    /// [`FileArbiterError::Io`] when the file cannot be read;
+    /// [`FileArbiterError::Malformed`] when it is not a reservation of `pair`.
+    pub fn read_reservation(&self, pair: PairId) -> Result<Option<NodeId>> {
+        let path = self.reservation_path(pair);
+        let Some(text) = read_small(&path, ["open reservation", "read reservation"])? else {
+            return Ok(None);
+        };
+        let node = text
+            .strip_prefix(&reservation_head(pair))
+            .and_then(|rest| rest.strip_suffix('\n'))
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| FileArbiterError::Malformed {
+                path: path.clone(),
+                detail: format!("not a reservation of {pair:?}: {text:?}"),
+            })?;
+        Ok(Some(NodeId(node)))
+    }
+
+    /// Reserve the first generation of `vm` above every claim and reservation in the
+    /// directory, for `me`: the same `link(2)` of a synced temporary file as a claim,
+    /// to `ft-reserve-vm<VM>-gen<GENERATION>`. A link that finds the name taken (a
+    /// concurrent reservation) tries the next generation.
+    ///
+    /// # Errors
+    ///
+    /// [`FileArbiterError::Io`] on an I/O failure, or after 1,000 generations found
+    /// taken one after another.
+    pub fn reserve(&self, vm: u64, me: NodeId) -> Result<u64> {
+        let mut generation = self.newest_reserved_or_claimed(vm)?.unwrap_or(0);
+        for _ in 0..1000 {
+            generation = generation.saturating_add(1);
+            let pair = PairId { vm, generation };
+            let temp = self.write_temp(
+                &format!("reserve-vm{vm}-gen{generation}.node{}", me.0),
+                &reservation_text(pair, me),
+            )?;
+            let target = self.reservation_path(pair);
+            let linked = fs::hard_link(&temp, &target);
+            // NFS: a retransmitted LINK fails although the first one succeeded.
+            let took = linked.is_ok() || link_count(&temp) == Some(2);
+            let _ = fs::remove_file(&temp);
+            match linked {
+                _ if took => {
+                    self.sync_dir()?;
+                    return Ok(generation);
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(source) => {
+                    return Err(FileArbiterError::Io {
+                        path: target,
+                        op: "link reservation",
+                        source,
+                    })
+                }
+                Ok(()) => {}
+            }
+        }
+        Err(FileArbiterError::Io {
+            path: self.dir.clone(),
+            op: "reserve a generation in",
+            source: io::Error::other("1,000 generations in a row were taken concurrently"),
+        })
     }
 
     /// Check that the directory exists and takes a file (created, synced and removed
@@ -263,7 +360,10 @@ impl FileArbiter {
             holder: me,
             token: pair.generation,
         };
-        let temp = self.write_temp(&claim)?;
+        let temp = self.write_temp(
+            &format!("claim-vm{}-gen{}.node{}", pair.vm, pair.generation, me.0),
+            &claim.encode(),
+        )?;
         let outcome = self.link_claim(&temp, pair, me);
         // The temporary name was only a vehicle; the claim keeps the inode alive.
         let _ = fs::remove_file(&temp);
@@ -313,8 +413,9 @@ impl FileArbiter {
         }
     }
 
-    /// Write `claim` to a fresh, uniquely named file in the directory and flush it.
-    fn write_temp(&self, claim: &Claim) -> Result<PathBuf> {
+    /// Write `text` to a fresh, uniquely named file in the directory (its name starts
+    /// `.ft-<stem>`) and flush it.
+    fn write_temp(&self, stem: &str, text: &str) -> Result<PathBuf> {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -323,10 +424,7 @@ impl FileArbiter {
                 .map(|d| d.subsec_nanos())
                 .unwrap_or(0);
             let name = format!(
-                ".ft-claim-vm{}-gen{}.node{}.pid{}.{}.{nanos}.tmp",
-                claim.pair.vm,
-                claim.pair.generation,
-                claim.holder.0,
+                ".ft-{stem}.pid{}.{}.{nanos}.tmp",
                 std::process::id(),
                 TEMP_COUNTER.fetch_add(1, Ordering::Relaxed),
             );
@@ -343,7 +441,7 @@ impl FileArbiter {
                 }
             };
             let written = file
-                .write_all(claim.encode().as_bytes())
+                .write_all(text.as_bytes())
                 .and_then(|()| file.sync_all());
             if let Err(source) = written {
                 drop(file);
@@ -394,7 +492,20 @@ impl Arbiter for FileArbiter {
     }
 
     fn newest_claimed(&self, vm: u64) -> ft_core::arbiter::Result<Option<u64>> {
-        self.newest_generation(vm).map_err(ArbiterError::from)
+        self.newest_claim(vm).map_err(ArbiterError::from)
+    }
+
+    fn reserve_generation(&self, vm: u64, me: NodeId) -> ft_core::arbiter::Result<u64> {
+        self.reserve(vm, me).map_err(ArbiterError::from)
+    }
+
+    fn reserved_by(&self, pair: PairId) -> ft_core::arbiter::Result<Option<NodeId>> {
+        self.read_reservation(pair).map_err(ArbiterError::from)
+    }
+
+    fn newest_generation(&self, vm: u64) -> ft_core::arbiter::Result<Option<u64>> {
+        self.newest_reserved_or_claimed(vm)
+            .map_err(ArbiterError::from)
     }
 
     fn publish_offer(&self, offer: &CloneOffer) -> ft_core::arbiter::Result<()> {
@@ -425,12 +536,28 @@ impl Arbiter for FileArbiter {
     }
 
     fn clone_offer(&self, vm: u64) -> ft_core::arbiter::Result<Option<CloneOffer>> {
-        let Some(generation) = self.newest_generation(vm)? else {
+        let Some(generation) = self.newest_claim(vm)? else {
             return Ok(None);
         };
         Ok(self.read_offer(PairId { vm, generation })?)
     }
 }
+
+/// What a reservation file says: its pair and the primary that reserved it.
+fn reservation_text(pair: PairId, node: NodeId) -> String {
+    format!("{}{}\n", reservation_head(pair), node.0)
+}
+
+/// A reservation file's text before the node id.
+fn reservation_head(pair: PairId) -> String {
+    format!(
+        "{RESERVE_MAGIC}\nvm {}\ngeneration {}\nreserved by ",
+        pair.vm, pair.generation
+    )
+}
+
+/// The first line of every reservation file.
+const RESERVE_MAGIC: &str = "ft-arbiter-reservation 1";
 
 /// The text of a claim or offer file, if it exists: at most `MAX_CLAIM_BYTES` of
 /// it, which must be UTF-8. `ops` name the open and the read in errors.

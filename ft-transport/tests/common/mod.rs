@@ -517,3 +517,73 @@ pub fn offers_follow_the_claims(a: &dyn ft_core::Arbiter, b: &dyn ft_core::Arbit
     b.publish_offer(&offer(2, 2, "host-b:7300")).unwrap();
     assert_eq!(a.clone_offer(vm), Ok(Some(offer(2, 2, "host-b:7300"))));
 }
+
+/// The reservation contract ([`Arbiter::reserve_generation`]), on handles made by
+/// `handle` (each thread gets its own, as processes would): `threads` racing threads
+/// reserve `per_thread` generations each of `vm`, which already has a claim of
+/// generation 3. Every reservation is above that claim, no two are the same, each
+/// thread's grow, and the arbiter says who reserved each; the newest generation is the
+/// last reservation, and a claim on a reserved generation is an ordinary claim.
+pub fn reservations_are_unique<A: Arbiter + Send + 'static>(
+    handle: impl Fn() -> A,
+    vm: u64,
+    threads: usize,
+    per_thread: usize,
+) {
+    let a = handle();
+    let claimed = ft_core::PairId { vm, generation: 3 };
+    assert!(matches!(
+        a.test_and_set(claimed, NodeId(99)),
+        Ok(ft_core::Decision::Won { .. })
+    ));
+    assert_eq!(a.newest_generation(vm), Ok(Some(3)));
+    assert_eq!(a.reserved_by(claimed), Ok(None));
+    let barrier = Arc::new(std::sync::Barrier::new(threads));
+    let joins: Vec<_> = (0..threads)
+        .map(|t| {
+            let (arb, barrier) = (handle(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                (0..per_thread)
+                    .map(|_| arb.reserve_generation(vm, NodeId(t as u64 + 1)).unwrap())
+                    .collect::<Vec<u64>>()
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for (t, j) in joins.into_iter().enumerate() {
+        let got = j.join().unwrap();
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "thread {t}: {got:?}");
+        for &g in &got {
+            assert!(g > 3, "reserved {g} at or below the claim of generation 3");
+            let pair = ft_core::PairId { vm, generation: g };
+            assert_eq!(a.reserved_by(pair), Ok(Some(NodeId(t as u64 + 1))));
+        }
+        all.extend(got);
+    }
+    all.sort_unstable();
+    let n = all.len();
+    all.dedup();
+    assert_eq!(all.len(), n, "a generation was reserved twice");
+    let newest = *all.last().unwrap();
+    assert_eq!(a.newest_generation(vm), Ok(Some(newest)));
+    assert_eq!(a.newest_claimed(vm), Ok(Some(3)));
+    // Another VM is untouched.
+    assert_eq!(a.newest_generation(vm + 1), Ok(None));
+    // The membership record names the newest generation, its reserver, then its holder.
+    let m = a.membership(vm).unwrap().unwrap();
+    assert_eq!(m.pair.generation, newest);
+    assert!(m.reserved_by.is_some());
+    assert_eq!(m.holder, None);
+    let winner = NodeId(42);
+    assert!(matches!(
+        a.test_and_set(m.pair, winner),
+        Ok(ft_core::Decision::Won { .. })
+    ));
+    assert_eq!(
+        a.membership(vm).unwrap().map(|m| m.holder),
+        Some(Some(winner))
+    );
+    // The next reservation is above it all.
+    assert_eq!(a.reserve_generation(vm, NodeId(1)), Ok(newest + 1));
+}

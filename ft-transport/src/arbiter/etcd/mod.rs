@@ -16,6 +16,11 @@
 //! etcd revisions only grow, across all keys, so a later winner of any pair always
 //! carries a larger token.
 //!
+//! A new pair's generation is reserved ([`EtcdArbiter::reserve`]) as the key
+//! `<prefix>/vm/<vm>/reserve/<gen>`, value `reserved by <node id>`, created by a
+//! transaction only while neither it nor that generation's claim exists; a lost
+//! transaction reads the newest generation again and tries above it.
+//!
 //! # Client
 //!
 //! The requests go to etcd's v3 HTTP JSON gateway (`POST /v3/kv/txn`, keys and values
@@ -251,8 +256,24 @@ impl EtcdArbiter {
     ///
     /// As for [`EtcdArbiter::holder`]; a key under the VM's prefix that does not end
     /// in a generation is [`EtcdError::BadAnswer`].
-    pub fn newest_generation(&self, vm: u64) -> Result<Option<u64>> {
-        let prefix = format!("{}/vm/{vm}/generation/", self.prefix);
+    pub fn newest_claim(&self, vm: u64) -> Result<Option<u64>> {
+        self.newest_under(vm, "generation")
+    }
+
+    /// The newest generation of `vm` with a claim or a reservation.
+    ///
+    /// # Errors
+    ///
+    /// As for [`EtcdArbiter::newest_claim`].
+    pub fn newest_reserved_or_claimed(&self, vm: u64) -> Result<Option<u64>> {
+        Ok(self
+            .newest_claim(vm)?
+            .max(self.newest_under(vm, "reserve")?))
+    }
+
+    /// The largest generation among the keys `<prefix>/vm/<vm>/<kind>/<gen>`.
+    fn newest_under(&self, vm: u64, kind: &str) -> Result<Option<u64>> {
+        let prefix = format!("{}/vm/{vm}/{kind}/", self.prefix);
         let end = watch::prefix_end(&prefix);
         let body = json!({
             "key": B64.encode(&prefix),
@@ -267,10 +288,90 @@ impl EtcdArbiter {
                 let generation = key
                     .strip_prefix(&prefix)
                     .and_then(|g| g.parse::<u64>().ok())
-                    .ok_or_else(|| bad(endpoint, format!("key {key:?} is not a claim")))?;
+                    .ok_or_else(|| bad(endpoint, format!("key {key:?} is not a {kind} key")))?;
                 newest = newest.max(Some(generation));
             }
             Ok(newest)
+        })
+    }
+
+    /// The key of the reservation of `pair`'s generation.
+    pub fn reservation_key(&self, pair: PairId) -> String {
+        format!("{}/vm/{}/reserve/{}", self.prefix, pair.vm, pair.generation)
+    }
+
+    /// Reserve the first generation of `vm` above every claim and reservation, for
+    /// `me`, by a transaction that creates the reservation key only while neither it
+    /// nor the generation's claim exists:
+    ///
+    /// ```text
+    /// compare: create_revision(reserve/<G>) == 0 AND create_revision(generation/<G>) == 0
+    /// success: put(reserve/<G>, "reserved by <me>")
+    /// ```
+    ///
+    /// A failed transaction (a concurrent reservation or claim) reads the newest
+    /// generation again and tries above it.
+    ///
+    /// # Errors
+    ///
+    /// As for [`EtcdArbiter::holder`]; [`EtcdError::BadAnswer`] after 1,000 failed
+    /// transactions in a row.
+    pub fn reserve(&self, vm: u64, me: NodeId) -> Result<u64> {
+        for _ in 0..1000 {
+            let generation = self
+                .newest_reserved_or_claimed(vm)?
+                .unwrap_or(0)
+                .saturating_add(1);
+            let pair = PairId { vm, generation };
+            let key = B64.encode(self.reservation_key(pair));
+            let claim = B64.encode(self.key(pair));
+            let absent = |k: &str| json!({ "key": k, "result": "EQUAL", "target": "CREATE", "create_revision": "0" });
+            let body = json!({
+                "compare": [absent(&key), absent(&claim)],
+                "success": [{ "request_put": {
+                    "key": key,
+                    "value": B64.encode(format!("reserved by {}", me.0)),
+                } }],
+                "failure": [],
+            });
+            let won = self.on_any_endpoint("/v3/kv/txn", &body, |_, answer| {
+                Ok(answer.get("succeeded").and_then(Value::as_bool) == Some(true))
+            })?;
+            if won {
+                return Ok(generation);
+            }
+        }
+        Err(EtcdError::BadAnswer {
+            endpoint: self.endpoints.join(","),
+            detail: "1,000 reservations in a row lost to concurrent ones".into(),
+        })
+    }
+
+    /// The node that reserved `pair`'s generation, if one did.
+    ///
+    /// # Errors
+    ///
+    /// As for [`EtcdArbiter::holder`]; a value that is not a reservation is
+    /// [`EtcdError::BadAnswer`].
+    pub fn read_reservation(&self, pair: PairId) -> Result<Option<NodeId>> {
+        let body = json!({ "key": B64.encode(self.reservation_key(pair)) });
+        self.on_any_endpoint("/v3/kv/range", &body, |endpoint, answer| {
+            match answer
+                .get("kvs")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+            {
+                None | Some([]) => Ok(None),
+                Some([kv, ..]) => {
+                    let text = value_text(endpoint, kv)?;
+                    text.strip_prefix("reserved by ")
+                        .and_then(|n| n.parse().ok())
+                        .map(|n| Some(NodeId(n)))
+                        .ok_or_else(|| {
+                            bad(endpoint, format!("value {text:?} is not a reservation"))
+                        })
+                }
+            }
         })
     }
 
@@ -413,7 +514,20 @@ impl Arbiter for EtcdArbiter {
     }
 
     fn newest_claimed(&self, vm: u64) -> ft_core::arbiter::Result<Option<u64>> {
-        self.newest_generation(vm).map_err(ArbiterError::from)
+        self.newest_claim(vm).map_err(ArbiterError::from)
+    }
+
+    fn reserve_generation(&self, vm: u64, me: NodeId) -> ft_core::arbiter::Result<u64> {
+        self.reserve(vm, me).map_err(ArbiterError::from)
+    }
+
+    fn reserved_by(&self, pair: PairId) -> ft_core::arbiter::Result<Option<NodeId>> {
+        self.read_reservation(pair).map_err(ArbiterError::from)
+    }
+
+    fn newest_generation(&self, vm: u64) -> ft_core::arbiter::Result<Option<u64>> {
+        self.newest_reserved_or_claimed(vm)
+            .map_err(ArbiterError::from)
     }
 
     fn publish_offer(&self, offer: &CloneOffer) -> ft_core::arbiter::Result<()> {
@@ -434,7 +548,7 @@ impl Arbiter for EtcdArbiter {
     }
 
     fn clone_offer(&self, vm: u64) -> ft_core::arbiter::Result<Option<CloneOffer>> {
-        let Some(generation) = self.newest_generation(vm)? else {
+        let Some(generation) = self.newest_claim(vm)? else {
             return Ok(None);
         };
         Ok(self.read_offer(PairId { vm, generation })?)
