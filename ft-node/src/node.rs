@@ -722,13 +722,15 @@ fn reserve_for_primary(
     }
     let why = match (m.holder, m.reserved_by) {
         (Some(h), _) => format!("node {} went live in it", h.0),
-        (None, Some(r)) if r == me => return Ok((
-            m.pair,
-            Some(format!(
+        (None, Some(r)) if r == me => {
+            return Ok((
+                m.pair,
+                Some(format!(
                 "generation {} of vm {}: reserved by this node before, and nobody went live in it",
                 m.pair.generation, args.vm
             )),
-        )),
+            ))
+        }
         (None, Some(r)) => format!(
             "node {} reserved it for a new pair, which may be running",
             r.0

@@ -236,15 +236,21 @@ impl EtcdArbiter {
 
     /// The holder of `pair` and its token, if the pair was claimed.
     pub fn holder(&self, pair: PairId) -> Result<Option<(NodeId, u64)>> {
-        let body = json!({ "key": B64.encode(self.key(pair)) });
+        self.read_key(&self.key(pair), read_kv)
+    }
+
+    /// One key's entry, read by `parse` (the endpoint that answered, the entry), or
+    /// `None` if the key does not exist.
+    fn read_key<T>(
+        &self,
+        key: &str,
+        parse: impl Fn(&str, &Value) -> Result<T>,
+    ) -> Result<Option<T>> {
+        let body = json!({ "key": B64.encode(key) });
         self.on_any_endpoint("/v3/kv/range", &body, |endpoint, answer| {
-            match answer
-                .get("kvs")
-                .and_then(Value::as_array)
-                .map(Vec::as_slice)
-            {
-                None | Some([]) => Ok(None),
-                Some([kv, ..]) => read_kv(endpoint, kv).map(Some),
+            match answer.pointer("/kvs/0") {
+                None => Ok(None),
+                Some(kv) => parse(endpoint, kv).map(Some),
             }
         })
     }
@@ -354,24 +360,12 @@ impl EtcdArbiter {
     /// As for [`EtcdArbiter::holder`]; a value that is not a reservation is
     /// [`EtcdError::BadAnswer`].
     pub fn read_reservation(&self, pair: PairId) -> Result<Option<NodeId>> {
-        let body = json!({ "key": B64.encode(self.reservation_key(pair)) });
-        self.on_any_endpoint("/v3/kv/range", &body, |endpoint, answer| {
-            match answer
-                .get("kvs")
-                .and_then(Value::as_array)
-                .map(Vec::as_slice)
-            {
-                None | Some([]) => Ok(None),
-                Some([kv, ..]) => {
-                    let text = value_text(endpoint, kv)?;
-                    text.strip_prefix("reserved by ")
-                        .and_then(|n| n.parse().ok())
-                        .map(|n| Some(NodeId(n)))
-                        .ok_or_else(|| {
-                            bad(endpoint, format!("value {text:?} is not a reservation"))
-                        })
-                }
-            }
+        self.read_key(&self.reservation_key(pair), |endpoint, kv| {
+            let text = value_text(endpoint, kv)?;
+            text.strip_prefix("reserved by ")
+                .and_then(|n| n.parse().ok())
+                .map(NodeId)
+                .ok_or_else(|| bad(endpoint, format!("value {text:?} is not a reservation")))
         })
     }
 
@@ -634,14 +628,9 @@ impl EtcdArbiter {
 
     /// The clone offer of `pair`, if its holder published one.
     pub fn read_offer(&self, pair: PairId) -> Result<Option<CloneOffer>> {
-        let body = json!({ "key": B64.encode(self.offer_key(pair)) });
-        self.on_any_endpoint("/v3/kv/range", &body, |endpoint, answer| {
-            let Some(kv) = answer.pointer("/kvs/0") else {
-                return Ok(None);
-            };
+        self.read_key(&self.offer_key(pair), |endpoint, kv| {
             let text = value_text(endpoint, kv)?;
             parse_offer(pair, &text)
-                .map(Some)
                 .ok_or_else(|| bad(endpoint, format!("value {text:?} is not an offer")))
         })
     }
