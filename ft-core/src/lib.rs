@@ -54,6 +54,7 @@ pub mod output_gate;
 pub mod record;
 mod recorder;
 mod replayer;
+pub mod resend_queue;
 pub mod snapshot_frame;
 pub mod world;
 

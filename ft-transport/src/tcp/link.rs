@@ -2,7 +2,6 @@
 //! doubles as the primary's resend buffer, and the supervisors that replace a lost
 //! connection.
 
-use std::collections::VecDeque;
 use std::io::{self, BufReader, BufWriter, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,6 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender};
 use ft_core::log_codec::{self, Frame};
+use ft_core::resend_queue::{QueueSide, ResendError, ResendQueue};
 use ft_core::{ChannelError, NodeId, Role};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
@@ -139,123 +139,16 @@ impl Conn {
     }
 }
 
-/// A frame in the send queue, with the records it holds (primary, records frames).
-#[derive(Debug)]
-struct Entry {
-    range: Option<(u64, u64)>,
-    frame: Bytes,
-}
-
-/// The send queue. On the primary it also keeps records frames already written until
-/// an ack covers them, to resend them after a reconnect; on the backup a frame leaves
-/// the queue once written. Positions are absolute: `entries[0]` is number `base`.
+/// The send queue ([`ResendQueue`]: on the primary it keeps written records frames
+/// until an ack covers them, to resend them after a reconnect), and which
+/// connection's writer may take from it.
 #[derive(Debug)]
 struct Outbox {
     /// The connection whose writer may take frames (0: none).
     conn: u64,
-    entries: VecDeque<Entry>,
-    base: u64,
-    /// The next frame to write.
-    cursor: u64,
-    /// One past the furthest frame ever written (to count resends).
-    written_high: u64,
-    bytes: usize,
-    /// Primary: every record up to this one was acknowledged.
-    acked: u64,
-    /// Primary: the record after the last one handed to the link.
-    next_seq: u64,
-    /// Backup: the last frame written, resent after a reconnect (the latest ack).
-    last_written: Option<Bytes>,
+    queue: ResendQueue,
     /// Say goodbye once the queue is empty.
     closing: bool,
-}
-
-impl Outbox {
-    fn new() -> Outbox {
-        Outbox {
-            conn: 0,
-            entries: VecDeque::new(),
-            base: 0,
-            cursor: 0,
-            written_high: 0,
-            bytes: 0,
-            acked: 0,
-            next_seq: 1,
-            last_written: None,
-            closing: false,
-        }
-    }
-
-    fn end(&self) -> u64 {
-        self.base + self.entries.len() as u64
-    }
-
-    fn pop_front(&mut self) {
-        if let Some(e) = self.entries.pop_front() {
-            self.bytes -= e.frame.len();
-            self.base += 1;
-        }
-    }
-
-    /// Primary: an ack passed; forget the written frames it covers.
-    fn on_ack(&mut self, received: u64) {
-        let received = received.min(self.next_seq.saturating_sub(1));
-        self.acked = self.acked.max(received);
-        self.release();
-    }
-
-    /// Primary: forget the written frames at the front that no reconnect would resend:
-    /// records frames every record of which was acknowledged, and frames without
-    /// records (live-clone messages: a clone does not outlive its connection, and its
-    /// numbered messages show a loss). Without this a long clone, which nothing
-    /// acknowledges, would fill the queue.
-    fn release(&mut self) {
-        while self.base < self.cursor {
-            let done = match self.entries.front() {
-                Some(Entry {
-                    range: Some((_, last)),
-                    ..
-                }) => *last <= self.acked,
-                Some(Entry { range: None, .. }) => true,
-                None => false,
-            };
-            if !done {
-                break;
-            }
-            self.pop_front();
-        }
-    }
-
-    /// Backup: forget what was written.
-    fn trim_written(&mut self) {
-        while self.base < self.cursor && !self.entries.is_empty() {
-            self.pop_front();
-        }
-    }
-
-    /// Primary: where to start writing for a backup that needs record `requested`
-    /// next, or why that cannot be done without a gap.
-    fn resume_point(&self, requested: u64) -> Result<u64> {
-        let oldest = self
-            .entries
-            .iter()
-            .find_map(|e| e.range.map(|r| r.0))
-            .unwrap_or(self.next_seq)
-            .min(self.next_seq);
-        if requested < oldest || requested > self.next_seq {
-            return Err(TcpError::ResumeRefused {
-                requested,
-                oldest_held: oldest,
-                next: self.next_seq,
-            });
-        }
-        let idx = self
-            .entries
-            .iter()
-            .position(|e| matches!(e.range, Some((_, last)) if last >= requested))
-            .unwrap_or(self.entries.len());
-        Ok(self.base + idx as u64)
-    }
 }
 
 /// Connection state shared by the link, its threads and its handles.
@@ -333,13 +226,22 @@ impl Shared {
         next_seq: u64,
     ) -> (Arc<Shared>, Receiver<Bytes>) {
         let (tx, rx) = crossbeam_channel::bounded(cfg.recv_queue_frames);
+        let side = match role {
+            Role::Primary => QueueSide::Primary,
+            Role::Backup => QueueSide::Backup,
+        };
+        let out = Outbox {
+            conn: 0,
+            queue: ResendQueue::new(side, cfg.send_queue_frames, cfg.send_queue_bytes),
+            closing: false,
+        };
         let shared = Arc::new(Shared {
             role,
             cfg,
             counters: Counters::default(),
             state: Mutex::new(State::default()),
             state_cv: Condvar::new(),
-            out: Mutex::new(Outbox::new()),
+            out: Mutex::new(out),
             out_cv: Condvar::new(),
             closing: AtomicBool::new(false),
             received_next: AtomicU64::new(next_seq),
@@ -551,30 +453,33 @@ impl Shared {
             });
         }
         let mut out = self.out.lock();
-        let cursor = match out.resume_point(acc.next_seq) {
-            Ok(c) => c,
-            Err(e) => {
-                if let TcpError::ResumeRefused {
+        // The queue moves its write position to the frame the backup needs next.
+        let resent = match out.queue.resume_at(acc.next_seq) {
+            Ok(again) => again,
+            Err(ResendError::ResumeRefused {
+                requested,
+                oldest_held,
+                next,
+            }) => {
+                let mut p = Vec::with_capacity(24);
+                for v in [requested, oldest_held, next] {
+                    p.extend_from_slice(&v.to_le_bytes());
+                }
+                let _ = wire::write_frame(
+                    &mut stream,
+                    &acc.session,
+                    DIR_TO_BACKUP,
+                    0,
+                    KIND_REFUSED,
+                    &p,
+                );
+                return Err(TcpError::ResumeRefused {
                     requested,
                     oldest_held,
                     next,
-                } = &e
-                {
-                    let mut p = Vec::with_capacity(24);
-                    for v in [requested, oldest_held, next] {
-                        p.extend_from_slice(&v.to_le_bytes());
-                    }
-                    let _ = wire::write_frame(
-                        &mut stream,
-                        &acc.session,
-                        DIR_TO_BACKUP,
-                        0,
-                        KIND_REFUSED,
-                        &p,
-                    );
-                }
-                return Err(e);
+                });
             }
+            Err(e) => return Err(TcpError::Protocol(e.to_string())),
         };
         wire::write_frame(
             &mut stream,
@@ -602,9 +507,7 @@ impl Shared {
             peer,
             alive: AtomicBool::new(true),
         });
-        let resent = out.written_high.saturating_sub(cursor);
         out.conn = conn.id;
-        out.cursor = cursor;
         drop(out);
         if let Err(e) = self.start_threads(&conn, acc.session, 0, 1) {
             conn.kill();
@@ -682,16 +585,8 @@ impl Shared {
         {
             let mut out = self.out.lock();
             out.conn = conn.id;
-            if out.cursor == out.end() {
-                // The latest ack may have died with the old connection: say it again.
-                if let Some(last) = out.last_written.clone() {
-                    out.bytes += last.len();
-                    out.entries.push_back(Entry {
-                        range: None,
-                        frame: last,
-                    });
-                }
-            }
+            // The latest ack may have died with the old connection: say it again.
+            out.queue.reconnected();
         }
         let reader = match self.start_threads(&conn, session, 1, 0) {
             Ok(r) => r,
@@ -789,7 +684,7 @@ fn reader_loop(shared: &Shared, conn: &Conn, stream: TcpStream, session: &Sessio
                 match shared.role {
                     Role::Primary => {
                         if let Ok(Frame::Ack(a)) = log_codec::decode_frame(&frame) {
-                            shared.out.lock().on_ack(a.received);
+                            shared.out.lock().queue.on_ack(a.received);
                         }
                     }
                     Role::Backup => range = wire::peek_records(&frame),
@@ -855,20 +750,8 @@ fn writer_loop(shared: &Shared, conn: &Conn, stream: TcpStream, session: &Sessio
                 if out.conn != conn.id || !conn.is_alive() {
                     return;
                 }
-                if out.cursor < out.end() {
-                    let start = (out.cursor - out.base) as usize;
-                    let n = (out.entries.len() - start).min(WRITE_BATCH);
-                    batch.extend(out.entries.range(start..start + n).map(|e| e.frame.clone()));
-                    resent = out.written_high.saturating_sub(out.cursor).min(n as u64);
-                    out.cursor += n as u64;
-                    out.written_high = out.written_high.max(out.cursor);
-                    match shared.role {
-                        Role::Backup => {
-                            out.last_written = batch.last().cloned();
-                            out.trim_written();
-                        }
-                        Role::Primary => out.release(),
-                    }
+                if out.queue.has_unwritten() {
+                    resent = out.queue.take_unwritten(WRITE_BATCH, &mut batch);
                     break;
                 }
                 if out.closing {
@@ -1192,23 +1075,9 @@ impl FrameLink for TcpLink {
                 .to_string(),
             ));
         }
-        let range = match sh.role {
-            Role::Primary => wire::peek_records(&frame),
-            Role::Backup => None,
-        };
-        {
-            let mut out = sh.out.lock();
-            if !out.entries.is_empty()
-                && (out.entries.len() >= sh.cfg.send_queue_frames
-                    || out.bytes + frame.len() > sh.cfg.send_queue_bytes)
-            {
-                return Err(ChannelError::Full);
-            }
-            if let Some((_, last)) = range {
-                out.next_seq = out.next_seq.max(last.saturating_add(1));
-            }
-            out.bytes += frame.len();
-            out.entries.push_back(Entry { range, frame });
+        if sh.out.lock().queue.push(frame).is_err() {
+            // The only refusal of a push: the queue is at its limits.
+            return Err(ChannelError::Full);
         }
         sh.out_cv.notify_all();
         Ok(())
@@ -1324,60 +1193,5 @@ impl PrimaryListener {
             shared: self.shared.clone(),
             rx,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(range: Option<(u64, u64)>) -> Entry {
-        Entry {
-            range,
-            frame: Bytes::from_static(b"frame"),
-        }
-    }
-
-    /// Queue `e` as `try_send_frame` does, and write everything queued.
-    fn push_and_write(out: &mut Outbox, e: Entry) {
-        if let Some((_, last)) = e.range {
-            out.next_seq = out.next_seq.max(last + 1);
-        }
-        out.bytes += e.frame.len();
-        out.entries.push_back(e);
-        out.cursor = out.end();
-        out.release();
-    }
-
-    #[test]
-    fn written_frames_without_records_leave_at_once_and_records_wait_for_their_ack() {
-        let mut out = Outbox::new();
-        // A long clone: thousands of messages, none ever acknowledged.
-        for _ in 0..5_000 {
-            push_and_write(&mut out, entry(None));
-        }
-        assert!(out.entries.is_empty(), "written clone messages are kept");
-        assert_eq!(out.bytes, 0);
-        // Then the log: records stay for a resend until acknowledged, and a clone
-        // message behind them waits with them.
-        push_and_write(&mut out, entry(Some((1, 10))));
-        push_and_write(&mut out, entry(None));
-        push_and_write(&mut out, entry(Some((11, 20))));
-        assert_eq!(out.entries.len(), 3);
-        assert_eq!(out.resume_point(5).unwrap(), out.base);
-        out.on_ack(10);
-        assert_eq!(
-            out.entries.len(),
-            1,
-            "the ack released the records and the message"
-        );
-        assert_eq!(out.resume_point(11).unwrap(), out.base);
-        assert!(
-            out.resume_point(5).is_err(),
-            "acknowledged records are gone"
-        );
-        out.on_ack(20);
-        assert!(out.entries.is_empty());
-        assert_eq!(out.base, out.cursor);
     }
 }
