@@ -14,6 +14,9 @@ use crate::Notice;
 
 impl<S: EventSource, W: World> Node<S, W> {
     pub(crate) fn go_live(&mut self, now: Nanos) {
+        if !self.enter(Phase::Live, now) {
+            return;
+        }
         self.world.go_live(now);
         let reissued_io = self.pending_io.len();
         let pending: Vec<_> = self.pending_io.values().cloned().collect();
@@ -29,7 +32,6 @@ impl<S: EventSource, W: World> Node<S, W> {
             }
         }
         self.gate.open();
-        self.phase = Phase::Live;
         self.world.announce(now);
         self.notices.push_back((
             now,

@@ -51,6 +51,7 @@ mod log_end;
 pub mod node;
 mod notice_display;
 pub mod output_gate;
+mod phase_change;
 pub mod record;
 mod recorder;
 mod replayer;

@@ -241,6 +241,9 @@ pub enum HaltReason {
     /// A clone target did not get a whole, checked state (the sender went silent or
     /// abandoned the clone, or what arrived was wrong); it never went live.
     CloneFailed(String),
+    /// The engine was asked for a phase change its table does not have (a bug in
+    /// ft, reported rather than run with).
+    EngineBug(String),
 }
 
 /// Where a node is in its life.
@@ -1044,7 +1047,7 @@ impl<S: EventSource, W: World> Node<S, W> {
                 if let HaltReason::Diverged(d) = &reason {
                     self.notices.push_back((now, Notice::Diverged(d.clone())));
                 }
-                self.phase = Phase::Halted(reason);
+                self.halt(reason, now);
                 Err(e)
             }
         }
@@ -1071,7 +1074,7 @@ impl<S: EventSource, W: World> Node<S, W> {
             Ok(Decision::Lost { holder }) => {
                 self.notices
                     .push_back((now, Notice::ArbiterLost { winner: holder }));
-                self.phase = Phase::Halted(HaltReason::LostArbitration { winner: holder });
+                self.halt(HaltReason::LostArbitration { winner: holder }, now);
             }
             Err(e) => {
                 let shift = arb.attempts.saturating_sub(1).min(20);
@@ -1106,7 +1109,7 @@ impl<S: EventSource, W: World> Node<S, W> {
             Phase::Replaying => {
                 self.notices
                     .push_back((now, Notice::PeerSuspected { last_heard }));
-                self.phase = Phase::Draining;
+                self.enter(Phase::Draining, now);
             }
             Phase::Receiving => self.clone_peer_lost("the link failed", now),
             Phase::Live if self.clone_out.is_some() => self.clone_peer_lost("the link failed", now),
@@ -1146,7 +1149,9 @@ impl<S: EventSource, W: World> Node<S, W> {
     }
 
     pub(crate) fn start_arbitration(&mut self, now: Nanos) {
-        self.phase = Phase::Arbitrating;
+        if !self.enter(Phase::Arbitrating, now) {
+            return;
+        }
         self.arbitration = Some(Arbitration {
             attempts: 0,
             next_try: now,

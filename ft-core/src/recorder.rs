@@ -285,7 +285,9 @@ impl<S: EventSource, W: World> Node<S, W> {
 
     /// The backup is gone and this primary won the arbiter: go on alone.
     pub(crate) fn go_alone(&mut self, now: Nanos) {
-        self.phase = Phase::Live;
+        if !self.enter(Phase::Live, now) {
+            return;
+        }
         self.outbox.clear();
         self.lag.clear();
         let released = self.gate.pending();

@@ -625,7 +625,8 @@ struct Plan {
     role: RoleArg,
     pair: PairId,
     peer: Option<String>,
-    /// Why the role differs from `--role`, for the first line.
+    /// The first line: how the generation was found, or why the role differs from
+    /// `--role`.
     rejoined: Option<String>,
 }
 
@@ -644,10 +645,6 @@ struct Plan {
 ///   live clone, if that member offers one; without, it is refused
 ///   ([`NodeError::Superseded`]).
 fn plan(arbiter: &dyn Arbiter, args: &NodeArgs, me: NodeId) -> Result<Plan> {
-    let unusable = |source| NodeError::ArbiterCheck {
-        spec: args.arbiter.clone(),
-        source,
-    };
     if args.role == RoleArg::Join {
         return plan_join(arbiter, args, me);
     }
@@ -676,10 +673,6 @@ fn plan(arbiter: &dyn Arbiter, args: &NodeArgs, me: NodeId) -> Result<Plan> {
         }
         Err(e) => Err(e),
     }
-    .map_err(|e| match e {
-        NodeError::ArbiterCheck { source, .. } => unusable(source),
-        e => e,
-    })
 }
 
 /// A primary without `--generation`: the generation the arbiter reserves it, or the

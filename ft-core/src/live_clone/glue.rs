@@ -76,9 +76,7 @@ impl<S: EventSource, W: World> Node<S, W> {
         self.clone_ready = None;
         self.clone_tx = 0;
         self.clone_rx = 0;
-        // From here on this node is the sending end of a new link: the one that will
-        // be its backup's primary.
-        self.role = Role::Primary;
+        self.become_primary();
         self.detector = FailureDetector::new(self.cfg.peer_timeout, now);
         self.heartbeat = Heartbeat::new(self.cfg.heartbeat_interval, now);
         Ok(())
@@ -222,9 +220,11 @@ impl<S: EventSource, W: World> Node<S, W> {
     /// The receiver's clone is whole: from the clone point it is an ordinary backup.
     fn become_backup(&mut self, resume: Resume, digest: u64, now: Nanos) {
         let point = resume.point;
+        if !self.enter(Phase::Replaying, now) {
+            return;
+        }
         self.clone_in = None;
         self.cfg.pair = resume.pair;
-        self.phase = Phase::Replaying;
         self.next_seq = resume.next_seq;
         self.last_point = point;
         self.next_output = resume.next_output;
@@ -260,7 +260,7 @@ impl<S: EventSource, W: World> Node<S, W> {
                 reason: reason.clone(),
             },
         ));
-        self.phase = Phase::Halted(HaltReason::CloneFailed(reason));
+        self.halt(HaltReason::CloneFailed(reason), now);
     }
 
     /// Abandon the clone being sent: the machine goes on alone.
@@ -336,8 +336,10 @@ impl<S: EventSource, W: World> Node<S, W> {
         // Recording for the new backup, from the clone point on.
         let base = self.next_seq.saturating_sub(1);
         self.cfg.pair = pair;
-        self.role = Role::Primary;
-        self.phase = Phase::Recording;
+        if !self.enter(Phase::Recording, now) {
+            return;
+        }
+        self.become_primary();
         self.gate = OutputGate::new();
         self.gate.on_ack(base, base);
         self.replayed = base;
