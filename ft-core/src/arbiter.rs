@@ -136,17 +136,20 @@ pub trait Arbiter: Send + Sync {
     /// As for [`Arbiter::holder`].
     fn clone_offer(&self, vm: u64) -> Result<Option<CloneOffer>>;
 
-    /// Reserve a fresh generation of `vm` for a new pair whose primary is `me`: the
-    /// first generation above every generation of `vm` reserved or claimed so far,
-    /// recorded as reserved by `me`. Atomic: concurrent callers (in any number of
-    /// processes) get distinct generations. So a new pair never needs an operator to
-    /// choose a number, and no claim or reservation left by an earlier run can decide
-    /// (or collide with) the new pair's failover.
+    /// Reserve the next generation of `vm` for a new pair whose primary is `me`, if
+    /// `after` is still the newest generation reserved or claimed (`None`: the VM has
+    /// none): generation `after + 1` (or 1) is recorded as reserved by `me` and
+    /// returned. `Ok(None)` when the newest generation is no longer `after` (another
+    /// node reserved or claimed one meanwhile): a compare-and-set, so of any number of
+    /// nodes that read the same record and reserve, in any number of processes, one
+    /// gets the generation and the others learn that they lost. A new pair never
+    /// needs an operator to choose a number, and no claim left by an earlier run can
+    /// decide its failover.
     ///
     /// # Errors
     ///
     /// As for [`Arbiter::holder`].
-    fn reserve_generation(&self, vm: u64, me: NodeId) -> Result<u64>;
+    fn reserve_generation(&self, vm: u64, me: NodeId, after: Option<u64>) -> Result<Option<u64>>;
 
     /// The node that reserved `pair`'s generation ([`Arbiter::reserve_generation`]),
     /// if one did.
@@ -306,11 +309,14 @@ impl Arbiter for InProcessArbiter {
         Ok(st.offers.get(&PairId { vm, generation }).cloned())
     }
 
-    fn reserve_generation(&self, vm: u64, me: NodeId) -> Result<u64> {
+    fn reserve_generation(&self, vm: u64, me: NodeId, after: Option<u64>) -> Result<Option<u64>> {
         self.check()?;
-        // One lock for the read and the reservation: atomic.
+        // One lock for the comparison and the reservation: atomic.
         let mut st = self.state.lock();
-        let next = newest_of(&st, vm).unwrap_or(0).saturating_add(1);
+        if newest_of(&st, vm) != after {
+            return Ok(None);
+        }
+        let next = after.unwrap_or(0).saturating_add(1);
         st.reserved.insert(
             PairId {
                 vm,
@@ -318,7 +324,7 @@ impl Arbiter for InProcessArbiter {
             },
             me,
         );
-        Ok(next)
+        Ok(Some(next))
     }
 
     fn reserved_by(&self, pair: PairId) -> Result<Option<NodeId>> {
@@ -393,9 +399,13 @@ mod tests {
         // Reservations: above every claim and reservation, one generation each.
         assert_eq!(a.newest_generation(1), Ok(Some(2)));
         assert_eq!(a.membership(3), Ok(None));
-        assert_eq!(a.reserve_generation(1, NodeId(7)), Ok(3));
-        assert_eq!(a.reserve_generation(1, NodeId(8)), Ok(4));
-        assert_eq!(a.reserve_generation(3, NodeId(7)), Ok(1));
+        assert_eq!(a.reserve_generation(1, NodeId(7), Some(2)), Ok(Some(3)));
+        // Compare-and-set: a reservation after a generation that is no longer the
+        // newest is refused.
+        assert_eq!(a.reserve_generation(1, NodeId(8), Some(2)), Ok(None));
+        assert_eq!(a.reserve_generation(1, NodeId(8), None), Ok(None));
+        assert_eq!(a.reserve_generation(1, NodeId(8), Some(3)), Ok(Some(4)));
+        assert_eq!(a.reserve_generation(3, NodeId(7), None), Ok(Some(1)));
         assert_eq!(a.newest_claimed(1), Ok(Some(2)));
         assert_eq!(a.newest_generation(1), Ok(Some(4)));
         let p4 = PairId {
@@ -422,7 +432,7 @@ mod tests {
         );
         a.set_unreachable(true);
         assert!(matches!(
-            a.reserve_generation(1, NodeId(7)),
+            a.reserve_generation(1, NodeId(7), Some(4)),
             Err(ArbiterError::Unreachable(_))
         ));
         assert!(matches!(

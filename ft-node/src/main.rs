@@ -34,10 +34,8 @@ fn main() {
 fn restart() {
     use std::os::unix::process::CommandExt;
     let err = match std::env::current_exe() {
-        // `--new-run` declared the earlier run over once; the restarted node rejoins
-        // this run's live member instead of reserving yet another generation.
         Ok(exe) => std::process::Command::new(exe)
-            .args(std::env::args_os().skip(1).filter(|a| a != "--new-run"))
+            .args(std::env::args_os().skip(1))
             .exec(),
         Err(e) => e,
     };

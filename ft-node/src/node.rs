@@ -8,7 +8,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::{Parser, ValueEnum};
 use ft_core::driver::NoLink;
 use ft_core::{
-    Arbiter, CloneConfig, Config, EventSource, HaltReason, Nanos, Node, NodeId, Notice, PairId,
+    Arbiter, CloneConfig, Config, EventSource, HaltReason, Membership, Nanos, Node, NodeId, Notice,
+    PairId,
 };
 use ft_sim::{
     Disk, DiskMode, Machine, MachineConfig, Network, OutputSink, SimWorld, SimWorldConfig,
@@ -63,7 +64,7 @@ pub enum NodeError {
     /// The pair generation already has a live member (a side of it won the arbiter),
     /// or a newer generation of the VM exists: this node, starting with a fresh
     /// machine, is not that member and must not serve or go live.
-    #[error("vm {vm} generation {generation} is taken: {why}. This node starts from a fresh guest and is not that live member, so it refuses to serve. If the earlier run is over, start the new pair's primary with --new-run (the arbiter reserves it a generation above every earlier one; or pass --generation {next} to both sides)")]
+    #[error("vm {vm} generation {generation} is taken: {why}. This node starts from a fresh guest and is not that live member, so it refuses to serve. If that run is over, start the new pair with --supersede {generation} on both sides (the arbiter reserves it the next generation), or with --generation {next}")]
     Superseded {
         /// The VM.
         vm: u64,
@@ -99,7 +100,7 @@ pub enum NodeError {
         why: String,
     },
     /// A primary waiting for its backup found a newer generation reserved for a new
-    /// pair (its run was declared over with `--new-run`): it stops, and does not
+    /// pair (its run was declared over with `--supersede`): it stops, and does not
     /// rejoin.
     #[error("{why}; this node never ran the guest, and stops")]
     Replaced {
@@ -235,13 +236,16 @@ pub struct NodeArgs {
     /// the newest one, is refused at startup.
     #[arg(long)]
     pub generation: Option<u64>,
-    /// Primary: the VM's earlier run is over (its live member is gone for good). The
-    /// primary reserves a new generation above every earlier one, so the earlier run's
-    /// claims and reservations decide nothing. Without it, a primary of a VM whose
-    /// newest generation another node went live in or reserved refuses to start (or
-    /// rejoins that member by clone): it cannot tell an earlier run from a live one.
-    #[arg(long)]
-    pub new_run: bool,
+    /// The run whose newest generation is this one is over (its members are gone for
+    /// good): a primary reserves the generation after it for a new pair, and a backup
+    /// waits for a reservation above it. It applies only while this is still the VM's
+    /// newest generation, so the same command run again later (a restart) does not
+    /// start yet another run. Without it, a primary of a VM whose newest generation
+    /// another node went live in or reserved refuses to start (or rejoins that member
+    /// by clone): the arbiter cannot tell an earlier run from a live one. The refusal
+    /// names the generation to give.
+    #[arg(long, value_name = "GENERATION")]
+    pub supersede: Option<u64>,
     /// This side's node id (default: 1 for a primary, 2 for a backup).
     #[arg(long)]
     pub node_id: Option<u64>,
@@ -356,15 +360,15 @@ impl NodeArgs {
                     .into(),
             ));
         }
-        if self.new_run {
-            if self.role != RoleArg::Primary {
+        if self.supersede.is_some() {
+            if !matches!(self.role, RoleArg::Primary | RoleArg::Backup) {
                 return Err(NodeError::Usage(
-                    "--new-run is for a primary: it reserves the new run's generation, and its backup takes that one".into(),
+                    "--supersede starts a new pair: it is for a primary and its backup; a joiner or standby joins the live member's generation".into(),
                 ));
             }
             if self.generation.is_some() {
                 return Err(NodeError::Usage(
-                    "--new-run reserves a generation from the arbiter; it does not go with --generation".into(),
+                    "--supersede takes the new pair's generation from the arbiter; it does not go with --generation".into(),
                 ));
             }
         }
@@ -676,11 +680,12 @@ fn plan(arbiter: &dyn Arbiter, args: &NodeArgs, me: NodeId) -> Result<Plan> {
 }
 
 /// A primary without `--generation`: the generation the arbiter reserves it, or the
-/// reason it may not start. It reserves one when the VM has no generation yet, or
-/// with `--new-run`; it takes its own reservation again when it restarts before any
-/// side went live in it; and it is [`NodeError::Superseded`] when the VM's newest
-/// generation has a live member or another primary's reservation (a pair that may be
-/// running: only the operator can say that an earlier run is over).
+/// reason it may not start. It reserves the next generation when the VM has none yet,
+/// or with `--supersede G` while `G` is the VM's newest; it takes its own reservation
+/// again when it restarts before any side went live in it; and it is
+/// [`NodeError::Superseded`] when the VM's newest generation has a live member or
+/// another primary's reservation (a pair that may be running: only the operator can
+/// say that an earlier run is over), or when another node reserved or claimed first.
 fn reserve_for_primary(
     arbiter: &dyn Arbiter,
     args: &NodeArgs,
@@ -691,25 +696,43 @@ fn reserve_for_primary(
         source,
     };
     let membership = arbiter.membership(args.vm).map_err(unusable)?;
+    let newest = membership.map(|m| m.pair.generation);
+    let taken = |generation: u64, why: String| NodeError::Superseded {
+        vm: args.vm,
+        generation,
+        why,
+        next: generation.saturating_add(1),
+    };
     let reserve = |why: String| -> Result<(PairId, Option<String>)> {
-        let generation = arbiter.reserve_generation(args.vm, me).map_err(unusable)?;
-        Ok((
-            PairId {
-                vm: args.vm,
-                generation,
-            },
-            Some(format!(
-                "reserved generation {generation} of vm {} from the arbiter ({why})",
-                args.vm
+        match arbiter
+            .reserve_generation(args.vm, me, newest)
+            .map_err(unusable)?
+        {
+            Some(generation) => Ok((
+                PairId {
+                    vm: args.vm,
+                    generation,
+                },
+                Some(format!(
+                    "reserved generation {generation} of vm {} from the arbiter ({why})",
+                    args.vm
+                )),
             )),
-        ))
+            // Another node reserved or claimed a generation between the read and the
+            // reservation: a primary started at the same moment got there first.
+            None => Err(taken(
+                newest.unwrap_or(0).saturating_add(1),
+                "another node reserved or claimed it first (a primary started at the same moment?)"
+                    .into(),
+            )),
+        }
     };
     let Some(m) = membership else {
         return reserve("the vm's first".into());
     };
-    if args.new_run {
+    if args.supersede == Some(m.pair.generation) {
         return reserve(format!(
-            "--new-run: above the earlier run's newest generation {}",
+            "--supersede {}: the run that ended in it is over",
             m.pair.generation
         ));
     }
@@ -730,24 +753,15 @@ fn reserve_for_primary(
         ),
         (None, None) => "it is in use".into(),
     };
-    Err(NodeError::Superseded {
-        vm: args.vm,
-        generation: m.pair.generation,
-        why,
-        next: m.pair.generation.saturating_add(1),
-    })
+    Err(taken(m.pair.generation, why))
 }
 
-/// How long a backup without `--generation` waits for a usable reservation while
-/// the VM's newest generation is claimed (a primary started with `--new-run` at the
-/// same moment reserves a newer one within this).
-const ADOPT_GRACE: Duration = Duration::from_secs(2);
-
 /// A backup without `--generation`: the generation its primary reserved, which is the
-/// VM's newest, unclaimed, and reserved by another node. It waits for the primary's
-/// reservation up to `--connect-timeout-ms`. A claimed newest generation is
-/// [`NodeError::Superseded`] at once when its live member offers a clone to rejoin,
-/// and otherwise after [`ADOPT_GRACE`].
+/// VM's newest, unclaimed, and reserved by another node (with `--supersede G`: above
+/// `G`). It waits for the primary's reservation up to `--connect-timeout-ms`. A newest
+/// generation that a node went live in is [`NodeError::Superseded`] at once (this
+/// backup restarted after its pair went on: it rejoins the live member, or is
+/// refused).
 fn adopt_reservation(
     arbiter: &dyn Arbiter,
     args: &NodeArgs,
@@ -757,62 +771,52 @@ fn adopt_reservation(
         spec: args.arbiter.clone(),
         source,
     };
-    let start = Instant::now();
-    let deadline = start + Duration::from_millis(args.connect_timeout_ms);
+    let deadline = Instant::now() + Duration::from_millis(args.connect_timeout_ms);
     loop {
         let m = arbiter.membership(args.vm).map_err(unusable)?;
-        let now = Instant::now();
+        // With --supersede G, generation G and older belong to the run that is over.
+        let m = m.filter(|m| args.supersede.is_none_or(|g| m.pair.generation > g));
         match m {
-            Some(m) if m.holder.is_none() => match m.reserved_by {
-                Some(r) if r != me => {
-                    return Ok((
-                        m.pair,
-                        Some(format!(
-                            "generation {} of vm {}: the one node {} reserved for its new pair",
-                            m.pair.generation, args.vm, r.0
-                        )),
-                    ))
-                }
-                Some(r) => {
-                    return Err(NodeError::Usage(format!(
-                        "node id collision: vm {}'s newest generation {} was reserved by node {}, this backup's own --node-id; give the backup an id of its own",
-                        args.vm, m.pair.generation, r.0
-                    )))
-                }
-                None if now < deadline => {}
-                None => {
-                    return Err(NodeError::Usage(format!(
-                        "vm {}'s newest generation {} was not reserved by a primary; give both sides --generation",
-                        args.vm, m.pair.generation
-                    )))
-                }
-            },
-            Some(m) => {
-                // A live member that offers a clone is rejoined at once.
-                let offered = args.offers_clone()
-                    && arbiter
-                        .clone_offer(args.vm)
-                        .map_err(unusable)?
-                        .is_some_and(|o| o.member != me);
-                if offered || now >= deadline.min(start + ADOPT_GRACE) {
-                    let h = m.holder.map_or(0, |h| h.0);
-                    return Err(NodeError::Superseded {
-                        vm: args.vm,
-                        generation: m.pair.generation,
-                        why: format!("node {h} went live in it"),
-                        next: m.pair.generation.saturating_add(1),
-                    });
-                }
+            Some(m) if m.holder.is_some() => {
+                let h = m.holder.map_or(0, |h| h.0);
+                return Err(NodeError::Superseded {
+                    vm: args.vm,
+                    generation: m.pair.generation,
+                    why: format!("node {h} went live in it"),
+                    next: m.pair.generation.saturating_add(1),
+                });
             }
-            None if now >= deadline => {
+            Some(Membership {
+                pair,
+                reserved_by: Some(r),
+                ..
+            }) if r != me => {
+                return Ok((
+                    pair,
+                    Some(format!(
+                        "generation {} of vm {}: the one node {} reserved for its new pair",
+                        pair.generation, args.vm, r.0
+                    )),
+                ))
+            }
+            Some(Membership {
+                pair,
+                reserved_by: Some(r),
+                ..
+            }) => {
                 return Err(NodeError::Usage(format!(
-                    "no primary reserved a generation of vm {} within --connect-timeout-ms ({} ms): start the primary (or give both sides --generation)",
+                    "node id collision: vm {}'s newest generation {} was reserved by node {}, this backup's own --node-id; give the backup an id of its own",
+                    args.vm, pair.generation, r.0
+                )))
+            }
+            _ if Instant::now() >= deadline => {
+                return Err(NodeError::Usage(format!(
+                    "no primary reserved a new generation of vm {} within --connect-timeout-ms ({} ms): start the primary (or give both sides --generation)",
                     args.vm, args.connect_timeout_ms
                 )))
             }
-            None => {}
+            _ => std::thread::sleep(Duration::from_millis(50)),
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -874,7 +878,7 @@ fn plan_join(arbiter: &dyn Arbiter, args: &NodeArgs, me: NodeId) -> Result<Plan>
             args.vm
         )));
     };
-    // A newer reservation is a new pair (a primary started with --new-run): the run
+    // A newer reservation is a new pair (a primary started with --supersede): the run
     // whose member went live in `generation` was declared over.
     if let Some(reserved) = arbiter
         .newest_generation(args.vm)
@@ -989,7 +993,7 @@ impl<'a> SupersededWatch<'a> {
         let newest = self.arbiter.newest_claimed(self.pair.vm).ok()?;
         if holder.is_none() && newest.is_none_or(|n| n <= self.pair.generation) {
             // No live member anywhere newer; a newer reservation is a new pair (a
-            // primary started with --new-run): this one's run is over.
+            // primary started with --supersede): this one's run is over.
             let reserved = self.arbiter.newest_generation(self.pair.vm).ok()?;
             if let Some(n) = reserved.filter(|&n| n > self.pair.generation) {
                 self.replaced = true;
@@ -1316,11 +1320,12 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
 
 /// Backup: connect to the primary at `addr`. A backup that took the generation its
 /// primary reserved ([`adopt_reservation`]) and is refused for the pair (it read the
-/// arbiter before a `--new-run` primary reserved a newer generation) takes the newer
+/// arbiter before its `--supersede` primary reserved a newer generation) takes the newer
 /// reservation and connects again, until `--connect-timeout-ms`.
 fn open_backup(
     arbiter: &dyn Arbiter,
     args: &NodeArgs,
+    role: RoleArg,
     me: u64,
     addr: &str,
     opts: &mut LinkOptions,
@@ -1331,7 +1336,7 @@ fn open_backup(
         match link::open_backup(addr, opts, log) {
             Err(link::LinkError::Tcp(TcpError::PairMismatch { .. }))
                 if args.generation.is_none()
-                    && args.role == RoleArg::Backup
+                    && role == RoleArg::Backup
                     && Instant::now() < deadline =>
             {
                 std::thread::sleep(Duration::from_millis(100));
@@ -1474,6 +1479,7 @@ fn run_on<M: Guest>(args: &NodeArgs, me: u64, cfg: Config, mut machine: M) -> Re
             Some(open_backup(
                 &*arbiter,
                 args,
+                role,
                 me,
                 addr,
                 &mut link_opts,

@@ -217,27 +217,16 @@ fn a_stale_claim_is_refused_at_startup_and_a_new_generation_runs() {
     primary.kill9().unwrap();
 }
 
-/// The address after `prefix` in one of `node`'s lines.
-fn addr_in(node: &NodeProc, prefix: &str) -> String {
-    let line = node.wait_for(prefix, LIMIT).unwrap();
-    line.msg
-        .split(prefix)
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 /// No `--generation` anywhere: the arbiter reserves them. An earlier run left a
 /// failover's claim (generation 1) and another primary's reservation (generation 2)
-/// behind. A primary is refused until `--new-run` declares that run over; then it
-/// reserves generation 3, above all of it. Its backup, started first, took the stale
-/// reservation 2, is refused by the primary's handshake, and takes 3. When the
-/// backup dies, the primary wins generation 3 and goes on alone: no outage.
+/// behind. A primary is refused until `--supersede 2` declares that run over; then it
+/// reserves generation 3, the next. Its backup, started first with the same flag,
+/// waits for it and takes 3. When the backup dies, the primary wins generation 3 and
+/// goes on alone: no outage. The same `--supersede 2` given again later starts no
+/// new run: generation 2 is no longer the newest, and the node is refused as any
+/// restart is.
 #[test]
-fn a_new_run_reserves_a_generation_above_an_earlier_runs_state_and_survives_a_failover() {
+fn a_superseding_pair_reserves_the_next_generation_above_an_earlier_run_and_survives_a_failover() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let bin = Path::new(env!("CARGO_BIN_EXE_ft-node"));
     let dir = tempfile::tempdir().unwrap();
@@ -245,7 +234,7 @@ fn a_new_run_reserves_a_generation_above_an_earlier_runs_state_and_survives_a_fa
     std::fs::create_dir_all(&arb_dir).unwrap();
     let arb = FileArbiter::new(&arb_dir);
     arb.test_and_set(pair(1), NodeId(2)).unwrap();
-    assert_eq!(arb.reserve_generation(1, NodeId(5)), Ok(2));
+    assert_eq!(arb.reserve_generation(1, NodeId(5), Some(1)), Ok(Some(2)));
 
     let (code, tail) = refused_node("primary", dir.path(), &[]);
     assert_eq!(code, Some(EXIT_SETUP), "{tail}");
@@ -253,17 +242,43 @@ fn a_new_run_reserves_a_generation_above_an_earlier_runs_state_and_survives_a_fa
         tail.contains("vm 1 generation 2 is taken: node 5 reserved it for a new pair"),
         "{tail}"
     );
-    assert!(tail.contains("--new-run"), "{tail}");
-    // --new-run is the primary's: a backup, or a primary with --generation, is told.
-    let (code, tail) = refused_node("backup", dir.path(), &["--new-run"]);
+    assert!(tail.contains("--supersede 2 on both sides"), "{tail}");
+    // A stale --supersede (not the newest generation) is no declaration at all.
+    let (code, tail) = refused_node("primary", dir.path(), &["--supersede", "1"]);
     assert_eq!(code, Some(EXIT_SETUP), "{tail}");
-    assert!(tail.contains("--new-run is for a primary"), "{tail}");
-    let (code, tail) = refused_node("primary", dir.path(), &["--new-run", "--generation", "9"]);
+    assert!(tail.contains("vm 1 generation 2 is taken"), "{tail}");
+    // --supersede is for a new pair's two sides, and does not go with --generation.
+    let (code, tail) = refused_node(
+        "primary",
+        dir.path(),
+        &["--supersede", "2", "--generation", "9"],
+    );
     assert_eq!(code, Some(EXIT_SETUP), "{tail}");
     assert!(tail.contains("does not go with --generation"), "{tail}");
+    let disk = dir.path().join("disk").display().to_string();
+    let join = [
+        "--supersede",
+        "2",
+        "--node-id",
+        "3",
+        "--disk",
+        &disk,
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    let (code, tail) = refused_node("join", dir.path(), &join);
+    assert_eq!(code, Some(EXIT_SETUP), "{tail}");
+    assert!(tail.contains("--supersede starts a new pair"), "{tail}");
 
     let key = write_key(dir.path()).unwrap();
-    let timing = ["--heartbeat-ms", "10", "--timeout-ms", "150"];
+    let timing = [
+        "--heartbeat-ms",
+        "10",
+        "--timeout-ms",
+        "150",
+        "--supersede",
+        "2",
+    ];
     let listen = ft_node::testkit::spare_addr().unwrap().to_string();
     let mut bflags = vec!["--peer", listen.as_str(), "--connect-timeout-ms", "15000"];
     bflags.extend_from_slice(&timing);
@@ -274,10 +289,13 @@ fn a_new_run_reserves_a_generation_above_an_earlier_runs_state_and_survives_a_fa
         false,
     )
     .unwrap();
-    backup
-        .wait_for("generation 2 of vm 1: the one node 5 reserved", LIMIT)
-        .unwrap();
-    let mut pflags = vec!["--listen", listen.as_str(), "--new-run"];
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        backup.wait_exit(Duration::from_millis(10)).is_none() && !backup.printed("generation"),
+        "the backup did not wait for the new pair's reservation: {}",
+        backup.tail(5)
+    );
+    let mut pflags = vec!["--listen", listen.as_str()];
     pflags.extend_from_slice(&timing);
     let mut primary = NodeProc::spawn(
         bin,
@@ -288,17 +306,16 @@ fn a_new_run_reserves_a_generation_above_an_earlier_runs_state_and_survives_a_fa
     .unwrap();
     primary
         .wait_for(
-            "reserved generation 3 of vm 1 from the arbiter (--new-run",
+            "reserved generation 3 of vm 1 from the arbiter (--supersede 2",
             LIMIT,
         )
         .unwrap();
     backup
-        .wait_for("taking the newer reservation, generation 3", LIMIT)
+        .wait_for("generation 3 of vm 1: the one node 1 reserved", LIMIT)
         .unwrap();
     backup.wait_for("log channel up", LIMIT).unwrap();
     primary.wait_for("log channel up", LIMIT).unwrap();
     assert_eq!(arb.reserved_by(pair(3)), Ok(Some(NodeId(1))));
-    let _ = addr_in(&primary, "clients: ");
 
     backup.kill9().unwrap();
     wait_claim(&arb, pair(3), NodeId(1));
@@ -308,15 +325,76 @@ fn a_new_run_reserves_a_generation_above_an_earlier_runs_state_and_survives_a_fa
         "the primary stopped after its backup died: {}",
         primary.tail(5)
     );
-    // The stale claim decided nothing, and a restart of the old command is refused.
+    // The stale claim decided nothing; the old command again is an ordinary restart.
     assert_eq!(Arbiter::holder(&arb, pair(1)), Ok(Some(NodeId(2))));
-    let (code, tail) = refused_node("primary", dir.path(), &["--node-id", "7"]);
+    let (code, tail) = refused_node(
+        "primary",
+        dir.path(),
+        &["--supersede", "2", "--node-id", "7"],
+    );
     assert_eq!(code, Some(EXIT_SETUP), "{tail}");
     assert!(
         tail.contains("vm 1 generation 3 is taken: node 1 went live in it"),
         "{tail}"
     );
+    assert_eq!(
+        arb.newest_generation(1),
+        Ok(Some(3)),
+        "no new run was started"
+    );
     primary.kill9().unwrap();
+}
+
+/// Two primaries started alone at the same moment for a VM the arbiter has never
+/// seen: they race for its first generation, and exactly one of them serves.
+#[test]
+fn racing_lone_primaries_one_serves() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let bin = Path::new(env!("CARGO_BIN_EXE_ft-node"));
+    for round in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let arb_dir = dir.path().join("arbiter");
+        std::fs::create_dir_all(&arb_dir).unwrap();
+        let key = write_key(dir.path()).unwrap();
+        let disk = dir.path().join("disk").display().to_string();
+        let mut nodes: Vec<NodeProc> = (1..=2)
+            .map(|id| {
+                let id = id.to_string();
+                let flags = [
+                    "--alone",
+                    "--node-id",
+                    &id,
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--disk",
+                    &disk,
+                ];
+                let all = args("primary", &arb_dir, &key, &flags);
+                NodeProc::spawn(bin, &format!("p{id}"), &all, false).unwrap()
+            })
+            .collect();
+        // Each one either serves alone or is refused.
+        let deadline = Instant::now() + LIMIT;
+        let mut serving = Vec::new();
+        for (i, n) in nodes.iter_mut().enumerate() {
+            loop {
+                if n.printed("ALONE:") {
+                    serving.push(i + 1);
+                    break;
+                }
+                if n.wait_exit(Duration::from_millis(20)).is_some() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "p{}: {}", i + 1, n.tail(5));
+            }
+        }
+        assert_eq!(serving.len(), 1, "round {round}: serving {serving:?}");
+        let arb = FileArbiter::new(&arb_dir);
+        assert_eq!(arb.newest_generation(1), Ok(Some(1)), "round {round}");
+        for n in &mut nodes {
+            let _ = n.kill9();
+        }
+    }
 }
 
 #[test]

@@ -40,10 +40,12 @@
 //! # Reservations
 //!
 //! A new pair's generation is reserved ([`FileArbiter::reserve`]) by the same link of a
-//! synced temporary file, to `ft-reserve-vm<VM>-gen<GENERATION>` (the first generation
-//! above every claim and reservation file of the VM), holding the reserving node's id.
-//! A link that finds the name taken, by a concurrent reservation, tries the next
-//! generation; so no two reservations share a generation.
+//! synced temporary file, to `ft-reserve-vm<VM>-gen<GENERATION>` (the generation after
+//! the newest claim or reservation file of the VM the caller read), holding the
+//! reserving node's id. A link that finds the name taken lost to a concurrent
+//! reservation; one that finds a claim of that generation (or anything newer) after
+//! it linked removes its reservation and lost too. So no two reservations share a
+//! generation, and of racing primaries that read the same record one wins.
 //!
 //! # Failures
 //!
@@ -261,50 +263,55 @@ impl FileArbiter {
         Ok(Some(NodeId(node)))
     }
 
-    /// Reserve the first generation of `vm` above every claim and reservation in the
-    /// directory, for `me`: the same `link(2)` of a synced temporary file as a claim,
-    /// to `ft-reserve-vm<VM>-gen<GENERATION>`. A link that finds the name taken (a
-    /// concurrent reservation) tries the next generation.
+    /// Reserve generation `after + 1` of `vm` (1 for `None`) for `me`, if `after` is
+    /// still the newest generation with a claim or reservation file: the same
+    /// `link(2)` of a synced temporary file as a claim, to
+    /// `ft-reserve-vm<VM>-gen<GENERATION>`. `None` when the newest generation is not
+    /// `after`, when the link finds the name taken (a concurrent reservation), or when
+    /// a claim of that generation or a newer generation appeared while it linked (its
+    /// reservation is then removed again).
     ///
     /// # Errors
     ///
-    /// [`FileArbiterError::Io`] on an I/O failure, or after 1,000 generations found
-    /// taken one after another.
-    pub fn reserve(&self, vm: u64, me: NodeId) -> Result<u64> {
-        let mut generation = self.newest_reserved_or_claimed(vm)?.unwrap_or(0);
-        for _ in 0..1000 {
-            generation = generation.saturating_add(1);
-            let pair = PairId { vm, generation };
-            let temp = self.write_temp(
-                &format!("reserve-vm{vm}-gen{generation}.node{}", me.0),
-                &reservation_text(pair, me),
-            )?;
-            let target = self.reservation_path(pair);
-            let linked = fs::hard_link(&temp, &target);
-            // NFS: a retransmitted LINK fails although the first one succeeded.
-            let took = linked.is_ok() || link_count(&temp) == Some(2);
-            let _ = fs::remove_file(&temp);
-            match linked {
-                _ if took => {
-                    self.sync_dir()?;
-                    return Ok(generation);
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(source) => {
-                    return Err(FileArbiterError::Io {
-                        path: target,
-                        op: "link reservation",
-                        source,
-                    })
-                }
-                Ok(()) => {}
-            }
+    /// [`FileArbiterError::Io`] on an I/O failure.
+    pub fn reserve(&self, vm: u64, me: NodeId, after: Option<u64>) -> Result<Option<u64>> {
+        if self.newest_reserved_or_claimed(vm)? != after {
+            return Ok(None);
         }
-        Err(FileArbiterError::Io {
-            path: self.dir.clone(),
-            op: "reserve a generation in",
-            source: io::Error::other("1,000 generations in a row were taken concurrently"),
-        })
+        let generation = after.unwrap_or(0).saturating_add(1);
+        let pair = PairId { vm, generation };
+        let temp = self.write_temp(
+            &format!("reserve-vm{vm}-gen{generation}.node{}", me.0),
+            &reservation_text(pair, me),
+        )?;
+        let target = self.reservation_path(pair);
+        let linked = fs::hard_link(&temp, &target);
+        // NFS: a retransmitted LINK fails although the first one succeeded.
+        let took = linked.is_ok() || link_count(&temp) == Some(2);
+        let _ = fs::remove_file(&temp);
+        match linked {
+            _ if took => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(None),
+            Err(source) => {
+                return Err(FileArbiterError::Io {
+                    path: target,
+                    op: "link reservation",
+                    source,
+                })
+            }
+            Ok(()) => {}
+        }
+        // A claim of this generation (or a newer generation of any kind) made between
+        // the listing and the link: the reservation lost.
+        if self.read_claim(pair)?.is_some()
+            || self.newest_reserved_or_claimed(vm)? != Some(generation)
+        {
+            let _ = fs::remove_file(&target);
+            self.sync_dir()?;
+            return Ok(None);
+        }
+        self.sync_dir()?;
+        Ok(Some(generation))
     }
 
     /// Check that the directory exists and takes a file (created, synced and removed
@@ -495,8 +502,13 @@ impl Arbiter for FileArbiter {
         self.newest_claim(vm).map_err(ArbiterError::from)
     }
 
-    fn reserve_generation(&self, vm: u64, me: NodeId) -> ft_core::arbiter::Result<u64> {
-        self.reserve(vm, me).map_err(ArbiterError::from)
+    fn reserve_generation(
+        &self,
+        vm: u64,
+        me: NodeId,
+        after: Option<u64>,
+    ) -> ft_core::arbiter::Result<Option<u64>> {
+        self.reserve(vm, me, after).map_err(ArbiterError::from)
     }
 
     fn reserved_by(&self, pair: PairId) -> ft_core::arbiter::Result<Option<NodeId>> {

@@ -520,10 +520,12 @@ pub fn offers_follow_the_claims(a: &dyn ft_core::Arbiter, b: &dyn ft_core::Arbit
 
 /// The reservation contract ([`Arbiter::reserve_generation`]), on handles made by
 /// `handle` (each thread gets its own, as processes would): `threads` racing threads
-/// reserve `per_thread` generations each of `vm`, which already has a claim of
-/// generation 3. Every reservation is above that claim, no two are the same, each
-/// thread's grow, and the arbiter says who reserved each; the newest generation is the
-/// last reservation, and a claim on a reserved generation is an ordinary claim.
+/// each read the VM's newest generation and reserve the next, until each has
+/// `per_thread` reservations; `vm` already has a claim of generation 3. A reservation
+/// after a generation that is not the newest is refused; every reservation is the
+/// generation after the one its thread read, none is taken twice, each thread's grow,
+/// and the arbiter says who reserved each. The newest generation is the last
+/// reservation, and a claim on a reserved generation is an ordinary claim.
 pub fn reservations_are_unique<A: Arbiter + Send + 'static>(
     handle: impl Fn() -> A,
     vm: u64,
@@ -538,21 +540,38 @@ pub fn reservations_are_unique<A: Arbiter + Send + 'static>(
     ));
     assert_eq!(a.newest_generation(vm), Ok(Some(3)));
     assert_eq!(a.reserved_by(claimed), Ok(None));
+    // A stale read loses: 2 is not the newest generation, nor is "none".
+    assert_eq!(a.reserve_generation(vm, NodeId(1), Some(2)), Ok(None));
+    assert_eq!(a.reserve_generation(vm, NodeId(1), None), Ok(None));
     let barrier = Arc::new(std::sync::Barrier::new(threads));
     let joins: Vec<_> = (0..threads)
         .map(|t| {
             let (arb, barrier) = (handle(), barrier.clone());
             std::thread::spawn(move || {
                 barrier.wait();
-                (0..per_thread)
-                    .map(|_| arb.reserve_generation(vm, NodeId(t as u64 + 1)).unwrap())
-                    .collect::<Vec<u64>>()
+                let (mut got, mut lost) = (Vec::new(), 0u64);
+                while got.len() < per_thread {
+                    let read = arb.newest_generation(vm).unwrap();
+                    match arb
+                        .reserve_generation(vm, NodeId(t as u64 + 1), read)
+                        .unwrap()
+                    {
+                        Some(g) => {
+                            assert_eq!(Some(g - 1), read, "reserved {g} after reading {read:?}");
+                            got.push(g);
+                        }
+                        None => lost += 1,
+                    }
+                }
+                (got, lost)
             })
         })
         .collect();
     let mut all = Vec::new();
+    let mut lost = 0;
     for (t, j) in joins.into_iter().enumerate() {
-        let got = j.join().unwrap();
+        let (got, l) = j.join().unwrap();
+        lost += l;
         assert!(got.windows(2).all(|w| w[0] < w[1]), "thread {t}: {got:?}");
         for &g in &got {
             assert!(g > 3, "reserved {g} at or below the claim of generation 3");
@@ -565,7 +584,10 @@ pub fn reservations_are_unique<A: Arbiter + Send + 'static>(
     let n = all.len();
     all.dedup();
     assert_eq!(all.len(), n, "a generation was reserved twice");
+    assert_eq!(n, threads * per_thread);
+    println!("{n} reservations by {threads} racing threads, {lost} lost races");
     let newest = *all.last().unwrap();
+    assert_eq!(newest, 3 + n as u64, "the reservations are consecutive");
     assert_eq!(a.newest_generation(vm), Ok(Some(newest)));
     assert_eq!(a.newest_claimed(vm), Ok(Some(3)));
     // Another VM is untouched.
@@ -584,6 +606,22 @@ pub fn reservations_are_unique<A: Arbiter + Send + 'static>(
         a.membership(vm).unwrap().map(|m| m.holder),
         Some(Some(winner))
     );
-    // The next reservation is above it all.
-    assert_eq!(a.reserve_generation(vm, NodeId(1)), Ok(newest + 1));
+    // The next reservation is above it all; a claim of the next generation first
+    // makes it lose.
+    assert_eq!(
+        a.reserve_generation(vm, NodeId(1), Some(newest)),
+        Ok(Some(newest + 1))
+    );
+    let next = ft_core::PairId {
+        vm,
+        generation: newest + 2,
+    };
+    assert!(matches!(
+        a.test_and_set(next, NodeId(5)),
+        Ok(ft_core::Decision::Won { .. })
+    ));
+    assert_eq!(
+        a.reserve_generation(vm, NodeId(1), Some(newest + 1)),
+        Ok(None)
+    );
 }

@@ -17,9 +17,9 @@
 //! carries a larger token.
 //!
 //! A new pair's generation is reserved ([`EtcdArbiter::reserve`]) as the key
-//! `<prefix>/vm/<vm>/reserve/<gen>`, value `reserved by <node id>`, created by a
-//! transaction only while neither it nor that generation's claim exists; a lost
-//! transaction reads the newest generation again and tries above it.
+//! `<prefix>/vm/<vm>/reserve/<gen>`, value `reserved by <node id>`: the generation
+//! after the newest the caller read, created by a transaction only while neither it
+//! nor that generation's claim exists; of racing callers, one wins.
 //!
 //! # Client
 //!
@@ -306,51 +306,43 @@ impl EtcdArbiter {
         format!("{}/vm/{}/reserve/{}", self.prefix, pair.vm, pair.generation)
     }
 
-    /// Reserve the first generation of `vm` above every claim and reservation, for
-    /// `me`, by a transaction that creates the reservation key only while neither it
-    /// nor the generation's claim exists:
+    /// Reserve generation `after + 1` of `vm` (1 for `None`) for `me`, if `after` is
+    /// still the newest generation with a claim or reservation, by a transaction that
+    /// creates the reservation key only while neither it nor that generation's claim
+    /// exists:
     ///
     /// ```text
     /// compare: create_revision(reserve/<G>) == 0 AND create_revision(generation/<G>) == 0
     /// success: put(reserve/<G>, "reserved by <me>")
     /// ```
     ///
-    /// A failed transaction (a concurrent reservation or claim) reads the newest
-    /// generation again and tries above it.
+    /// `None` when the newest generation read is not `after`, or the transaction lost
+    /// (a concurrent reservation or claim of the same generation).
     ///
     /// # Errors
     ///
-    /// As for [`EtcdArbiter::holder`]; [`EtcdError::BadAnswer`] after 1,000 failed
-    /// transactions in a row.
-    pub fn reserve(&self, vm: u64, me: NodeId) -> Result<u64> {
-        for _ in 0..1000 {
-            let generation = self
-                .newest_reserved_or_claimed(vm)?
-                .unwrap_or(0)
-                .saturating_add(1);
-            let pair = PairId { vm, generation };
-            let key = B64.encode(self.reservation_key(pair));
-            let claim = B64.encode(self.key(pair));
-            let absent = |k: &str| json!({ "key": k, "result": "EQUAL", "target": "CREATE", "create_revision": "0" });
-            let body = json!({
-                "compare": [absent(&key), absent(&claim)],
-                "success": [{ "request_put": {
-                    "key": key,
-                    "value": B64.encode(format!("reserved by {}", me.0)),
-                } }],
-                "failure": [],
-            });
-            let won = self.on_any_endpoint("/v3/kv/txn", &body, |_, answer| {
-                Ok(answer.get("succeeded").and_then(Value::as_bool) == Some(true))
-            })?;
-            if won {
-                return Ok(generation);
-            }
+    /// As for [`EtcdArbiter::holder`].
+    pub fn reserve(&self, vm: u64, me: NodeId, after: Option<u64>) -> Result<Option<u64>> {
+        if self.newest_reserved_or_claimed(vm)? != after {
+            return Ok(None);
         }
-        Err(EtcdError::BadAnswer {
-            endpoint: self.endpoints.join(","),
-            detail: "1,000 reservations in a row lost to concurrent ones".into(),
-        })
+        let generation = after.unwrap_or(0).saturating_add(1);
+        let pair = PairId { vm, generation };
+        let key = B64.encode(self.reservation_key(pair));
+        let claim = B64.encode(self.key(pair));
+        let absent = |k: &str| json!({ "key": k, "result": "EQUAL", "target": "CREATE", "create_revision": "0" });
+        let body = json!({
+            "compare": [absent(&key), absent(&claim)],
+            "success": [{ "request_put": {
+                "key": key,
+                "value": B64.encode(format!("reserved by {}", me.0)),
+            } }],
+            "failure": [],
+        });
+        let won = self.on_any_endpoint("/v3/kv/txn", &body, |_, answer| {
+            Ok(answer.get("succeeded").and_then(Value::as_bool) == Some(true))
+        })?;
+        Ok(won.then_some(generation))
     }
 
     /// The node that reserved `pair`'s generation, if one did.
@@ -511,8 +503,13 @@ impl Arbiter for EtcdArbiter {
         self.newest_claim(vm).map_err(ArbiterError::from)
     }
 
-    fn reserve_generation(&self, vm: u64, me: NodeId) -> ft_core::arbiter::Result<u64> {
-        self.reserve(vm, me).map_err(ArbiterError::from)
+    fn reserve_generation(
+        &self,
+        vm: u64,
+        me: NodeId,
+        after: Option<u64>,
+    ) -> ft_core::arbiter::Result<Option<u64>> {
+        self.reserve(vm, me, after).map_err(ArbiterError::from)
     }
 
     fn reserved_by(&self, pair: PairId) -> ft_core::arbiter::Result<Option<NodeId>> {
