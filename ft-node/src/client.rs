@@ -276,6 +276,13 @@ fn send(stream: &mut TcpStream, name: &str, retry: bool) -> io::Result<()> {
 }
 
 /// Connect to the first address, from `prefer` on, that serves.
+/// How long the client waits for a node's hello once connected. A running node sends
+/// it as it accepts; a listening socket that accepts nothing is a process that is
+/// frozen or still dying (a killed process keeps its sockets until its last thread
+/// leaves the kernel, which a thread in uninterruptible I/O can delay), and waiting
+/// on it would hold up the failover, so the client moves on to the next address.
+const HELLO_WAIT: Duration = Duration::from_millis(250);
+
 fn connect(
     cfg: &ClientConfig,
     prefer: usize,
@@ -293,7 +300,7 @@ fn connect(
                 continue;
             };
             let _ = s.set_nodelay(true);
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.set_read_timeout(Some(HELLO_WAIT));
             if let Ok(Some(Frame::Hello {
                 serving: true,
                 node,
