@@ -99,6 +99,15 @@ pub enum NodeError {
         /// What the arbiter holds.
         why: String,
     },
+    /// Another node reserved (or claimed) the generation this primary was about to
+    /// reserve: a primary started at the same moment won the compare-and-set.
+    #[error("vm {vm} generation {generation} was reserved or claimed by another node first (a primary started at the same moment): this primary does not start")]
+    LostReservation {
+        /// The VM.
+        vm: u64,
+        /// The generation it tried to reserve.
+        generation: u64,
+    },
     /// A primary waiting for its backup found a newer generation reserved for a new
     /// pair (its run was declared over with `--supersede`): it stops, and does not
     /// rejoin.
@@ -681,11 +690,11 @@ fn plan(arbiter: &dyn Arbiter, args: &NodeArgs, me: NodeId) -> Result<Plan> {
 
 /// A primary without `--generation`: the generation the arbiter reserves it, or the
 /// reason it may not start. It reserves the next generation when the VM has none yet,
-/// or with `--supersede G` while `G` is the VM's newest; it takes its own reservation
-/// again when it restarts before any side went live in it; and it is
-/// [`NodeError::Superseded`] when the VM's newest generation has a live member or
-/// another primary's reservation (a pair that may be running: only the operator can
-/// say that an earlier run is over), or when another node reserved or claimed first.
+/// or with `--supersede G` while `G` is the VM's newest. It is
+/// [`NodeError::Superseded`] when the VM's newest generation has a live member or a
+/// primary's reservation, its own id's included (a pair that may be running: only the
+/// operator can say that an earlier run is over), and
+/// [`NodeError::LostReservation`] when another node reserved or claimed first.
 fn reserve_for_primary(
     arbiter: &dyn Arbiter,
     args: &NodeArgs,
@@ -720,11 +729,10 @@ fn reserve_for_primary(
             )),
             // Another node reserved or claimed a generation between the read and the
             // reservation: a primary started at the same moment got there first.
-            None => Err(taken(
-                newest.unwrap_or(0).saturating_add(1),
-                "another node reserved or claimed it first (a primary started at the same moment?)"
-                    .into(),
-            )),
+            None => Err(NodeError::LostReservation {
+                vm: args.vm,
+                generation: newest.unwrap_or(0).saturating_add(1),
+            }),
         }
     };
     let Some(m) = membership else {
@@ -736,21 +744,17 @@ fn reserve_for_primary(
             m.pair.generation
         ));
     }
+    // A reservation under this node's own id is taken too: it may be this node's
+    // previous process (restarted before its backup took over) or another live
+    // process with the same --node-id, and the arbiter, which lets a holder win
+    // again, cannot tell the two apart.
     let why = match (m.holder, m.reserved_by) {
         (Some(h), _) => format!("node {} went live in it", h.0),
-        (None, Some(r)) if r == me => {
-            return Ok((
-                m.pair,
-                Some(format!(
-                "generation {} of vm {}: reserved by this node before, and nobody went live in it",
-                m.pair.generation, args.vm
-            )),
-            ))
-        }
-        (None, Some(r)) => format!(
-            "node {} reserved it for a new pair, which may be running",
+        (None, Some(r)) if r == me => format!(
+            "this node's id (node {}) reserved it for a new pair, which may be running: this node restarted, or another process has its --node-id",
             r.0
         ),
+        (None, Some(r)) => format!("node {} reserved it for a new pair, which may be running", r.0),
         (None, None) => "it is in use".into(),
     };
     Err(taken(m.pair.generation, why))
@@ -836,7 +840,32 @@ fn rejoin(
         NodeError::Superseded { generation, .. } => *generation,
         _ => 0,
     };
-    match arbiter.clone_offer(args.vm).map_err(unusable)? {
+    // The newest generation reserved under this node's own id, and not claimed: this
+    // is a restart of its primary (whose backup is about to take over and offer a
+    // clone), or another live process with this --node-id. Neither may run the pair;
+    // wait for a live member's offer, up to --connect-timeout-ms.
+    let own =
+        |m: Option<Membership>| m.is_some_and(|m| m.holder.is_none() && m.reserved_by == Some(me));
+    let deadline = Instant::now() + Duration::from_millis(args.connect_timeout_ms);
+    let mut said = false;
+    let offer = loop {
+        let offer = arbiter.clone_offer(args.vm).map_err(unusable)?;
+        if offer.as_ref().is_some_and(|o| o.member != me)
+            || Instant::now() >= deadline
+            || !own(arbiter.membership(args.vm).map_err(unusable)?)
+        {
+            break offer;
+        }
+        if !said {
+            said = true;
+            Log::new(side_of(args.role)).line(format_args!(
+                "vm {} generation {taken} was reserved under this node's id and nobody went live in it yet: waiting up to {} ms for a live member to rejoin by clone",
+                args.vm, args.connect_timeout_ms
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    match offer {
             Some(o) if o.member != me => Ok(Plan {
                 role: RoleArg::Join,
                 pair: PairId {

@@ -316,8 +316,9 @@ impl EtcdArbiter {
     /// success: put(reserve/<G>, "reserved by <me>")
     /// ```
     ///
-    /// `None` when the newest generation read is not `after`, or the transaction lost
-    /// (a concurrent reservation or claim of the same generation).
+    /// `None` when the newest generation read is not `after`, the transaction lost (a
+    /// concurrent reservation or claim of the same generation), or a newer generation
+    /// appeared meanwhile (the reservation is then deleted again).
     ///
     /// # Errors
     ///
@@ -342,7 +343,27 @@ impl EtcdArbiter {
         let won = self.on_any_endpoint("/v3/kv/txn", &body, |_, answer| {
             Ok(answer.get("succeeded").and_then(Value::as_bool) == Some(true))
         })?;
-        Ok(won.then_some(generation))
+        if !won {
+            return Ok(None);
+        }
+        // The transaction compared generation `after + 1` only: a newer generation
+        // (an operator's `--generation` above it) made since the read means `after`
+        // was not the newest. Take the reservation back, if it is still this one.
+        if self.newest_reserved_or_claimed(vm)? != Some(generation) {
+            let body = json!({
+                "compare": [{
+                    "key": key,
+                    "result": "EQUAL",
+                    "target": "VALUE",
+                    "value": B64.encode(format!("reserved by {}", me.0)),
+                }],
+                "success": [{ "request_delete_range": { "key": key } }],
+                "failure": [],
+            });
+            self.on_any_endpoint("/v3/kv/txn", &body, |_, _| Ok(()))?;
+            return Ok(None);
+        }
+        Ok(Some(generation))
     }
 
     /// The node that reserved `pair`'s generation, if one did.
