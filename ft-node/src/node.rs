@@ -670,7 +670,10 @@ fn plan(arbiter: &dyn Arbiter, args: &NodeArgs, me: NodeId) -> Result<Plan> {
             check_membership(arbiter, pair, &args.arbiter).map(|()| (pair, None))
         }
         (None, RoleArg::Primary) => reserve_for_primary(arbiter, args, me),
-        (None, _) => adopt_reservation(arbiter, args, me),
+        (None, _) => {
+            let deadline = Instant::now() + Duration::from_millis(args.connect_timeout_ms);
+            adopt_reservation(arbiter, args, me, deadline)
+        }
     };
     match checked {
         Ok((pair, note)) => Ok(Plan {
@@ -762,7 +765,7 @@ fn reserve_for_primary(
 
 /// A backup without `--generation`: the generation its primary reserved, which is the
 /// VM's newest, unclaimed, and reserved by another node (with `--supersede G`: above
-/// `G`). It waits for the primary's reservation up to `--connect-timeout-ms`. A newest
+/// `G`). It waits for the primary's reservation until `deadline`. A newest
 /// generation that a node went live in is [`NodeError::Superseded`] at once (this
 /// backup restarted after its pair went on: it rejoins the live member, or is
 /// refused).
@@ -770,12 +773,12 @@ fn adopt_reservation(
     arbiter: &dyn Arbiter,
     args: &NodeArgs,
     me: NodeId,
+    deadline: Instant,
 ) -> Result<(PairId, Option<String>)> {
     let unusable = |source| NodeError::ArbiterCheck {
         spec: args.arbiter.clone(),
         source,
     };
-    let deadline = Instant::now() + Duration::from_millis(args.connect_timeout_ms);
     loop {
         let m = arbiter.membership(args.vm).map_err(unusable)?;
         // With --supersede G, generation G and older belong to the run that is over.
@@ -1360,8 +1363,13 @@ fn open_backup(
     opts: &mut LinkOptions,
     log: &Log,
 ) -> Result<link::Opened> {
+    // One deadline for every attempt, so that a backup gives up after
+    // --connect-timeout-ms in all.
     let deadline = Instant::now() + Duration::from_millis(args.connect_timeout_ms);
     loop {
+        opts.connect_timeout = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
         match link::open_backup(addr, opts, log) {
             Err(link::LinkError::Tcp(TcpError::PairMismatch { .. }))
                 if args.generation.is_none()
@@ -1369,7 +1377,7 @@ fn open_backup(
                     && Instant::now() < deadline =>
             {
                 std::thread::sleep(Duration::from_millis(100));
-                let (pair, _) = adopt_reservation(arbiter, args, NodeId(me))?;
+                let (pair, _) = adopt_reservation(arbiter, args, NodeId(me), deadline)?;
                 if pair != opts.pair {
                     log.line(format_args!(
                         "the primary at {addr} is not in generation {}; taking the newer reservation, generation {}",
