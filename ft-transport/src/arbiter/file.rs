@@ -43,8 +43,8 @@
 //! synced temporary file, to `ft-reserve-vm<VM>-gen<GENERATION>` (the generation after
 //! the newest claim or reservation file of the VM the caller read), holding the
 //! reserving node's id. A link that finds the name taken lost to a concurrent
-//! reservation; one that finds a claim of that generation (or anything newer) after
-//! it linked removes its reservation and lost too. So no two reservations share a
+//! reservation; one that finds a claim of that generation after it linked removes its
+//! reservation and lost too. So no two reservations share a
 //! generation, and of racing primaries that read the same record one wins.
 //!
 //! # Failures
@@ -202,7 +202,7 @@ impl FileArbiter {
     ///
     /// [`FileArbiterError::Io`] when the directory cannot be listed.
     pub fn newest_claim(&self, vm: u64) -> Result<Option<u64>> {
-        self.newest_named(&format!("ft-claim-vm{vm}-gen"))
+        self.newest_named(&[&format!("ft-claim-vm{vm}-gen")])
     }
 
     /// The newest generation of `vm` with a claim or a reservation file.
@@ -211,13 +211,15 @@ impl FileArbiter {
     ///
     /// [`FileArbiterError::Io`] when the directory cannot be listed.
     pub fn newest_reserved_or_claimed(&self, vm: u64) -> Result<Option<u64>> {
-        Ok(self
-            .newest_claim(vm)?
-            .max(self.newest_named(&format!("ft-reserve-vm{vm}-gen"))?))
+        self.newest_named(&[
+            &format!("ft-claim-vm{vm}-gen"),
+            &format!("ft-reserve-vm{vm}-gen"),
+        ])
     }
 
-    /// The largest generation among the directory's files named `<prefix><gen>`.
-    fn newest_named(&self, prefix: &str) -> Result<Option<u64>> {
+    /// The largest generation among the directory's files named `<prefix><gen>` for
+    /// any of `prefixes`, from one listing.
+    fn newest_named(&self, prefixes: &[&str]) -> Result<Option<u64>> {
         let io = |source| FileArbiterError::Io {
             path: self.dir.clone(),
             op: "list claims",
@@ -226,9 +228,10 @@ impl FileArbiter {
         let mut newest = None;
         for entry in fs::read_dir(&self.dir).map_err(io)? {
             let name = entry.map_err(io)?.file_name();
-            let generation = name
-                .to_str()
-                .and_then(|n| n.strip_prefix(prefix))
+            let Some(name) = name.to_str() else { continue };
+            let generation = prefixes
+                .iter()
+                .find_map(|p| name.strip_prefix(p))
                 .and_then(|g| g.parse::<u64>().ok());
             newest = newest.max(generation);
         }
@@ -268,7 +271,7 @@ impl FileArbiter {
     /// `link(2)` of a synced temporary file as a claim, to
     /// `ft-reserve-vm<VM>-gen<GENERATION>`. `None` when the newest generation is not
     /// `after`, when the link finds the name taken (a concurrent reservation), or when
-    /// a claim of that generation or a newer generation appeared while it linked (its
+    /// a claim of that generation appeared while it linked (its
     /// reservation is then removed again).
     ///
     /// # Errors
@@ -301,11 +304,10 @@ impl FileArbiter {
             }
             Ok(()) => {}
         }
-        // A claim of this generation (or a newer generation of any kind) made between
-        // the listing and the link: the reservation lost.
-        if self.read_claim(pair)?.is_some()
-            || self.newest_reserved_or_claimed(vm)? != Some(generation)
-        {
+        // A claim of this generation made between the listing and the link: the
+        // reservation lost. (Not "anything newer": a reservation made right after this
+        // one, from a listing that saw it, is newer too, and legitimate.)
+        if self.read_claim(pair)?.is_some() {
             let _ = fs::remove_file(&target);
             self.sync_dir()?;
             return Ok(None);

@@ -263,7 +263,7 @@ impl EtcdArbiter {
     /// As for [`EtcdArbiter::holder`]; a key under the VM's prefix that does not end
     /// in a generation is [`EtcdError::BadAnswer`].
     pub fn newest_claim(&self, vm: u64) -> Result<Option<u64>> {
-        self.newest_under(vm, "generation")
+        self.newest_under(vm, &["generation"])
     }
 
     /// The newest generation of `vm` with a claim or a reservation.
@@ -272,14 +272,17 @@ impl EtcdArbiter {
     ///
     /// As for [`EtcdArbiter::newest_claim`].
     pub fn newest_reserved_or_claimed(&self, vm: u64) -> Result<Option<u64>> {
-        Ok(self
-            .newest_claim(vm)?
-            .max(self.newest_under(vm, "reserve")?))
+        self.newest_under(vm, &["generation", "reserve"])
     }
 
-    /// The largest generation among the keys `<prefix>/vm/<vm>/<kind>/<gen>`.
-    fn newest_under(&self, vm: u64, kind: &str) -> Result<Option<u64>> {
-        let prefix = format!("{}/vm/{vm}/{kind}/", self.prefix);
+    /// The largest generation among the keys `<prefix>/vm/<vm>/<kind>/<gen>` for any
+    /// of `kinds`, from one range read (of the VM's keys, when there are several
+    /// kinds; other kinds' keys are skipped).
+    fn newest_under(&self, vm: u64, kinds: &[&str]) -> Result<Option<u64>> {
+        let prefix = match kinds {
+            [kind] => format!("{}/vm/{vm}/{kind}/", self.prefix),
+            _ => format!("{}/vm/{vm}/", self.prefix),
+        };
         let end = watch::prefix_end(&prefix);
         let body = json!({
             "key": B64.encode(&prefix),
@@ -291,10 +294,20 @@ impl EtcdArbiter {
             let kvs = answer.get("kvs").and_then(Value::as_array);
             for kv in kvs.map(Vec::as_slice).unwrap_or_default() {
                 let key = key_text(endpoint, kv)?;
-                let generation = key
-                    .strip_prefix(&prefix)
-                    .and_then(|g| g.parse::<u64>().ok())
-                    .ok_or_else(|| bad(endpoint, format!("key {key:?} is not a {kind} key")))?;
+                let rest = key.strip_prefix(&prefix).unwrap_or_default();
+                let rest = match kinds {
+                    [_] => Some(rest),
+                    _ => kinds
+                        .iter()
+                        .find_map(|k| rest.strip_prefix(k).and_then(|r| r.strip_prefix('/'))),
+                };
+                let Some(rest) = rest else { continue };
+                let generation = rest.parse::<u64>().map_err(|_| {
+                    bad(
+                        endpoint,
+                        format!("key {key:?} does not end in a generation"),
+                    )
+                })?;
                 newest = newest.max(Some(generation));
             }
             Ok(newest)
@@ -316,9 +329,12 @@ impl EtcdArbiter {
     /// success: put(reserve/<G>, "reserved by <me>")
     /// ```
     ///
-    /// `None` when the newest generation read is not `after`, the transaction lost (a
-    /// concurrent reservation or claim of the same generation), or a newer generation
-    /// appeared meanwhile (the reservation is then deleted again).
+    /// `None` when the newest generation read is not `after`, or the transaction lost
+    /// (a concurrent reservation or claim of the same generation). A generation newer
+    /// than `after + 1` made between the read and the transaction is not seen: only
+    /// an operator's `--generation` can make one, and such a pair is outside the
+    /// reservations anyway. (Checking the newest again afterwards would be wrong: a
+    /// reservation made right after this one, from a read of it, is newer too.)
     ///
     /// # Errors
     ///
@@ -343,27 +359,7 @@ impl EtcdArbiter {
         let won = self.on_any_endpoint("/v3/kv/txn", &body, |_, answer| {
             Ok(answer.get("succeeded").and_then(Value::as_bool) == Some(true))
         })?;
-        if !won {
-            return Ok(None);
-        }
-        // The transaction compared generation `after + 1` only: a newer generation
-        // (an operator's `--generation` above it) made since the read means `after`
-        // was not the newest. Take the reservation back, if it is still this one.
-        if self.newest_reserved_or_claimed(vm)? != Some(generation) {
-            let body = json!({
-                "compare": [{
-                    "key": key,
-                    "result": "EQUAL",
-                    "target": "VALUE",
-                    "value": B64.encode(format!("reserved by {}", me.0)),
-                }],
-                "success": [{ "request_delete_range": { "key": key } }],
-                "failure": [],
-            });
-            self.on_any_endpoint("/v3/kv/txn", &body, |_, _| Ok(()))?;
-            return Ok(None);
-        }
-        Ok(Some(generation))
+        Ok(won.then_some(generation))
     }
 
     /// The node that reserved `pair`'s generation, if one did.
