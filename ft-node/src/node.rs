@@ -324,6 +324,14 @@ impl NodeArgs {
         self.listen.is_some() && self.disk.is_some()
     }
 
+    /// What an arbiter error becomes: the `--arbiter` that could not be used, and why.
+    fn arbiter_error(&self) -> impl Fn(ft_core::ArbiterError) -> NodeError + Copy + '_ {
+        |source| NodeError::ArbiterCheck {
+            spec: self.arbiter.clone(),
+            source,
+        }
+    }
+
     /// Where joiners connect to this node's `--listen`: `--advertise`, or `--listen`.
     fn advertised(&self) -> Option<String> {
         self.advertise.clone().or_else(|| self.listen.clone())
@@ -402,11 +410,8 @@ impl NodeArgs {
 /// side of that generation went live and no newer generation of the VM was claimed.
 /// A claim means a live member exists (or existed, in an earlier run), holding guest
 /// state a fresh process does not have; serving beside it would be a second live copy.
-fn check_membership(arbiter: &dyn Arbiter, pair: PairId, spec: &str) -> Result<()> {
-    let unusable = |source| NodeError::ArbiterCheck {
-        spec: spec.to_string(),
-        source,
-    };
+fn check_membership(arbiter: &dyn Arbiter, pair: PairId, args: &NodeArgs) -> Result<()> {
+    let unusable = args.arbiter_error();
     let holder = arbiter.holder(pair).map_err(unusable)?;
     let newest = arbiter.newest_generation(pair.vm).map_err(unusable)?;
     let why = match (holder, newest) {
@@ -457,10 +462,7 @@ fn check_disk(disk: &Disk, arbiter: &dyn Arbiter, args: &NodeArgs) -> Result<()>
     }
     let claimed = arbiter
         .newest_claimed(args.vm)
-        .map_err(|source| NodeError::ArbiterCheck {
-            spec: args.arbiter.clone(),
-            source,
-        })?;
+        .map_err(args.arbiter_error())?;
     if claimed.is_some() {
         return Ok(());
     }
@@ -667,7 +669,7 @@ fn plan(arbiter: &dyn Arbiter, args: &NodeArgs, me: NodeId) -> Result<Plan> {
                 vm: args.vm,
                 generation,
             };
-            check_membership(arbiter, pair, &args.arbiter).map(|()| (pair, None))
+            check_membership(arbiter, pair, args).map(|()| (pair, None))
         }
         (None, RoleArg::Primary) => reserve_for_primary(arbiter, args, me),
         (None, _) => {
@@ -703,17 +705,17 @@ fn reserve_for_primary(
     args: &NodeArgs,
     me: NodeId,
 ) -> Result<(PairId, Option<String>)> {
-    let unusable = |source| NodeError::ArbiterCheck {
-        spec: args.arbiter.clone(),
-        source,
-    };
+    let unusable = args.arbiter_error();
     let membership = arbiter.membership(args.vm).map_err(unusable)?;
     let newest = membership.map(|m| m.pair.generation);
-    let taken = |generation: u64, why: String| NodeError::Superseded {
-        vm: args.vm,
-        generation,
-        why,
-        next: generation.saturating_add(1),
+    let taken = |generation, why| {
+        taken(
+            PairId {
+                vm: args.vm,
+                generation,
+            },
+            why,
+        )
     };
     let reserve = |why: String| -> Result<(PairId, Option<String>)> {
         match arbiter
@@ -763,6 +765,16 @@ fn reserve_for_primary(
     Err(taken(m.pair.generation, why))
 }
 
+/// The refusal of a node whose generation `pair` is taken, for `why`.
+fn taken(pair: PairId, why: String) -> NodeError {
+    NodeError::Superseded {
+        vm: pair.vm,
+        generation: pair.generation,
+        why,
+        next: pair.generation.saturating_add(1),
+    }
+}
+
 /// A backup without `--generation`: the generation its primary reserved, which is the
 /// VM's newest, unclaimed, and reserved by another node (with `--supersede G`: above
 /// `G`). It waits for the primary's reservation until `deadline`. A newest
@@ -775,24 +787,17 @@ fn adopt_reservation(
     me: NodeId,
     deadline: Instant,
 ) -> Result<(PairId, Option<String>)> {
-    let unusable = |source| NodeError::ArbiterCheck {
-        spec: args.arbiter.clone(),
-        source,
-    };
+    let unusable = args.arbiter_error();
     loop {
         let m = arbiter.membership(args.vm).map_err(unusable)?;
         // With --supersede G, generation G and older belong to the run that is over.
         let m = m.filter(|m| args.supersede.is_none_or(|g| m.pair.generation > g));
         match m {
-            Some(m) if m.holder.is_some() => {
-                let h = m.holder.map_or(0, |h| h.0);
-                return Err(NodeError::Superseded {
-                    vm: args.vm,
-                    generation: m.pair.generation,
-                    why: format!("node {h} went live in it"),
-                    next: m.pair.generation.saturating_add(1),
-                });
-            }
+            Some(Membership {
+                pair,
+                holder: Some(h),
+                ..
+            }) => return Err(taken(pair, format!("node {} went live in it", h.0))),
             Some(Membership {
                 pair,
                 reserved_by: Some(r),
@@ -835,10 +840,7 @@ fn rejoin(
     me: NodeId,
     superseded: NodeError,
 ) -> Result<Plan> {
-    let unusable = |source| NodeError::ArbiterCheck {
-        spec: args.arbiter.clone(),
-        source,
-    };
+    let unusable = args.arbiter_error();
     let taken = match &superseded {
         NodeError::Superseded { generation, .. } => *generation,
         _ => 0,
@@ -899,10 +901,7 @@ fn rejoin(
 
 /// A joiner: the generation after the newest claimed one, and the member to clone.
 fn plan_join(arbiter: &dyn Arbiter, args: &NodeArgs, me: NodeId) -> Result<Plan> {
-    let unusable = |source| NodeError::ArbiterCheck {
-        spec: args.arbiter.clone(),
-        source,
-    };
+    let unusable = args.arbiter_error();
     let newest = arbiter.newest_claimed(args.vm).map_err(unusable)?;
     let Some(generation) = newest else {
         return Err(NodeError::Usage(format!(
@@ -1411,10 +1410,7 @@ fn run_on<M: Guest>(args: &NodeArgs, me: u64, cfg: Config, mut machine: M) -> Re
         Some(e) => Arc::new(e.clone()),
         None => ft_transport::arbiter::parse_spec(&args.arbiter, timeout)?,
     };
-    arbiter.check().map_err(|source| NodeError::ArbiterCheck {
-        spec: args.arbiter.clone(),
-        source,
-    })?;
+    arbiter.check().map_err(args.arbiter_error())?;
     // A standby's registration (and its pick) lives as long as the process.
     let (
         Plan {
