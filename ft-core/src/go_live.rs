@@ -8,30 +8,30 @@
 
 use crate::event_source::EventSource;
 use crate::node::{Node, Phase};
+use crate::phase_state::Duty;
 use crate::record::Nanos;
 use crate::world::World;
 use crate::Notice;
 
 impl<S: EventSource, W: World> Node<S, W> {
     pub(crate) fn go_live(&mut self, now: Nanos) {
-        if !self.enter(Phase::Live, now) {
+        let live = Duty::Live { clone_out: None };
+        let Some(old) = self.enter_with(Phase::Live, live, now) else {
             return;
-        }
+        };
         self.world.go_live(now);
         let reissued_io = self.pending_io.len();
-        let pending: Vec<_> = self.pending_io.values().cloned().collect();
-        for req in &pending {
+        for req in self.pending_io.values() {
             self.world.start_io(req, now);
         }
         let mut resent_outputs = 0;
-        while let Some(o) = self.tentative.pop_front() {
-            if o.seq >= self.released_below {
+        if let Duty::Replay(rep) = old {
+            for o in rep.tentative.iter().filter(|o| o.seq >= rep.released_below) {
                 resent_outputs += 1;
                 self.stats.released += 1;
-                self.world.emit(&o, true, now);
+                self.world.emit(o, true, now);
             }
         }
-        self.gate.open();
         self.world.announce(now);
         self.notices.push_back((
             now,

@@ -52,6 +52,7 @@ pub mod node;
 mod notice_display;
 pub mod output_gate;
 mod phase_change;
+mod phase_state;
 pub mod record;
 mod recorder;
 mod replayer;

@@ -23,11 +23,11 @@ use std::collections::{BTreeMap, VecDeque};
 use crate::arbiter::{ArbiterError, Decision, NodeId, PairId};
 use crate::event_source::{EventSource, SourceError};
 use crate::failure_detector::{FailureDetector, Heartbeat};
-use crate::flow_control::LagMonitor;
-use crate::live_clone::{CloneError, CloneFrame, CloneMsg, CloneReceiver, CloneSender};
+use crate::live_clone::{CloneError, CloneFrame, CloneMsg};
 use crate::log_end::LogEnd;
 use crate::output_gate::OutputGate;
-use crate::record::{Ack, AsyncEvent, IoId, IoRequest, Nanos, Output, OutputSeq, Record};
+use crate::phase_state::{Duty, Recording, Replaying};
+use crate::record::{Ack, AsyncEvent, IoId, IoRequest, Nanos, Output, Record};
 use crate::world::World;
 use crate::ExecPoint;
 
@@ -554,45 +554,37 @@ pub struct Node<S, W> {
     pub(crate) cfg: Config,
     pub(crate) role: Role,
     pub(crate) phase: Phase,
+    /// What the phase owns ([`crate::phase_state`]); it changes with the phase, in
+    /// [`Node::enter`] only.
+    pub(crate) duty: Duty,
     pub(crate) source: S,
     pub(crate) world: W,
     /// Primary: the next record's seq. Backup: the next record expected.
     pub(crate) next_seq: u64,
+    /// Primary: the last record the backup reported replayed. Backup: the last record
+    /// replayed.
+    pub(crate) replayed: u64,
+    /// Primary: the last record the backup acknowledged.
+    pub(crate) acked: u64,
+    /// The log stream's clean end (primary: records shipped; backup: records taken).
+    pub(crate) end: LogEnd,
     pub(crate) next_output: u64,
     pub(crate) next_digest: u64,
     pub(crate) exited: Option<u64>,
-    pub(crate) outbox: VecDeque<Record>,
-    pub(crate) outbox_since: Nanos,
-    pub(crate) flush_now: bool,
-    pub(crate) inbox: VecDeque<Record>,
-    pub(crate) last_point: ExecPoint,
-    pub(crate) gate: OutputGate<Gated>,
-    pub(crate) lag: LagMonitor,
+    /// I/O the machine started whose completion has not been delivered.
+    pub(crate) pending_io: BTreeMap<IoId, IoRequest>,
+    /// The guest has read its disk locally: the backup reads it itself on replay.
+    pub(crate) local_reads: bool,
     pub(crate) detector: FailureDetector,
     pub(crate) heartbeat: Heartbeat,
-    pub(crate) pending_io: BTreeMap<IoId, IoRequest>,
-    pub(crate) tentative: VecDeque<Output>,
-    pub(crate) released_below: OutputSeq,
-    pub(crate) watermark_sent: OutputSeq,
-    pub(crate) replayed: u64,
-    pub(crate) acked_replayed: u64,
-    pub(crate) local_reads: bool,
-    pub(crate) ack_due: bool,
+    /// While arbitrating: the test-and-set's attempts.
     pub(crate) arbitration: Option<Arbitration>,
     pub(crate) commands: VecDeque<Command>,
     pub(crate) notices: VecDeque<(Nanos, Notice)>,
     pub(crate) async_buf: Vec<AsyncEvent>,
-    /// The log stream's clean end (primary: records shipped; backup: records taken).
-    pub(crate) end: LogEnd,
     pub(crate) stats: Stats,
-    /// A clone being sent (a live machine).
-    pub(crate) clone_out: Option<Box<CloneSender>>,
-    /// A clone being received (a clone target).
-    pub(crate) clone_in: Option<Box<CloneReceiver>>,
     /// Clone messages to send before anything else.
     pub(crate) clone_queue: VecDeque<CloneMsg>,
-    /// Sender after the final pause: the digest the new backup must confirm.
-    pub(crate) clone_ready: Option<u64>,
     /// The next clone message's number, out and in.
     pub(crate) clone_tx: u64,
     pub(crate) clone_rx: u64,
@@ -601,21 +593,29 @@ pub struct Node<S, W> {
 impl<S: EventSource, W: World> Node<S, W> {
     /// A primary that records `source` and ships the log, starting at `now`.
     pub fn primary(cfg: Config, source: S, world: W, now: Nanos) -> Node<S, W> {
-        Self::new(Role::Primary, Phase::Recording, cfg, source, world, now)
+        Self::recorder(cfg, source, world, now)
+    }
+
+    /// A primary in `Recording`, with a fresh recording.
+    fn recorder(cfg: Config, source: S, world: W, now: Nanos) -> Node<S, W> {
+        let duty = Duty::Record(Recording::new(&cfg, now, 0, 0));
+        let (role, phase) = (Role::Primary, Phase::Recording);
+        Self::new(role, phase, duty, cfg, source, world, now)
     }
 
     /// A backup that replays the log into `source`, which must start in the same state
     /// as the primary's machine.
     pub fn backup(cfg: Config, source: S, world: W, now: Nanos) -> Node<S, W> {
-        Self::new(Role::Backup, Phase::Replaying, cfg, source, world, now)
+        let duty = Duty::Replay(Replaying::new(source.point(), 0, 0));
+        let (role, phase) = (Role::Backup, Phase::Replaying);
+        Self::new(role, phase, duty, cfg, source, world, now)
     }
 
     /// A machine running alone, unprotected: no log, no gate. The baseline for
     /// overhead measurements, and what a primary becomes after its backup died.
     pub fn unprotected(cfg: Config, source: S, world: W, now: Nanos) -> Node<S, W> {
-        let mut n = Self::new(Role::Primary, Phase::Live, cfg, source, world, now);
-        n.gate.open();
-        n
+        let duty = Duty::Live { clone_out: None };
+        Self::new(Role::Primary, Phase::Live, duty, cfg, source, world, now)
     }
 
     /// A primary that starts alone, with no backup yet, and takes one later by live
@@ -630,7 +630,7 @@ impl<S: EventSource, W: World> Node<S, W> {
     /// or emitted anything. Unlike [`Node::unprotected`], two nodes started alone for
     /// the same pair can never both run.
     pub fn alone(cfg: Config, source: S, world: W, now: Nanos) -> Node<S, W> {
-        let mut n = Self::new(Role::Primary, Phase::Recording, cfg, source, world, now);
+        let mut n = Self::recorder(cfg, source, world, now);
         n.start_arbitration(now);
         n
     }
@@ -638,6 +638,7 @@ impl<S: EventSource, W: World> Node<S, W> {
     pub(crate) fn new(
         role: Role,
         phase: Phase,
+        duty: Duty,
         cfg: Config,
         source: S,
         world: W,
@@ -648,42 +649,45 @@ impl<S: EventSource, W: World> Node<S, W> {
         Node {
             detector: FailureDetector::new(cfg.peer_timeout, now),
             heartbeat: Heartbeat::new(cfg.heartbeat_interval, now),
-            lag: LagMonitor::new(cfg.max_lag),
             cfg,
             role,
             phase,
+            duty,
             source,
             world,
             next_seq: 1,
+            replayed: 0,
+            acked: 0,
+            end: LogEnd::default(),
             next_output: 0,
             next_digest,
             exited: None,
-            outbox: VecDeque::new(),
-            outbox_since: now,
-            flush_now: false,
-            inbox: VecDeque::new(),
-            last_point: start,
-            gate: OutputGate::new(),
             pending_io: BTreeMap::new(),
-            tentative: VecDeque::new(),
-            released_below: OutputSeq(0),
-            watermark_sent: OutputSeq(0),
-            replayed: 0,
-            acked_replayed: 0,
             local_reads: false,
-            ack_due: false,
             arbitration: None,
             commands: VecDeque::new(),
             notices: VecDeque::new(),
             async_buf: Vec::new(),
-            end: LogEnd::default(),
             stats: Stats::default(),
-            clone_out: None,
-            clone_in: None,
             clone_queue: VecDeque::new(),
-            clone_ready: None,
             clone_tx: 0,
             clone_rx: 0,
+        }
+    }
+
+    /// The primary's end of the log, while it records (or arbitrates after).
+    pub(crate) fn recording(&self) -> Option<&Recording> {
+        match &self.duty {
+            Duty::Record(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The backup's end of the log, while it replays, drains (or arbitrates after).
+    pub(crate) fn replaying(&self) -> Option<&Replaying> {
+        match &self.duty {
+            Duty::Replay(r) => Some(r),
+            _ => None,
         }
     }
 
@@ -757,39 +761,41 @@ impl<S: EventSource, W: World> Node<S, W> {
 
     /// Primary: records acknowledged by the backup.
     pub fn acked_seq(&self) -> u64 {
-        self.gate.acked()
+        self.acked
     }
 
-    /// Outputs still held by the gate.
+    /// Outputs still held by the gate (a primary's; no other phase holds any).
     pub fn held_outputs(&self) -> usize {
-        self.gate.pending()
+        self.recording().map_or(0, |r| r.gate.pending())
     }
 
     /// Records waiting in the outbox (primary) or inbox (backup).
     pub fn buffered_records(&self) -> usize {
-        self.outbox.len() + self.inbox.len()
+        match &self.duty {
+            Duty::Record(r) => r.outbox.len(),
+            Duty::Replay(r) => r.inbox.len(),
+            _ => 0,
+        }
     }
 
     /// Backup: how many more records the inbox takes now.
     pub fn inbox_space(&self) -> usize {
-        self.cfg.inbox_capacity.saturating_sub(self.inbox.len())
+        let used = self.replaying().map_or(0, |r| r.inbox.len());
+        self.cfg.inbox_capacity.saturating_sub(used)
     }
 
     /// Whether a backup takes more from its link in this turn: room in the inbox, and,
     /// while it receives a clone, pages left in the step's budget.
     pub fn takes_more(&self) -> bool {
-        match &self.phase {
-            Phase::Receiving => self
-                .clone_in
-                .as_ref()
-                .is_none_or(|rx| rx.pages_this_step < crate::live_clone::RECEIVE_PAGES_PER_STEP),
+        match &self.duty {
+            Duty::Receive(rx) => rx.pages_this_step < crate::live_clone::RECEIVE_PAGES_PER_STEP,
             _ => self.inbox_space() > 0,
         }
     }
 
     /// The backup's replay lag as the primary measures it.
     pub fn lag(&self, now: Nanos) -> Nanos {
-        self.lag.lag(now)
+        self.recording().map_or(0, |r| r.lag.lag(now))
     }
 
     /// Whether this side is done, with the guest's exit code: the guest ended and
@@ -806,16 +812,16 @@ impl<S: EventSource, W: World> Node<S, W> {
     /// went out.
     pub fn finished(&self) -> Option<u64> {
         let code = self.exited?;
-        let done = match (&self.phase, self.role) {
+        let done = match (&self.phase, &self.duty) {
             (Phase::Live, _) => true,
             (Phase::Halted(_), _) => false,
-            (_, Role::Primary) => {
-                self.gate.pending() == 0
-                    && self.outbox.is_empty()
-                    && self.end.clean_at().is_some_and(|s| self.gate.acked() >= s)
+            (_, Duty::Record(r)) => {
+                r.gate.pending() == 0
+                    && r.outbox.is_empty()
+                    && self.end.clean_at().is_some_and(|s| r.gate.acked() >= s)
             }
-            (Phase::Replaying, Role::Backup) => {
-                self.inbox.is_empty() && self.end.clean_at().is_some()
+            (Phase::Replaying, Duty::Replay(r)) => {
+                r.inbox.is_empty() && self.end.clean_at().is_some()
             }
             _ => false,
         };
@@ -851,15 +857,15 @@ impl<S: EventSource, W: World> Node<S, W> {
             Phase::Recording => {
                 take(self.heartbeat.deadline());
                 take(self.detector.deadline());
-                if !self.outbox.is_empty() {
-                    take(self.outbox_since.saturating_add(self.cfg.batch_delay));
+                if let Some(r) = self.recording().filter(|r| !r.outbox.is_empty()) {
+                    take(r.outbox_since.saturating_add(self.cfg.batch_delay));
                 }
             }
             Phase::Replaying | Phase::Receiving => {
                 take(self.heartbeat.deadline());
                 take(self.detector.deadline());
             }
-            Phase::Live if self.clone_out.is_some() => {
+            Phase::Live if self.cloning() => {
                 take(self.heartbeat.deadline());
                 take(self.detector.deadline());
             }
@@ -891,14 +897,15 @@ impl<S: EventSource, W: World> Node<S, W> {
                 last: self.last_seq(),
             });
         }
-        if self.phase != Phase::Recording && self.phase != Phase::Arbitrating {
+        let Duty::Record(r) = &mut self.duty else {
             return Ok(());
-        }
+        };
         self.detector.heard(now);
         self.stats.acks += 1;
-        self.gate.on_ack(ack.received, ack.replayed);
+        r.gate.on_ack(ack.received, ack.replayed);
+        r.lag.replayed(ack.replayed);
         self.replayed = self.replayed.max(ack.replayed);
-        self.lag.replayed(ack.replayed);
+        self.acked = self.acked.max(ack.received);
         self.release_gated(now);
         Ok(())
     }
@@ -916,13 +923,14 @@ impl<S: EventSource, W: World> Node<S, W> {
             }
             .into());
         }
-        if self.phase != Phase::Replaying {
+        let room = self.inbox_space();
+        let (Phase::Replaying, Duty::Replay(rep)) = (&self.phase, &mut self.duty) else {
             // Once the primary is suspected, nothing new is taken or acknowledged: the
             // primary can then release no output that this side has not replayed.
             return Ok(());
-        }
+        };
         let mut expected = self.next_seq;
-        let mut previous = self.last_point;
+        let mut previous = rep.last_point;
         let mut fresh = 0usize;
         for r in &records {
             if r.seq < expected && fresh == 0 {
@@ -945,7 +953,6 @@ impl<S: EventSource, W: World> Node<S, W> {
             previous = r.point;
             fresh += 1;
         }
-        let room = self.inbox_space();
         if fresh > room {
             return Err(EngineError::InboxFull {
                 incoming: fresh,
@@ -957,14 +964,14 @@ impl<S: EventSource, W: World> Node<S, W> {
         for r in records {
             if r.seq >= self.next_seq {
                 self.next_seq = r.seq + 1;
-                self.last_point = r.point;
+                rep.last_point = r.point;
                 self.stats.records += 1;
                 self.end.observe(&r);
-                self.inbox.push_back(r);
+                rep.inbox.push_back(r);
             }
         }
         if fresh > 0 {
-            self.ack_due = true;
+            rep.ack_due = true;
         }
         Ok(())
     }
@@ -981,16 +988,16 @@ impl<S: EventSource, W: World> Node<S, W> {
         match self.role {
             Role::Primary => self.poll_transmit_records(now),
             Role::Backup => {
-                if self.phase != Phase::Replaying {
+                let (Phase::Replaying, Duty::Replay(rep)) = (&self.phase, &mut self.duty) else {
                     return None;
-                }
+                };
                 // Ack what arrived; also when replay caught up with what arrived, so
                 // the primary's lag measure (and replay-gated writes) move on without
                 // waiting for the next heartbeat.
-                let caught_up = self.inbox.is_empty() && self.replayed > self.acked_replayed;
-                if self.ack_due || caught_up || self.heartbeat.due(now) {
-                    self.ack_due = false;
-                    self.acked_replayed = self.replayed;
+                let caught_up = rep.inbox.is_empty() && self.replayed > rep.acked_replayed;
+                if rep.ack_due || caught_up || self.heartbeat.due(now) {
+                    rep.ack_due = false;
+                    rep.acked_replayed = self.replayed;
                     self.heartbeat.sent(now);
                     self.stats.acks += 1;
                     return Some(Transmit::Ack(Ack {
@@ -1013,7 +1020,7 @@ impl<S: EventSource, W: World> Node<S, W> {
                 return Ok(StepOutcome::Blocked(Blocked::Arbitrating));
             }
             Phase::Receiving => {
-                if let Some(rx) = self.clone_in.as_mut() {
+                if let Duty::Receive(rx) = &mut self.duty {
                     rx.pages_this_step = 0;
                 }
                 return Ok(StepOutcome::Blocked(Blocked::Receiving));
@@ -1112,7 +1119,7 @@ impl<S: EventSource, W: World> Node<S, W> {
                 self.enter(Phase::Draining, now);
             }
             Phase::Receiving => self.clone_peer_lost("the link failed", now),
-            Phase::Live if self.clone_out.is_some() => self.clone_peer_lost("the link failed", now),
+            Phase::Live if self.cloning() => self.clone_peer_lost("the link failed", now),
             _ => {}
         }
     }
@@ -1137,7 +1144,7 @@ impl<S: EventSource, W: World> Node<S, W> {
         }
         let watched = match self.phase {
             Phase::Recording | Phase::Replaying | Phase::Receiving => true,
-            Phase::Live => self.clone_out.is_some(),
+            Phase::Live => self.cloning(),
             _ => false,
         };
         if watched && self.detector.suspects(now) {
@@ -1174,16 +1181,28 @@ impl<S: EventSource, W: World> Node<S, W> {
         }
     }
 
-    /// Release what the gate lets go.
+    /// Release what the primary's gate lets go.
     pub(crate) fn release_gated(&mut self, now: Nanos) {
-        while let Some(item) = self.gate.pop_released() {
-            match item {
-                Gated::Output(o) => {
-                    self.stats.released += 1;
-                    self.world.emit(&o, false, now);
-                }
-                Gated::Write(req) => self.world.start_io(&req, now),
+        if let Duty::Record(r) = &mut self.duty {
+            release(&mut r.gate, &mut self.world, &mut self.stats, now);
+        }
+    }
+}
+
+/// Release what `gate` lets go into `world`.
+pub(crate) fn release<W: World>(
+    gate: &mut OutputGate<Gated>,
+    world: &mut W,
+    stats: &mut Stats,
+    now: Nanos,
+) {
+    while let Some(item) = gate.pop_released() {
+        match item {
+            Gated::Output(o) => {
+                stats.released += 1;
+                world.emit(&o, false, now);
             }
+            Gated::Write(req) => world.start_io(&req, now),
         }
     }
 }

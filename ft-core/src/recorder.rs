@@ -4,7 +4,10 @@
 
 use crate::event_source::{EventSource, Stop};
 use crate::flow_control::Throttle;
-use crate::node::{Blocked, EngineError, Gated, Node, Phase, Result, StepOutcome, Transmit};
+use crate::node::{
+    release, Blocked, EngineError, Gated, Node, Phase, Result, StepOutcome, Transmit,
+};
+use crate::phase_state::Duty;
 use crate::record::{AsyncEvent, Event, IoKind, Nanos, Output, OutputSeq, Record};
 use crate::world::World;
 use crate::{digest, ExecPoint, Notice};
@@ -14,27 +17,31 @@ impl<S: EventSource, W: World> Node<S, W> {
         self.phase == Phase::Recording
     }
 
-    /// Append a record at the machine's current point; returns its seq.
-    pub(crate) fn log(&mut self, event: Event, now: Nanos) -> u64 {
+    /// Append a record at the machine's current point; returns its seq. `None` (and
+    /// nothing logged) on a side that does not record.
+    pub(crate) fn log(&mut self, event: Event, now: Nanos) -> Option<u64> {
+        let (Phase::Recording, Duty::Record(rec)) = (&self.phase, &mut self.duty) else {
+            return None;
+        };
         let seq = self.next_seq;
         self.next_seq += 1;
-        if self.outbox.is_empty() {
-            self.outbox_since = now;
+        if rec.outbox.is_empty() {
+            rec.outbox_since = now;
         }
         // Heartbeats carry no guest progress: a paused primary produces only them, and
         // counting them would keep it paused by their own round trip.
         let progress = !matches!(event, Event::Heartbeat { .. });
-        self.outbox.push_back(Record {
+        rec.outbox.push_back(Record {
             seq,
             point: self.source.point(),
             event,
         });
         if progress {
-            self.lag.produced(seq, now);
+            rec.lag.produced(seq, now);
         }
         self.heartbeat.sent(now);
         self.stats.records += 1;
-        seq
+        Some(seq)
     }
 
     /// Log the scheduled state digest at the machine's point (when logging) and move
@@ -54,14 +61,14 @@ impl<S: EventSource, W: World> Node<S, W> {
             return Ok(StepOutcome::Finished(code));
         }
         let mut slice = self.cfg.slice.max(1);
-        if self.logging() {
-            if self.outbox.len() >= self.cfg.outbox_capacity {
+        if let (Phase::Recording, Duty::Record(rec)) = (&self.phase, &mut self.duty) {
+            if rec.outbox.len() >= self.cfg.outbox_capacity {
                 self.stats.outbox_full_steps += 1;
                 return Ok(StepOutcome::Blocked(Blocked::OutboxFull));
             }
-            let lag = self.lag.lag(now);
+            let lag = rec.lag.lag(now);
             self.stats.max_lag = self.stats.max_lag.max(lag);
-            match self.lag.throttle(now) {
+            match rec.lag.throttle(now) {
                 Throttle::Full => {}
                 Throttle::Slowed(f) => {
                     self.stats.slowed_steps += 1;
@@ -126,41 +133,40 @@ impl<S: EventSource, W: World> Node<S, W> {
                 };
                 self.next_output += 1;
                 self.stats.outputs += 1;
-                if self.logging() && self.cfg.enforce_output_rule {
-                    let r = self.log(
+                let logged = if self.logging() {
+                    self.log(
                         Event::Output {
                             seq: out.seq,
                             digest: digest::digest_bytes(&out.data),
                         },
                         now,
-                    );
-                    self.gate.hold(r, Gated::Output(out));
-                    self.flush_now = true;
+                    )
                 } else {
-                    if self.logging() {
-                        // Output rule off (checker tests only): log, but release now.
-                        self.log(
-                            Event::Output {
-                                seq: out.seq,
-                                digest: digest::digest_bytes(&out.data),
-                            },
-                            now,
-                        );
+                    None
+                };
+                match (logged, &mut self.duty) {
+                    (Some(r), Duty::Record(rec)) if self.cfg.enforce_output_rule => {
+                        rec.gate.hold(r, Gated::Output(out));
+                        rec.flush_now = true;
                     }
-                    self.stats.released += 1;
-                    self.world.emit(&out, false, now);
+                    // Live, or the output rule off (checker tests only: logged, but
+                    // released now).
+                    _ => {
+                        self.stats.released += 1;
+                        self.world.emit(&out, false, now);
+                    }
                 }
                 StepOutcome::Progressed
             }
             Stop::IoStart(req) => {
                 let r = if self.logging() {
-                    Some(self.log(
+                    self.log(
                         Event::IoStart {
                             io: req.id,
                             digest: req.digest(),
                         },
                         now,
-                    ))
+                    )
                 } else {
                     None
                 };
@@ -168,16 +174,18 @@ impl<S: EventSource, W: World> Node<S, W> {
                 if req.kind == IoKind::LocalRead {
                     self.local_reads = true;
                 }
-                match (req.kind, r) {
-                    (IoKind::SharedWrite, Some(r)) if self.cfg.enforce_output_rule => {
+                match (req.kind, r, &mut self.duty) {
+                    (IoKind::SharedWrite, Some(r), Duty::Record(rec))
+                        if self.cfg.enforce_output_rule =>
+                    {
                         if self.local_reads {
                             // The backup reads this disk itself when it replays earlier
                             // read completions: the write must not overtake them.
-                            self.gate.hold_until_replayed(r, Gated::Write(req));
+                            rec.gate.hold_until_replayed(r, Gated::Write(req));
                         } else {
-                            self.gate.hold(r, Gated::Write(req));
+                            rec.gate.hold(r, Gated::Write(req));
                         }
-                        self.flush_now = true;
+                        rec.flush_now = true;
                     }
                     _ => self.world.start_io(&req, now),
                 }
@@ -238,11 +246,13 @@ impl<S: EventSource, W: World> Node<S, W> {
     }
 
     pub(crate) fn poll_transmit_records(&mut self, now: Nanos) -> Option<Transmit> {
-        if self.phase != Phase::Recording && self.phase != Phase::Arbitrating {
+        // Recording, or arbitrating after it (what was logged still goes out: its
+        // acknowledgements release outputs).
+        let Duty::Record(rec) = &self.duty else {
             return None;
-        }
+        };
         if self.phase == Phase::Recording {
-            let released_below = self
+            let released_below = rec
                 .gate
                 .held()
                 .find_map(|(_, g)| match g {
@@ -253,46 +263,57 @@ impl<S: EventSource, W: World> Node<S, W> {
             // A heartbeat when the log is quiet; and, riding along with a batch, the
             // release watermark whenever it moved, so the backup can forget outputs
             // the outside world already has.
-            let quiet = self.outbox.is_empty() && self.heartbeat.due(now);
-            let moved = released_below > self.watermark_sent && !self.outbox.is_empty();
+            let quiet = rec.outbox.is_empty() && self.heartbeat.due(now);
+            let moved = released_below > rec.watermark_sent && !rec.outbox.is_empty();
             if quiet || moved {
-                self.watermark_sent = released_below;
                 self.log(Event::Heartbeat { released_below }, now);
-                self.flush_now |= quiet;
+                if let Duty::Record(rec) = &mut self.duty {
+                    rec.watermark_sent = released_below;
+                    rec.flush_now |= quiet;
+                }
             }
         }
-        if self.outbox.is_empty() {
+        let Duty::Record(rec) = &mut self.duty else {
+            return None;
+        };
+        if rec.outbox.is_empty() {
             return None;
         }
-        let due = self.flush_now
-            || self.outbox.len() >= self.cfg.max_batch
-            || now.saturating_sub(self.outbox_since) >= self.cfg.batch_delay
+        let due = rec.flush_now
+            || rec.outbox.len() >= self.cfg.max_batch
+            || now.saturating_sub(rec.outbox_since) >= self.cfg.batch_delay
             || self.exited.is_some();
         if !due {
             return None;
         }
-        let n = self.outbox.len().min(self.cfg.max_batch.max(1));
-        let batch: Vec<Record> = self.outbox.drain(..n).collect();
-        if self.outbox.is_empty() {
-            self.flush_now = false;
+        let n = rec.outbox.len().min(self.cfg.max_batch.max(1));
+        let batch: Vec<Record> = rec.outbox.drain(..n).collect();
+        if rec.outbox.is_empty() {
+            rec.flush_now = false;
         } else {
-            self.outbox_since = now;
+            rec.outbox_since = now;
         }
         self.stats.batches += 1;
         batch.iter().for_each(|r| self.end.observe(r));
         Some(Transmit::Records(batch))
     }
 
-    /// The backup is gone and this primary won the arbiter: go on alone.
+    /// The backup is gone and this primary won the arbiter: go on alone. What the
+    /// gate held goes out now; the outbox and the lag monitor go with the recording.
     pub(crate) fn go_alone(&mut self, now: Nanos) {
-        if !self.enter(Phase::Live, now) {
+        let live = Duty::Live { clone_out: None };
+        let Some(old) = self.enter_with(Phase::Live, live, now) else {
             return;
-        }
-        self.outbox.clear();
-        self.lag.clear();
-        let released = self.gate.pending();
-        self.gate.open();
-        self.release_gated(now);
+        };
+        let released = match old {
+            Duty::Record(mut rec) => {
+                let held = rec.gate.pending();
+                rec.gate.open();
+                release(&mut rec.gate, &mut self.world, &mut self.stats, now);
+                held
+            }
+            _ => 0,
+        };
         self.notices
             .push_back((now, Notice::WentAlone { released }));
     }

@@ -3,6 +3,7 @@
 
 use crate::event_source::{EventSource, Stop};
 use crate::node::{Blocked, EngineError, Node, Phase, Result, StepOutcome};
+use crate::phase_state::Duty;
 use crate::record::{AsyncEvent, Event, IoKind, Nanos, Output, OutputSeq, Record};
 use crate::world::World;
 use crate::{digest, Notice};
@@ -60,7 +61,7 @@ impl<S: EventSource, W: World> Node<S, W> {
         let limit = start.plus(self.cfg.slice.max(1));
         let draining = self.phase == Phase::Draining;
         loop {
-            let Some(rec) = self.inbox.front().cloned() else {
+            let Some(rec) = self.replaying().and_then(|r| r.inbox.front().cloned()) else {
                 if draining {
                     let point = self.source.point();
                     self.notices.push_back((
@@ -96,9 +97,7 @@ impl<S: EventSource, W: World> Node<S, W> {
                 // Already there (several records at one point, or after the guest
                 // exited): apply without running.
                 self.apply_at_point(&rec)?;
-                self.inbox.pop_front();
-                self.replayed = rec.seq;
-                self.stats.replayed += 1;
+                self.replayed_one();
                 continue;
             }
             if want > limit && here >= limit {
@@ -145,7 +144,9 @@ impl<S: EventSource, W: World> Node<S, W> {
                             data: raw.data,
                         };
                         self.world.replayed_output(&out);
-                        self.tentative.push_back(out);
+                        if let Duty::Replay(r) = &mut self.duty {
+                            r.tentative.push_back(out);
+                        }
                     }
                     other => {
                         return Err(self.diverged(
@@ -204,11 +205,19 @@ impl<S: EventSource, W: World> Node<S, W> {
                     ))
                 }
             }
-            self.inbox.pop_front();
-            self.replayed = rec.seq;
-            self.stats.replayed += 1;
+            self.replayed_one();
             if !draining && self.source.point() >= limit {
                 return Ok(StepOutcome::Progressed);
+            }
+        }
+    }
+
+    /// The inbox's first record is replayed.
+    fn replayed_one(&mut self) {
+        if let Duty::Replay(r) = &mut self.duty {
+            if let Some(rec) = r.inbox.pop_front() {
+                self.replayed = rec.seq;
+                self.stats.replayed += 1;
             }
         }
     }
@@ -259,9 +268,11 @@ impl<S: EventSource, W: World> Node<S, W> {
                 }
             }
             Event::Heartbeat { released_below } => {
-                self.released_below = self.released_below.max(*released_below);
-                while matches!(self.tentative.front(), Some(o) if o.seq < self.released_below) {
-                    self.tentative.pop_front();
+                if let Duty::Replay(r) = &mut self.duty {
+                    r.released_below = r.released_below.max(*released_below);
+                    while matches!(r.tentative.front(), Some(o) if o.seq < r.released_below) {
+                        r.tentative.pop_front();
+                    }
                 }
             }
             Event::Input { .. }

@@ -9,11 +9,10 @@ use super::{
 };
 use crate::event_source::EventSource;
 use crate::failure_detector::{FailureDetector, Heartbeat};
-use crate::flow_control::LagMonitor;
 use crate::log_end::LogEnd;
 use crate::node::{next_multiple, Config, HaltReason, Node, Notice, Phase, Result, Role, Transmit};
-use crate::output_gate::OutputGate;
-use crate::record::{Nanos, OutputSeq};
+use crate::phase_state::{Duty, Recording, Replaying};
+use crate::record::Nanos;
 use crate::world::World;
 use crate::PairId;
 
@@ -26,9 +25,16 @@ impl<S: EventSource, W: World> Node<S, W> {
     /// is whole this node never goes live: if the sender goes silent or anything is
     /// wrong, it halts with [`HaltReason::CloneFailed`].
     pub fn clone_target(cfg: Config, source: S, world: W, now: Nanos) -> Node<S, W> {
-        let mut n = Self::new(Role::Backup, Phase::Receiving, cfg, source, world, now);
-        n.clone_in = Some(Box::new(CloneReceiver::new()));
-        n
+        let duty = Duty::Receive(Box::new(CloneReceiver::new()));
+        Self::new(
+            Role::Backup,
+            Phase::Receiving,
+            duty,
+            cfg,
+            source,
+            world,
+            now,
+        )
     }
 
     /// Start cloning this live machine into a new backup, which will belong to `pair`
@@ -45,10 +51,10 @@ impl<S: EventSource, W: World> Node<S, W> {
     /// ended; when `pair` is not a later generation of this VM; when the parameters
     /// do not fit; or when the machine has no state transfer.
     pub fn start_clone(&mut self, pair: PairId, cfg: CloneConfig, now: Nanos) -> Result<()> {
-        if self.phase != Phase::Live {
+        let Duty::Live { clone_out } = &self.duty else {
             return Err(CloneError::NotLive(format!("{:?}", self.phase)).into());
-        }
-        if self.clone_out.is_some() {
+        };
+        if clone_out.is_some() {
             return Err(CloneError::AlreadyCloning.into());
         }
         if self.exited.is_some() {
@@ -71,9 +77,10 @@ impl<S: EventSource, W: World> Node<S, W> {
                 pages: sender.pages(),
             },
         ));
-        self.clone_out = Some(Box::new(sender));
+        self.duty = Duty::Live {
+            clone_out: Some(Box::new(sender)),
+        };
         self.clone_queue.clear();
-        self.clone_ready = None;
         self.clone_tx = 0;
         self.clone_rx = 0;
         self.become_primary();
@@ -85,7 +92,21 @@ impl<S: EventSource, W: World> Node<S, W> {
     /// Whether this node is sending a clone (from [`Node::start_clone`] to the final
     /// pause or the clone's end).
     pub fn cloning(&self) -> bool {
-        self.clone_out.is_some()
+        matches!(self.duty, Duty::Live { clone_out: Some(_) })
+    }
+
+    /// After a clone's final pause, until the new backup confirmed it: the digest it
+    /// must confirm.
+    fn clone_ready(&self) -> Option<u64> {
+        self.recording().and_then(|r| r.clone_ready)
+    }
+
+    /// The final pause's digest, no longer awaited.
+    fn take_clone_ready(&mut self) -> Option<u64> {
+        match &mut self.duty {
+            Duty::Record(r) => r.clone_ready.take(),
+            _ => None,
+        }
     }
 
     /// Clone messages waiting to go out (after the final pause: the last pages and
@@ -108,9 +129,8 @@ impl<S: EventSource, W: World> Node<S, W> {
                 expected,
                 found: frame.n,
             };
-            let in_clone = self.phase == Phase::Receiving
-                || self.clone_out.is_some()
-                || self.clone_ready.is_some();
+            let in_clone =
+                self.phase == Phase::Receiving || self.cloning() || self.clone_ready().is_some();
             if in_clone {
                 self.clone_broken(e.to_string(), now);
             }
@@ -121,19 +141,20 @@ impl<S: EventSource, W: World> Node<S, W> {
         if self.phase == Phase::Receiving {
             return self.receive(msg, now);
         }
-        let sending = self.clone_out.is_some();
+        let sending = self.cloning();
+        let ready = self.clone_ready().is_some();
         match (msg, &self.phase) {
             (CloneMsg::Heartbeat, _) => {
-                if sending || self.clone_ready.is_some() {
+                if sending || ready {
                     self.detector.heard(now);
                 }
                 Ok(())
             }
             (CloneMsg::RoundAck { round }, Phase::Live) if sending => {
                 self.detector.heard(now);
-                let res = match self.clone_out.as_mut() {
-                    Some(s) => s.on_round_ack(round, &mut self.source),
-                    None => return Ok(()),
+                let res = match &mut self.duty {
+                    Duty::Live { clone_out: Some(s) } => s.on_round_ack(round, &mut self.source),
+                    _ => return Ok(()),
                 };
                 match res {
                     Ok((round, dirty)) => {
@@ -151,9 +172,9 @@ impl<S: EventSource, W: World> Node<S, W> {
                 self.abort_clone(format!("the receiver refused: {reason}"), false, now);
                 Ok(())
             }
-            (CloneMsg::Ready { digest }, _) if self.clone_ready.is_some() => {
+            (CloneMsg::Ready { digest }, _) if ready => {
                 self.detector.heard(now);
-                let expected = self.clone_ready.take();
+                let expected = self.take_clone_ready();
                 if expected == Some(digest) {
                     self.notices
                         .push_back((now, Notice::CloneComplete { digest }));
@@ -169,10 +190,10 @@ impl<S: EventSource, W: World> Node<S, W> {
                     .into())
                 }
             }
-            (CloneMsg::Abort { reason }, Phase::Recording) if self.clone_ready.is_some() => {
+            (CloneMsg::Abort { reason }, Phase::Recording) if ready => {
                 // The new backup refused the final state: it halted and never goes
                 // live. The arbiter still decides, in the new generation.
-                self.clone_ready = None;
+                self.take_clone_ready();
                 self.notices.push_back((
                     now,
                     Notice::CloneAborted {
@@ -195,7 +216,7 @@ impl<S: EventSource, W: World> Node<S, W> {
 
     fn receive(&mut self, msg: CloneMsg, now: Nanos) -> Result<()> {
         self.detector.heard(now);
-        let Some(rx) = self.clone_in.as_mut() else {
+        let Duty::Receive(rx) = &mut self.duty else {
             return Ok(());
         };
         let vm = self.cfg.pair.vm;
@@ -220,22 +241,24 @@ impl<S: EventSource, W: World> Node<S, W> {
     /// The receiver's clone is whole: from the clone point it is an ordinary backup.
     fn become_backup(&mut self, resume: Resume, digest: u64, now: Nanos) {
         let point = resume.point;
-        if !self.enter(Phase::Replaying, now) {
+        let replayed = resume.next_seq.saturating_sub(1);
+        let mut replaying = Replaying::new(point, replayed, resume.next_output);
+        // The sender learns at once where the new backup's log starts.
+        replaying.ack_due = true;
+        if self
+            .enter_with(Phase::Replaying, Duty::Replay(replaying), now)
+            .is_none()
+        {
             return;
         }
-        self.clone_in = None;
         self.cfg.pair = resume.pair;
         self.next_seq = resume.next_seq;
-        self.last_point = point;
         self.next_output = resume.next_output;
-        self.released_below = OutputSeq(resume.next_output);
         self.pending_io = resume.pending_io.into_iter().map(|r| (r.id, r)).collect();
-        self.replayed = resume.next_seq.saturating_sub(1);
-        self.acked_replayed = self.replayed;
+        self.replayed = replayed;
         self.next_digest = next_multiple(point.count, self.cfg.digest_interval);
         self.detector = FailureDetector::new(self.cfg.peer_timeout, now);
         self.heartbeat = Heartbeat::new(self.cfg.heartbeat_interval, now);
-        self.ack_due = true;
         self.clone_queue.push_back(CloneMsg::Ready { digest });
         self.notices.push_back((
             now,
@@ -248,7 +271,6 @@ impl<S: EventSource, W: World> Node<S, W> {
     }
 
     fn fail_receiving(&mut self, reason: String, tell_sender: bool, now: Nanos) {
-        self.clone_in = None;
         if tell_sender {
             self.clone_queue.push_back(CloneMsg::Abort {
                 reason: reason.clone(),
@@ -265,7 +287,10 @@ impl<S: EventSource, W: World> Node<S, W> {
 
     /// Abandon the clone being sent: the machine goes on alone.
     pub(crate) fn abort_clone(&mut self, reason: String, tell_receiver: bool, now: Nanos) {
-        if self.clone_out.take().is_none() {
+        let Duty::Live { clone_out } = &mut self.duty else {
+            return;
+        };
+        if clone_out.take().is_none() {
             return;
         }
         self.source.stop_dirty_log();
@@ -283,9 +308,9 @@ impl<S: EventSource, W: World> Node<S, W> {
     fn clone_broken(&mut self, why: String, now: Nanos) {
         if self.phase == Phase::Receiving {
             self.fail_receiving(why, true, now);
-        } else if self.clone_out.is_some() {
+        } else if self.cloning() {
             self.abort_clone(why, true, now);
-        } else if self.clone_ready.take().is_some() {
+        } else if self.take_clone_ready().is_some() {
             // After the final pause: the new backup may lack its state; the arbiter
             // decides, in the new generation.
             self.notices
@@ -298,7 +323,7 @@ impl<S: EventSource, W: World> Node<S, W> {
     pub(crate) fn clone_peer_lost(&mut self, why: &str, now: Nanos) {
         if self.phase == Phase::Receiving {
             self.fail_receiving(format!("the sender is gone ({why})"), false, now);
-        } else if self.clone_out.is_some() {
+        } else if self.cloning() {
             self.abort_clone(format!("the receiver is gone ({why})"), false, now);
         }
     }
@@ -310,7 +335,10 @@ impl<S: EventSource, W: World> Node<S, W> {
             self.abort_clone("the guest ended".into(), true, now);
             return;
         }
-        let Some(mut sender) = self.clone_out.take() else {
+        let Duty::Live { clone_out } = &mut self.duty else {
+            return;
+        };
+        let Some(mut sender) = clone_out.take() else {
             return;
         };
         let pair = sender.pair();
@@ -326,32 +354,31 @@ impl<S: EventSource, W: World> Node<S, W> {
         let (msgs, digest, summary) = match sender.finish(&mut self.source, resume) {
             Ok(x) => x,
             Err(e) => {
-                self.clone_out = Some(sender);
+                self.duty = Duty::Live {
+                    clone_out: Some(sender),
+                };
                 self.abort_clone(e.to_string(), true, now);
                 return;
             }
         };
-        self.clone_queue = VecDeque::from(msgs);
-        self.clone_ready = Some(digest);
         // Recording for the new backup, from the clone point on.
         let base = self.next_seq.saturating_sub(1);
-        self.cfg.pair = pair;
-        if !self.enter(Phase::Recording, now) {
+        let mut recording = Recording::new(&self.cfg, now, base, self.next_output);
+        recording.clone_ready = Some(digest);
+        if self
+            .enter_with(Phase::Recording, Duty::Record(recording), now)
+            .is_none()
+        {
             return;
         }
+        self.clone_queue = VecDeque::from(msgs);
+        self.cfg.pair = pair;
         self.become_primary();
-        self.gate = OutputGate::new();
-        self.gate.on_ack(base, base);
         self.replayed = base;
-        self.lag = LagMonitor::new(self.cfg.max_lag);
+        self.acked = base;
         self.detector = FailureDetector::new(self.cfg.peer_timeout, now);
         self.heartbeat = Heartbeat::new(self.cfg.heartbeat_interval, now);
-        self.outbox.clear();
-        self.outbox_since = now;
-        self.flush_now = false;
-        self.watermark_sent = OutputSeq(self.next_output);
         self.end = LogEnd::default();
-        self.arbitration = None;
         self.next_digest = next_multiple(point.count, self.cfg.digest_interval);
         self.notices.push_back((
             now,
@@ -382,9 +409,9 @@ impl<S: EventSource, W: World> Node<S, W> {
             return Some(m);
         }
         if self.phase == Phase::Live {
-            let res = match self.clone_out.as_mut() {
-                Some(s) => s.next_message(&self.source),
-                None => return None,
+            let res = match &mut self.duty {
+                Duty::Live { clone_out: Some(s) } => s.next_message(&self.source),
+                _ => return None,
             };
             match res {
                 Ok(Some(m)) => return Some(m),
@@ -395,8 +422,7 @@ impl<S: EventSource, W: World> Node<S, W> {
                 }
             }
         }
-        let talking = (self.phase == Phase::Live && self.clone_out.is_some())
-            || self.phase == Phase::Receiving;
+        let talking = self.cloning() || self.phase == Phase::Receiving;
         if talking && self.heartbeat.due(now) {
             return Some(CloneMsg::Heartbeat);
         }
@@ -405,13 +431,16 @@ impl<S: EventSource, W: World> Node<S, W> {
 
     /// Whether the final pause is due.
     pub(crate) fn clone_final_due(&self) -> bool {
-        self.clone_out.as_ref().is_some_and(|s| s.final_due())
+        match &self.duty {
+            Duty::Live { clone_out: Some(s) } => s.final_due(),
+            _ => false,
+        }
     }
 
     /// Before a guest slice: the clone's page budget starts again, and a clone that
     /// converged pauses at the step after it.
     pub(crate) fn clone_step_begins(&mut self) {
-        if let Some(s) = self.clone_out.as_mut() {
+        if let Duty::Live { clone_out: Some(s) } = &mut self.duty {
             s.step_begins();
         }
     }
