@@ -15,7 +15,9 @@
 //! * **Backup.** Frames (acks) leave the queue once written. After a reconnect, the
 //!   newest one written is sent again when nothing newer is queued
 //!   ([`ResendQueue::reconnected`]): the latest ack may have died with the old
-//!   connection.
+//!   connection. The queue also keeps the backup's resume position: every frame the
+//!   link delivers passes [`ResendQueue::on_delivered`], and a new connection asks
+//!   for [`ResendQueue::resume_from`], one past the last record delivered.
 //!
 //! Which records a frame holds is read by the codec ([`peek_record_range`]). Positions
 //! are absolute frame numbers: the queue's first entry is number `base`, the next to
@@ -58,7 +60,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use crate::log_codec::peek_record_range;
+use crate::log_codec::{decode_frame, peek_record_range, Frame};
 
 /// Which end of the log channel a queue sends from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +120,8 @@ pub struct ResendQueue {
     next_seq: u64,
     /// Backup: the newest frame written.
     last_written: Option<Bytes>,
+    /// Backup: one past the last record delivered from the primary.
+    received_next: u64,
     max_frames: usize,
     max_bytes: usize,
 }
@@ -136,6 +140,7 @@ impl ResendQueue {
             acked: 0,
             next_seq: 1,
             last_written: None,
+            received_next: 1,
             max_frames,
             max_bytes,
         }
@@ -266,6 +271,37 @@ impl ResendQueue {
         let again = self.written_high.saturating_sub(cursor);
         self.cursor = cursor;
         Ok(again)
+    }
+
+    /// Backup: the log starts at record `next` (a backup made from a snapshot or a
+    /// clone point); the resume position never moves back.
+    pub fn start_at(&mut self, next: u64) {
+        self.received_next = self.received_next.max(next);
+    }
+
+    /// The link delivered `frame` from the peer. On the backup, a records frame moves
+    /// the resume position past its last record; on the primary, an ack frees what it
+    /// covers ([`ResendQueue::on_ack`]). Anything else (and a frame that does not
+    /// decode, which the engine will refuse) leaves the queue as it is.
+    pub fn on_delivered(&mut self, frame: &[u8]) {
+        match self.side {
+            QueueSide::Backup => {
+                if let Some((_, last)) = peek_record_range(frame) {
+                    self.received_next = self.received_next.max(last.saturating_add(1));
+                }
+            }
+            QueueSide::Primary => {
+                if let Ok(Frame::Ack(a)) = decode_frame(frame) {
+                    self.on_ack(a.received);
+                }
+            }
+        }
+    }
+
+    /// Backup: the record a new connection asks for, one past the last record
+    /// delivered.
+    pub fn resume_from(&self) -> u64 {
+        self.received_next
     }
 
     /// Backup: a new connection. When nothing is left to write, the newest frame
@@ -463,5 +499,39 @@ mod tests {
         q.push(ack(3)).unwrap();
         q.reconnected();
         assert_eq!(write_all(&mut q), vec![ack(3)]);
+    }
+
+    #[test]
+    fn what_the_link_delivers_moves_the_resume_position_and_frees_acked_records() {
+        let mut b = ResendQueue::new(QueueSide::Backup, 64, 1 << 20);
+        assert_eq!(b.resume_from(), 1);
+        b.start_at(5);
+        assert_eq!(b.resume_from(), 5);
+        b.on_delivered(&records(5, 9));
+        assert_eq!(b.resume_from(), 10);
+        // A resent (older) batch, a frame without records, garbage: no move back.
+        b.on_delivered(&records(5, 6));
+        b.on_delivered(b"not a frame");
+        b.start_at(2);
+        assert_eq!(b.resume_from(), 10);
+
+        let mut p = ResendQueue::new(QueueSide::Primary, 64, 1 << 20);
+        p.push(records(1, 4)).unwrap();
+        p.push(records(5, 8)).unwrap();
+        write_all(&mut p);
+        let mut ack = Vec::new();
+        encode_ack(
+            &Ack {
+                received: 4,
+                replayed: 4,
+            },
+            &mut ack,
+        )
+        .unwrap();
+        p.on_delivered(&ack);
+        assert_eq!(p.len(), 1, "the acked batch is freed");
+        // Records delivered to a primary mean nothing to its queue.
+        p.on_delivered(&records(1, 8));
+        assert_eq!(p.len(), 1);
     }
 }

@@ -11,9 +11,9 @@ mod soak;
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use ft_core::log_codec::{decode_frame, encode_records, peek_record_range, Frame};
+use ft_core::log_codec::{decode_frame, encode_ack, encode_records, peek_record_range, Frame};
 use ft_core::resend_queue::{QueueSide, ResendError, ResendQueue};
-use ft_core::{Event, ExecPoint, OutputSeq, Record};
+use ft_core::{Ack, Event, ExecPoint, OutputSeq, Record};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -43,6 +43,8 @@ fn case(seed: u64, steps: usize) -> Result<(), String> {
     // The backup: the next record it needs, and what it acked.
     let mut expected = 1u64;
     let mut acked = 0u64;
+    // The backup's queue, which keeps its resume position from what is delivered.
+    let mut bq = ResendQueue::new(QueueSide::Backup, 64, usize::MAX);
     for step in 0..steps {
         match rng.gen_range(0..100) {
             // The primary queues a batch (a clone message, now and then).
@@ -73,6 +75,7 @@ fn case(seed: u64, steps: usize) -> Result<(), String> {
             55..=79 => {
                 for _ in 0..rng.gen_range(1..4) {
                     let Some(f) = wire.pop_front() else { break };
+                    bq.on_delivered(&f);
                     let Ok(Frame::Records(rs)) = decode_frame(&f) else {
                         continue;
                     };
@@ -89,18 +92,33 @@ fn case(seed: u64, steps: usize) -> Result<(), String> {
                             expected += 1;
                         }
                     }
+                    if bq.resume_from() != expected {
+                        return Err(format!(
+                            "step {step}: the backup's queue would resume at {}, the backup needs {expected}",
+                            bq.resume_from()
+                        ));
+                    }
                 }
             }
-            // The backup acks what it took.
+            // The backup acks what it took; the primary's link delivers the ack.
             80..=89 => {
                 acked = expected - 1;
-                q.on_ack(acked);
+                let mut ack = Vec::new();
+                encode_ack(
+                    &Ack {
+                        received: acked,
+                        replayed: acked,
+                    },
+                    &mut ack,
+                )
+                .map_err(|e| format!("step {step}: encoding an ack: {e}"))?;
+                q.on_delivered(&ack);
             }
             // The connection drops: frames in flight are lost; the backup reconnects
             // and asks for the record it needs next.
             _ => {
                 wire.clear();
-                match q.resume_at(expected) {
+                match q.resume_at(bq.resume_from()) {
                     Ok(_) => {}
                     Err(e) => {
                         return Err(format!(

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender};
-use ft_core::log_codec::{self, Frame};
 use ft_core::resend_queue::{QueueSide, ResendError, ResendQueue};
 use ft_core::{ChannelError, NodeId, Role};
 use parking_lot::{Condvar, Mutex, MutexGuard};
@@ -180,8 +179,6 @@ struct Shared {
     out: Mutex<Outbox>,
     out_cv: Condvar,
     closing: AtomicBool,
-    /// Backup: the next record to ask for (one past the last record its link took in).
-    received_next: AtomicU64,
     inbound: Sender<Bytes>,
     /// Primary: where a connection wakes the acceptor.
     wake: Option<SocketAddr>,
@@ -230,9 +227,11 @@ impl Shared {
             Role::Primary => QueueSide::Primary,
             Role::Backup => QueueSide::Backup,
         };
+        let mut queue = ResendQueue::new(side, cfg.send_queue_frames, cfg.send_queue_bytes);
+        queue.start_at(next_seq);
         let out = Outbox {
             conn: 0,
-            queue: ResendQueue::new(side, cfg.send_queue_frames, cfg.send_queue_bytes),
+            queue,
             closing: false,
         };
         let shared = Arc::new(Shared {
@@ -244,7 +243,6 @@ impl Shared {
             out: Mutex::new(out),
             out_cv: Condvar::new(),
             closing: AtomicBool::new(false),
-            received_next: AtomicU64::new(next_seq),
             inbound: tx,
             wake,
         });
@@ -540,7 +538,7 @@ impl Shared {
         let mut stream = TcpStream::connect_timeout(&addr, timeout)
             .map_err(|e| io_err("connecting to the primary", &e))?;
         prepare(&stream, Some(self.cfg.handshake_timeout))?;
-        let want = self.received_next.load(Ordering::SeqCst);
+        let want = self.out.lock().queue.resume_from();
         let res = wire::client_handshake(
             &mut stream,
             self.cfg.key.bytes(),
@@ -596,7 +594,7 @@ impl Shared {
             }
         };
         bump(&self.counters.connections);
-        let from = self.received_next.load(Ordering::SeqCst);
+        let from = self.out.lock().queue.resume_from();
         if st.established {
             bump(&self.counters.reconnects);
             self.log(format_args!(
@@ -680,23 +678,13 @@ fn reader_loop(shared: &Shared, conn: &Conn, stream: TcpStream, session: &Sessio
                     (FRAME_HEADER_LEN + payload.len() + TAG_LEN) as u64,
                 );
                 let frame = Bytes::from(payload);
-                let mut range = None;
-                match shared.role {
-                    Role::Primary => {
-                        if let Ok(Frame::Ack(a)) = log_codec::decode_frame(&frame) {
-                            shared.out.lock().queue.on_ack(a.received);
-                        }
-                    }
-                    Role::Backup => range = wire::peek_records(&frame),
-                }
-                if !shared.deliver(conn, frame) {
+                // The link only carries the frame; what it means for a resend or a
+                // resume is the queue's (acks free records, records move the resume
+                // position), noted once the frame is delivered.
+                if !shared.deliver(conn, frame.clone()) {
                     return;
                 }
-                if let Some((_, last)) = range {
-                    shared
-                        .received_next
-                        .fetch_max(last.saturating_add(1), Ordering::SeqCst);
-                }
+                shared.out.lock().queue.on_delivered(&frame);
             }
             Ok((KIND_BYE, _)) => {
                 conn.kill();
@@ -927,7 +915,7 @@ impl TcpHandle {
 
     /// Backup: the record it would ask for on a reconnect now.
     pub fn next_expected(&self) -> u64 {
-        self.shared.received_next.load(Ordering::SeqCst)
+        self.shared.out.lock().queue.resume_from()
     }
 
     /// Drop the current connection abruptly, as a network failure would; the link then
