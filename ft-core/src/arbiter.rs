@@ -178,10 +178,18 @@ pub trait Arbiter: Send + Sync {
             return Ok(None);
         };
         let pair = PairId { vm, generation };
+        let reserved_by = self.reserved_by(pair)?;
+        let holder = self.holder(pair)?;
+        // Only a reservation nobody went live in can be a live member's clone.
+        let previous_holder = match (reserved_by, holder, generation.checked_sub(1)) {
+            (Some(_), None, Some(g)) if g > 0 => self.holder(PairId { vm, generation: g })?,
+            _ => None,
+        };
         Ok(Some(Membership {
             pair,
-            reserved_by: self.reserved_by(pair)?,
-            holder: self.holder(pair)?,
+            reserved_by,
+            holder,
+            previous_holder,
         }))
     }
 }
@@ -196,6 +204,35 @@ pub struct Membership {
     pub reserved_by: Option<NodeId>,
     /// The node that went live in it, if one did: the generation's live member.
     pub holder: Option<NodeId>,
+    /// For a generation reserved and not claimed: the node that went live in the
+    /// generation before, if one did ([`Membership::clone_of_live_member`]).
+    pub previous_holder: Option<NodeId>,
+}
+
+impl Membership {
+    /// Whether the newest generation is the one a live member reserved for a clone of
+    /// itself: reserved by the node that went live in the generation before, and
+    /// nobody went live in it yet. Such a generation is the running pair's, as the
+    /// claim before it is: nobody may start a new pair in it, and a node that wants
+    /// to join the VM joins that member.
+    ///
+    /// ```
+    /// use ft_core::{Membership, NodeId, PairId};
+    /// let m = Membership {
+    ///     pair: PairId { vm: 1, generation: 3 },
+    ///     reserved_by: Some(NodeId(2)),
+    ///     holder: None,
+    ///     previous_holder: Some(NodeId(2)),
+    /// };
+    /// assert!(m.clone_of_live_member());
+    /// assert!(!Membership { previous_holder: Some(NodeId(1)), ..m }.clone_of_live_member());
+    /// assert!(!Membership { holder: Some(NodeId(2)), ..m }.clone_of_live_member());
+    /// ```
+    pub fn clone_of_live_member(&self) -> bool {
+        self.holder.is_none()
+            && self.reserved_by.is_some()
+            && self.reserved_by == self.previous_holder
+    }
 }
 
 /// The refusal of an offer whose member does not hold its claim.
@@ -420,19 +457,36 @@ mod tests {
                 pair: p4,
                 reserved_by: Some(NodeId(8)),
                 holder: None,
+                previous_holder: None,
             }))
         );
+        // A live member's clone: the holder of a generation reserves the next.
+        let p5 = PairId {
+            vm: 1,
+            generation: 5,
+        };
         assert!(matches!(
-            a.test_and_set(p4, NodeId(9)),
+            a.test_and_set(p4, NodeId(8)),
             Ok(Decision::Won { .. })
         ));
-        assert_eq!(
-            a.membership(1).map(|m| m.and_then(|m| m.holder)),
-            Ok(Some(NodeId(9)))
-        );
+        assert_eq!(a.reserve_generation(1, NodeId(8), Some(4)), Ok(Some(5)));
+        let Ok(Some(m)) = a.membership(1) else {
+            panic!("no membership record for vm 1");
+        };
+        assert_eq!((m.pair, m.previous_holder), (p5, Some(NodeId(8))));
+        assert!(m.clone_of_live_member());
+        assert!(matches!(
+            a.test_and_set(p5, NodeId(9)),
+            Ok(Decision::Won { .. })
+        ));
+        let Ok(Some(m)) = a.membership(1) else {
+            panic!("no membership record for vm 1");
+        };
+        assert_eq!(m.holder, Some(NodeId(9)));
+        assert!(!m.clone_of_live_member());
         a.set_unreachable(true);
         assert!(matches!(
-            a.reserve_generation(1, NodeId(7), Some(4)),
+            a.reserve_generation(1, NodeId(7), Some(5)),
             Err(ArbiterError::Unreachable(_))
         ));
         assert!(matches!(

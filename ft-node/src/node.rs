@@ -755,6 +755,11 @@ fn reserve_for_primary(
     // again, cannot tell the two apart.
     let why = match (m.holder, m.reserved_by) {
         (Some(h), _) => format!("node {} went live in it", h.0),
+        (None, Some(r)) if m.clone_of_live_member() => format!(
+            "node {}, the live member of generation {}, reserved it for a clone of itself",
+            r.0,
+            m.pair.generation.saturating_sub(1)
+        ),
         (None, Some(r)) if r == me => format!(
             "this node's id (node {}) reserved it for a new pair, which may be running: this node restarted, or another process has its --node-id",
             r.0
@@ -798,6 +803,17 @@ fn adopt_reservation(
                 holder: Some(h),
                 ..
             }) => return Err(taken(pair, format!("node {} went live in it", h.0))),
+            // The live member's clone: the running pair's, not a new one.
+            Some(m) if m.clone_of_live_member() => {
+                return Err(taken(
+                    m.pair,
+                    format!(
+                        "node {}, the live member of generation {}, reserved it for a clone of itself",
+                        m.reserved_by.map_or(0, |r| r.0),
+                        m.pair.generation.saturating_sub(1)
+                    ),
+                ))
+            }
             Some(Membership {
                 pair,
                 reserved_by: Some(r),
@@ -849,8 +865,13 @@ fn rejoin(
     // is a restart of its primary (whose backup is about to take over and offer a
     // clone), or another live process with this --node-id. Neither may run the pair;
     // wait for a live member's offer, up to --connect-timeout-ms.
-    let own =
-        |m: Option<Membership>| m.is_some_and(|m| m.holder.is_none() && m.reserved_by == Some(me));
+    // (Not a reservation this node made as a live member, for a clone of itself: that
+    // member's state died with it, as when its claim is the newest.)
+    let own = |m: Option<Membership>| {
+        m.is_some_and(|m| {
+            m.holder.is_none() && m.reserved_by == Some(me) && !m.clone_of_live_member()
+        })
+    };
     let deadline = Instant::now() + Duration::from_millis(args.connect_timeout_ms);
     let mut said = false;
     let offer = loop {
@@ -910,11 +931,13 @@ fn plan_join(arbiter: &dyn Arbiter, args: &NodeArgs, me: NodeId) -> Result<Plan>
         )));
     };
     // A newer reservation is a new pair (a primary started with --supersede): the run
-    // whose member went live in `generation` was declared over.
+    // whose member went live in `generation` was declared over. Unless it is that
+    // member's own, for a clone of itself (an earlier joiner's, which failed).
     if let Some(reserved) = arbiter
-        .newest_generation(args.vm)
+        .membership(args.vm)
         .map_err(unusable)?
-        .filter(|&g| g > generation)
+        .filter(|m| m.pair.generation > generation && !m.clone_of_live_member())
+        .map(|m| m.pair.generation)
     {
         return Err(NodeError::Usage(format!(
             "nothing to join: vm {}'s newest generation {reserved} was reserved for a new pair after a member went live in generation {generation}; that pair takes its backup at start",
@@ -1165,6 +1188,27 @@ impl Env<'_> {
                 }
                 return outcome(&node, exit, errors);
             };
+            match reserve_clone(&**self.arbiter, next, self.me) {
+                Ok(()) => {}
+                Err(CloneReservation::Retry(why)) => {
+                    self.log.line(format_args!(
+                        "live clone not started: {why}; running alone, offering again"
+                    ));
+                    continue;
+                }
+                Err(CloneReservation::Superseded(why)) => {
+                    // A new pair was declared after this run: no clone of this member
+                    // may become a pair of its own. It serves on alone (its shared-disk
+                    // writes are fenced by the new pair's token once it runs).
+                    self.log.line(format_args!(
+                        "live clone refused for good: {why}; running alone, offering no clone"
+                    ));
+                    drop(link);
+                    let (n, exit) =
+                        self.run_over(node, NoLink, Control::new(), |_| false, &mut errors);
+                    return outcome(&n, exit, errors);
+                }
+            }
             let now = nanos_since(self.epoch);
             if let Err(e) = node.start_clone(next, CloneConfig::default(), now) {
                 self.log
@@ -1227,6 +1271,50 @@ fn outcome<M: Guest>(
         errors,
         (w.token(), w.fenced_writes()),
     )
+}
+
+/// Why a live member could not reserve its clone's generation.
+enum CloneReservation {
+    /// The arbiter failed; the next joiner may fare better.
+    Retry(String),
+    /// A newer generation belongs to someone else: a new pair declared this run over.
+    Superseded(String),
+}
+
+/// The live member reserves `next`, the generation after its own claim, for the clone
+/// it is about to start, so that the clone's pair, like any new pair, has its
+/// generation from the arbiter: nobody else can start a pair in it, and an operator's
+/// `--supersede` sees it. A reservation it made for an earlier clone that failed is
+/// used again.
+fn reserve_clone(
+    arbiter: &dyn Arbiter,
+    next: PairId,
+    me: NodeId,
+) -> std::result::Result<(), CloneReservation> {
+    let retry = |e: ft_core::ArbiterError| CloneReservation::Retry(e.to_string());
+    let newest = arbiter.newest_generation(next.vm).map_err(retry)?;
+    let mine = arbiter.reserved_by(next).map_err(retry)? == Some(me);
+    if newest == Some(next.generation) && mine {
+        return Ok(());
+    }
+    let current = next.generation.saturating_sub(1);
+    let newer = |g: Option<u64>| {
+        CloneReservation::Superseded(format!(
+            "vm {} has generation {} above this member's {current}, reserved or claimed by another node",
+            next.vm,
+            g.map_or_else(|| "?".into(), |g| g.to_string())
+        ))
+    };
+    if newest != Some(current) {
+        return Err(newer(newest));
+    }
+    match arbiter
+        .reserve_generation(next.vm, me, Some(current))
+        .map_err(retry)?
+    {
+        Some(g) if g == next.generation => Ok(()),
+        _ => Err(newer(arbiter.newest_generation(next.vm).ok().flatten())),
+    }
 }
 
 /// What [`offer_clone`] offers: where, for which pair, through which arbiter.

@@ -158,6 +158,15 @@ fn pair_options(dir: &Path, arb_dir: &Path, extra: &[&str]) -> PairOptions {
     }
 }
 
+/// A temporary directory with an empty file arbiter in `arbiter/` under it.
+fn arbiter_dir() -> (tempfile::TempDir, std::path::PathBuf, FileArbiter) {
+    let dir = tempfile::tempdir().unwrap();
+    let arb_dir = dir.path().join("arbiter");
+    std::fs::create_dir_all(&arb_dir).unwrap();
+    let arb = FileArbiter::new(&arb_dir);
+    (dir, arb_dir, arb)
+}
+
 fn wait_claim(arb: &FileArbiter, p: PairId, node: NodeId) {
     let deadline = Instant::now() + LIMIT;
     while Arbiter::holder(arb, p).unwrap() != Some(node) {
@@ -173,10 +182,7 @@ fn wait_claim(arb: &FileArbiter, p: PairId, node: NodeId) {
 #[test]
 fn a_stale_claim_is_refused_at_startup_and_a_new_generation_runs() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir().unwrap();
-    let arb_dir = dir.path().join("arbiter");
-    std::fs::create_dir_all(&arb_dir).unwrap();
-    let arb = FileArbiter::new(&arb_dir);
+    let (dir, arb_dir, arb) = arbiter_dir();
     // An earlier run of the recipe left its failover's claim behind.
     arb.test_and_set(pair(1), NodeId(2)).unwrap();
     for role in ["primary", "backup"] {
@@ -215,6 +221,41 @@ fn a_stale_claim_is_refused_at_startup_and_a_new_generation_runs() {
         primary.tail(5)
     );
     primary.kill9().unwrap();
+}
+
+/// A live member (node 2, which went live in generation 1) reserved generation 2 for
+/// a clone of itself. That generation is the running pair's: a primary is refused,
+/// `--supersede 1` included (1 is no longer the newest), and so is a backup (it
+/// would otherwise adopt the member's reservation as its primary's); both say whose
+/// clone it is.
+#[test]
+fn a_live_members_clone_reservation_is_the_running_pairs() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (dir, _arb_dir, arb) = arbiter_dir();
+    arb.test_and_set(pair(1), NodeId(2)).unwrap();
+    assert_eq!(
+        arb.reserve_generation(1, NodeId(2), Some(1)).unwrap(),
+        Some(2)
+    );
+    let m = arb.membership(1).unwrap().unwrap();
+    assert!(m.clone_of_live_member(), "{m:?}");
+    for (role, extra) in [
+        ("primary", &[][..]),
+        ("primary", &["--supersede", "1"][..]),
+        ("backup", &[][..]),
+    ] {
+        let (code, tail) = refused_node(role, dir.path(), extra);
+        assert_eq!(code, Some(EXIT_SETUP), "{role} {extra:?}: {tail}");
+        assert!(
+            tail.contains(
+                "vm 1 generation 2 is taken: node 2, the live member of generation 1, reserved it for a clone of itself"
+            ),
+            "{role} {extra:?}: {tail}"
+        );
+    }
+    // Nothing new was reserved or claimed by the refused nodes.
+    assert_eq!(arb.newest_generation(1).unwrap(), Some(2));
+    assert_eq!(Arbiter::holder(&arb, pair(2)).unwrap(), None);
 }
 
 /// No `--generation` anywhere: the arbiter reserves them. An earlier run left a
@@ -404,10 +445,7 @@ fn racing_lone_primaries_one_serves() {
 #[test]
 fn a_restarted_primary_is_refused_while_its_promoted_backup_is_live() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir().unwrap();
-    let arb_dir = dir.path().join("arbiter");
-    std::fs::create_dir_all(&arb_dir).unwrap();
-    let arb = FileArbiter::new(&arb_dir);
+    let (dir, arb_dir, arb) = arbiter_dir();
     let opts = pair_options(dir.path(), &arb_dir, &[]);
     let Pair {
         mut primary,

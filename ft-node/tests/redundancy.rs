@@ -411,8 +411,19 @@ fn a_frozen_live_member_loses_to_its_clone_and_halts_when_thawed() {
         c.nodes[1].tail(20)
     );
     c.verify();
-    // Generation 2's winner is the clone; its writes carry token 2.
+    // Generation 2's winner is the clone; its writes carry token 2. The generation
+    // was reserved by the member that cloned into it, before the clone began.
     assert_eq!(c.disk_token(), 2);
+    let dir = c.st.arbiter.strip_prefix("file:").unwrap();
+    let arb = ft_transport::arbiter::FileArbiter::new(dir);
+    let g2 = ft_core::PairId {
+        vm: 1,
+        generation: 2,
+    };
+    assert_eq!(
+        ft_core::Arbiter::reserved_by(&arb, g2).unwrap(),
+        Some(ft_core::NodeId(2))
+    );
     let code = c.nodes[joiner].wait_exit(LIMIT).and_then(|s| s.code());
     assert_eq!(code, Some(EXIT_DONE), "{}", c.nodes[joiner].tail(20));
 }
