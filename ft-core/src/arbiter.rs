@@ -136,10 +136,10 @@ pub trait Arbiter: Send + Sync {
     /// As for [`Arbiter::holder`].
     fn clone_offer(&self, vm: u64) -> Result<Option<CloneOffer>>;
 
-    /// Reserve the next generation of `vm` for a new pair whose primary is `me`, if
-    /// `after` is still the newest generation reserved or claimed (`None`: the VM has
-    /// none): generation `after + 1` (or 1) is recorded as reserved by `me` and
-    /// returned. `Ok(None)` when the newest generation is no longer `after` (another
+    /// Reserve the next generation of `vm` for `purpose` (a new pair whose primary is
+    /// `me`, or the clone of the live member `me`), if `after` is still the newest
+    /// generation reserved or claimed (`None`: the VM has none): generation
+    /// `after + 1` (or 1) is recorded as reserved by `me` for `purpose` and returned. `Ok(None)` when the newest generation is no longer `after` (another
     /// node reserved or claimed one meanwhile): a compare-and-set, so of any number of
     /// nodes that read the same record and reserve, in any number of processes, one
     /// gets the generation and the others learn that they lost. A new pair never
@@ -149,15 +149,30 @@ pub trait Arbiter: Send + Sync {
     /// # Errors
     ///
     /// As for [`Arbiter::holder`].
-    fn reserve_generation(&self, vm: u64, me: NodeId, after: Option<u64>) -> Result<Option<u64>>;
+    fn reserve_generation(
+        &self,
+        vm: u64,
+        me: NodeId,
+        after: Option<u64>,
+        purpose: Purpose,
+    ) -> Result<Option<u64>>;
 
-    /// The node that reserved `pair`'s generation ([`Arbiter::reserve_generation`]),
+    /// Who reserved `pair`'s generation, and for what ([`Arbiter::reserve_generation`]),
     /// if one did.
     ///
     /// # Errors
     ///
     /// As for [`Arbiter::holder`].
-    fn reserved_by(&self, pair: PairId) -> Result<Option<NodeId>>;
+    fn reservation(&self, pair: PairId) -> Result<Option<Reservation>>;
+
+    /// The node that reserved `pair`'s generation, if one did.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Arbiter::holder`].
+    fn reserved_by(&self, pair: PairId) -> Result<Option<NodeId>> {
+        Ok(self.reservation(pair)?.map(|r| r.node))
+    }
 
     /// The newest generation of `vm` that was reserved or claimed, if any.
     ///
@@ -178,18 +193,12 @@ pub trait Arbiter: Send + Sync {
             return Ok(None);
         };
         let pair = PairId { vm, generation };
-        let reserved_by = self.reserved_by(pair)?;
-        let holder = self.holder(pair)?;
-        // Only a reservation nobody went live in can be a live member's clone.
-        let previous_holder = match (reserved_by, holder, generation.checked_sub(1)) {
-            (Some(_), None, Some(g)) if g > 0 => self.holder(PairId { vm, generation: g })?,
-            _ => None,
-        };
+        let reservation = self.reservation(pair)?;
         Ok(Some(Membership {
             pair,
-            reserved_by,
-            holder,
-            previous_holder,
+            reserved_by: reservation.map(|r| r.node),
+            reserved_for: reservation.map(|r| r.purpose),
+            holder: self.holder(pair)?,
         }))
     }
 }
@@ -200,38 +209,54 @@ pub struct Membership {
     /// The VM and its newest generation.
     pub pair: PairId,
     /// The primary that reserved the generation for a new pair, if it was reserved
-    /// (a generation a clone or an operator chose is not).
+    /// (a generation an operator chose with `--generation` is not).
     pub reserved_by: Option<NodeId>,
     /// The node that went live in it, if one did: the generation's live member.
     pub holder: Option<NodeId>,
-    /// For a generation reserved and not claimed: the node that went live in the
-    /// generation before, if one did ([`Membership::clone_of_live_member`]).
-    pub previous_holder: Option<NodeId>,
+    /// What it was reserved for, if it was.
+    pub reserved_for: Option<Purpose>,
+}
+
+/// What a generation is reserved for ([`Arbiter::reserve_generation`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A new pair, whose primary reserved it at startup.
+    NewPair,
+    /// The clone of a live member, which reserved the generation after its own claim
+    /// for the pair it and its new backup will form.
+    Clone,
+}
+
+/// A generation's reservation: by whom, and for what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation {
+    /// The node that reserved it.
+    pub node: NodeId,
+    /// What for.
+    pub purpose: Purpose,
 }
 
 impl Membership {
     /// Whether the newest generation is the one a live member reserved for a clone of
-    /// itself: reserved by the node that went live in the generation before, and
-    /// nobody went live in it yet. Such a generation is the running pair's, as the
+    /// itself ([`Purpose::Clone`]), and nobody went live in it yet. Such a generation is the running pair's, as the
     /// claim before it is: nobody may start a new pair in it, and a node that wants
     /// to join the VM joins that member.
     ///
     /// ```
-    /// use ft_core::{Membership, NodeId, PairId};
+    /// use ft_core::{Membership, NodeId, PairId, Purpose};
     /// let m = Membership {
     ///     pair: PairId { vm: 1, generation: 3 },
     ///     reserved_by: Some(NodeId(2)),
+    ///     reserved_for: Some(Purpose::Clone),
     ///     holder: None,
-    ///     previous_holder: Some(NodeId(2)),
     /// };
     /// assert!(m.clone_of_live_member());
-    /// assert!(!Membership { previous_holder: Some(NodeId(1)), ..m }.clone_of_live_member());
+    /// let pair = Membership { reserved_for: Some(Purpose::NewPair), ..m };
+    /// assert!(!pair.clone_of_live_member());
     /// assert!(!Membership { holder: Some(NodeId(2)), ..m }.clone_of_live_member());
     /// ```
     pub fn clone_of_live_member(&self) -> bool {
-        self.holder.is_none()
-            && self.reserved_by.is_some()
-            && self.reserved_by == self.previous_holder
+        self.holder.is_none() && self.reserved_for == Some(Purpose::Clone)
     }
 }
 
@@ -252,7 +277,7 @@ pub fn not_the_holder(offer: &CloneOffer, holder: Option<NodeId>) -> ArbiterErro
 #[derive(Debug, Default)]
 struct InProcessState {
     holders: HashMap<PairId, (NodeId, u64)>,
-    reserved: HashMap<PairId, NodeId>,
+    reserved: HashMap<PairId, Reservation>,
     offers: HashMap<PairId, CloneOffer>,
     next_token: u64,
     unreachable: bool,
@@ -346,7 +371,13 @@ impl Arbiter for InProcessArbiter {
         Ok(st.offers.get(&PairId { vm, generation }).cloned())
     }
 
-    fn reserve_generation(&self, vm: u64, me: NodeId, after: Option<u64>) -> Result<Option<u64>> {
+    fn reserve_generation(
+        &self,
+        vm: u64,
+        me: NodeId,
+        after: Option<u64>,
+        purpose: Purpose,
+    ) -> Result<Option<u64>> {
         self.check()?;
         // One lock for the comparison and the reservation: atomic.
         let mut st = self.state.lock();
@@ -359,12 +390,12 @@ impl Arbiter for InProcessArbiter {
                 vm,
                 generation: next,
             },
-            me,
+            Reservation { node: me, purpose },
         );
         Ok(Some(next))
     }
 
-    fn reserved_by(&self, pair: PairId) -> Result<Option<NodeId>> {
+    fn reservation(&self, pair: PairId) -> Result<Option<Reservation>> {
         self.check()?;
         Ok(self.state.lock().reserved.get(&pair).copied())
     }
@@ -436,13 +467,28 @@ mod tests {
         // Reservations: above every claim and reservation, one generation each.
         assert_eq!(a.newest_generation(1), Ok(Some(2)));
         assert_eq!(a.membership(3), Ok(None));
-        assert_eq!(a.reserve_generation(1, NodeId(7), Some(2)), Ok(Some(3)));
+        assert_eq!(
+            a.reserve_generation(1, NodeId(7), Some(2), Purpose::NewPair),
+            Ok(Some(3))
+        );
         // Compare-and-set: a reservation after a generation that is no longer the
         // newest is refused.
-        assert_eq!(a.reserve_generation(1, NodeId(8), Some(2)), Ok(None));
-        assert_eq!(a.reserve_generation(1, NodeId(8), None), Ok(None));
-        assert_eq!(a.reserve_generation(1, NodeId(8), Some(3)), Ok(Some(4)));
-        assert_eq!(a.reserve_generation(3, NodeId(7), None), Ok(Some(1)));
+        assert_eq!(
+            a.reserve_generation(1, NodeId(8), Some(2), Purpose::NewPair),
+            Ok(None)
+        );
+        assert_eq!(
+            a.reserve_generation(1, NodeId(8), None, Purpose::NewPair),
+            Ok(None)
+        );
+        assert_eq!(
+            a.reserve_generation(1, NodeId(8), Some(3), Purpose::NewPair),
+            Ok(Some(4))
+        );
+        assert_eq!(
+            a.reserve_generation(3, NodeId(7), None, Purpose::NewPair),
+            Ok(Some(1))
+        );
         assert_eq!(a.newest_claimed(1), Ok(Some(2)));
         assert_eq!(a.newest_generation(1), Ok(Some(4)));
         let p4 = PairId {
@@ -456,8 +502,8 @@ mod tests {
             Ok(Some(Membership {
                 pair: p4,
                 reserved_by: Some(NodeId(8)),
+                reserved_for: Some(Purpose::NewPair),
                 holder: None,
-                previous_holder: None,
             }))
         );
         // A live member's clone: the holder of a generation reserves the next.
@@ -469,11 +515,14 @@ mod tests {
             a.test_and_set(p4, NodeId(8)),
             Ok(Decision::Won { .. })
         ));
-        assert_eq!(a.reserve_generation(1, NodeId(8), Some(4)), Ok(Some(5)));
+        assert_eq!(
+            a.reserve_generation(1, NodeId(8), Some(4), Purpose::Clone),
+            Ok(Some(5))
+        );
         let Ok(Some(m)) = a.membership(1) else {
             panic!("no membership record for vm 1");
         };
-        assert_eq!((m.pair, m.previous_holder), (p5, Some(NodeId(8))));
+        assert_eq!((m.pair, m.reserved_for), (p5, Some(Purpose::Clone)));
         assert!(m.clone_of_live_member());
         assert!(matches!(
             a.test_and_set(p5, NodeId(9)),
@@ -486,7 +535,7 @@ mod tests {
         assert!(!m.clone_of_live_member());
         a.set_unreachable(true);
         assert!(matches!(
-            a.reserve_generation(1, NodeId(7), Some(5)),
+            a.reserve_generation(1, NodeId(7), Some(5), Purpose::NewPair),
             Err(ArbiterError::Unreachable(_))
         ));
         assert!(matches!(

@@ -66,6 +66,7 @@ pub use bytes::Bytes;
 
 pub use arbiter::{
     Arbiter, ArbiterError, CloneOffer, Decision, InProcessArbiter, Membership, NodeId, PairId,
+    Purpose, Reservation,
 };
 pub use event_source::{EventSource, MemoryLayout, SourceError, SourceResult, Stop};
 pub use exec_point::ExecPoint;

@@ -16,7 +16,7 @@
 //!   newest one written is sent again when nothing newer is queued
 //!   ([`ResendQueue::reconnected`]): the latest ack may have died with the old
 //!   connection. The queue also keeps the backup's resume position: every frame the
-//!   link delivers passes [`ResendQueue::on_delivered`], and a new connection asks
+//!   link delivers passes [`ResendQueue::on_received`], and a new connection asks
 //!   for [`ResendQueue::resume_from`], one past the last record delivered.
 //!
 //! Which records a frame holds is read by the codec ([`peek_record_range`]). Positions
@@ -279,11 +279,14 @@ impl ResendQueue {
         self.received_next = self.received_next.max(next);
     }
 
-    /// The link delivered `frame` from the peer. On the backup, a records frame moves
-    /// the resume position past its last record; on the primary, an ack frees what it
-    /// covers ([`ResendQueue::on_ack`]). Anything else (and a frame that does not
-    /// decode, which the engine will refuse) leaves the queue as it is.
-    pub fn on_delivered(&mut self, frame: &[u8]) {
+    /// The link received `frame` from the peer. On the primary, an ack frees what it
+    /// covers ([`ResendQueue::on_ack`]): call this before the ack reaches the engine,
+    /// so that the room it makes is there when the engine sends again. On the backup,
+    /// a records frame moves the resume position past its last record: call this once
+    /// the frame was handed on, so that a frame lost on the way is asked for again.
+    /// Anything else (and a frame that does not decode, which the engine will refuse)
+    /// leaves the queue as it is.
+    pub fn on_received(&mut self, frame: &[u8]) {
         match self.side {
             QueueSide::Backup => {
                 if let Some((_, last)) = peek_record_range(frame) {
@@ -507,11 +510,11 @@ mod tests {
         assert_eq!(b.resume_from(), 1);
         b.start_at(5);
         assert_eq!(b.resume_from(), 5);
-        b.on_delivered(&records(5, 9));
+        b.on_received(&records(5, 9));
         assert_eq!(b.resume_from(), 10);
         // A resent (older) batch, a frame without records, garbage: no move back.
-        b.on_delivered(&records(5, 6));
-        b.on_delivered(b"not a frame");
+        b.on_received(&records(5, 6));
+        b.on_received(b"not a frame");
         b.start_at(2);
         assert_eq!(b.resume_from(), 10);
 
@@ -528,10 +531,10 @@ mod tests {
             &mut ack,
         )
         .unwrap();
-        p.on_delivered(&ack);
+        p.on_received(&ack);
         assert_eq!(p.len(), 1, "the acked batch is freed");
         // Records delivered to a primary mean nothing to its queue.
-        p.on_delivered(&records(1, 8));
+        p.on_received(&records(1, 8));
         assert_eq!(p.len(), 1);
     }
 }

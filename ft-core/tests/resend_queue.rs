@@ -75,7 +75,7 @@ fn case(seed: u64, steps: usize) -> Result<(), String> {
             55..=79 => {
                 for _ in 0..rng.gen_range(1..4) {
                     let Some(f) = wire.pop_front() else { break };
-                    bq.on_delivered(&f);
+                    bq.on_received(&f);
                     let Ok(Frame::Records(rs)) = decode_frame(&f) else {
                         continue;
                     };
@@ -112,7 +112,7 @@ fn case(seed: u64, steps: usize) -> Result<(), String> {
                     &mut ack,
                 )
                 .map_err(|e| format!("step {step}: encoding an ack: {e}"))?;
-                q.on_delivered(&ack);
+                q.on_received(&ack);
             }
             // The connection drops: frames in flight are lost; the backup reconnects
             // and asks for the record it needs next.

@@ -9,7 +9,7 @@ use clap::{Parser, ValueEnum};
 use ft_core::driver::NoLink;
 use ft_core::{
     Arbiter, CloneConfig, Config, EventSource, HaltReason, Membership, Nanos, Node, NodeId, Notice,
-    PairId,
+    PairId, Purpose, Reservation,
 };
 use ft_sim::{
     Disk, DiskMode, Machine, MachineConfig, Network, OutputSink, SimWorld, SimWorldConfig,
@@ -719,7 +719,7 @@ fn reserve_for_primary(
     };
     let reserve = |why: String| -> Result<(PairId, Option<String>)> {
         match arbiter
-            .reserve_generation(args.vm, me, newest)
+            .reserve_generation(args.vm, me, newest, Purpose::NewPair)
             .map_err(unusable)?
         {
             Some(generation) => Ok((
@@ -1293,7 +1293,11 @@ fn reserve_clone(
 ) -> std::result::Result<(), CloneReservation> {
     let retry = |e: ft_core::ArbiterError| CloneReservation::Retry(e.to_string());
     let newest = arbiter.newest_generation(next.vm).map_err(retry)?;
-    let mine = arbiter.reserved_by(next).map_err(retry)? == Some(me);
+    let mine = arbiter.reservation(next).map_err(retry)?
+        == Some(Reservation {
+            node: me,
+            purpose: Purpose::Clone,
+        });
     if newest == Some(next.generation) && mine {
         return Ok(());
     }
@@ -1309,7 +1313,7 @@ fn reserve_clone(
         return Err(newer(newest));
     }
     match arbiter
-        .reserve_generation(next.vm, me, Some(current))
+        .reserve_generation(next.vm, me, Some(current), Purpose::Clone)
         .map_err(retry)?
     {
         Some(g) if g == next.generation => Ok(()),
@@ -1478,6 +1482,23 @@ fn open_backup(
     }
 }
 
+/// Whether a standby whose clone could not start with `e` waits for another pick:
+/// the member was unreachable, went away or is in another generation now. A refusal
+/// that would repeat with any member (a wrong key, image or version, a node id
+/// collision) ends the standby.
+fn standby_may_retry(e: &TcpError) -> bool {
+    matches!(
+        e,
+        TcpError::Io { .. }
+            | TcpError::Timeout(_)
+            | TcpError::GaveUp(_)
+            | TcpError::PeerGone(_)
+            | TcpError::PeerClosed
+            | TcpError::PairMismatch { .. }
+            | TcpError::BackupTaken { .. }
+    )
+}
+
 /// The rest of [`run`], on the loaded guest.
 fn run_on<M: Guest>(args: &NodeArgs, me: u64, cfg: Config, mut machine: M) -> Result<i32> {
     // Both sides must start from the same state; the log channel's handshake compares
@@ -1507,7 +1528,7 @@ fn run_on<M: Guest>(args: &NodeArgs, me: u64, cfg: Config, mut machine: M) -> Re
             peer,
             rejoined,
         },
-        _standby,
+        mut standby,
     ) = match (&etcd, args.role) {
         (Some(etcd), RoleArg::Standby) => {
             let (plan, standby) = wait_as_standby(etcd, args, NodeId(me))?;
@@ -1594,18 +1615,32 @@ fn run_on<M: Guest>(args: &NodeArgs, me: u64, cfg: Config, mut machine: M) -> Re
         }
         // A standby's plan is a joiner's.
         RoleArg::Backup | RoleArg::Join | RoleArg::Standby => {
-            let addr = peer
-                .as_deref()
-                .ok_or_else(|| NodeError::Usage(format!("a {side} needs --peer ADDR")))?;
-            Some(open_backup(
-                &*arbiter,
-                args,
-                role,
-                me,
-                addr,
-                &mut link_opts,
-                &log,
-            )?)
+            let mut addr =
+                peer.ok_or_else(|| NodeError::Usage(format!("a {side} needs --peer ADDR")))?;
+            loop {
+                let opened = open_backup(&*arbiter, args, role, me, &addr, &mut link_opts, &log);
+                match (opened, &etcd) {
+                    (Ok(o), _) => break Some(o),
+                    // A standby picked for a member it cannot clone from (it died
+                    // after its offer, or moved on to a newer generation) is still a
+                    // standby: it registers again and waits for the next pick.
+                    (Err(NodeError::Link(link::LinkError::Tcp(e))), Some(etcd))
+                        if args.role == RoleArg::Standby && standby_may_retry(&e) =>
+                    {
+                        log.line(format_args!(
+                            "the picked member at {addr} could not be cloned from ({e}); registering as a standby again in {} ms (--lease-ms: a dead member's offer goes with its lease)",
+                            args.lease_ms
+                        ));
+                        drop(standby.take());
+                        std::thread::sleep(Duration::from_millis(args.lease_ms));
+                        let (plan, again) = wait_as_standby(etcd, args, NodeId(me))?;
+                        standby = Some(again);
+                        link_opts.pair = plan.pair;
+                        addr = plan.peer.unwrap_or_default();
+                    }
+                    (Err(e), _) => return Err(e),
+                }
+            }
         }
     };
     // A backup that took its primary's reservation may have found a newer one.

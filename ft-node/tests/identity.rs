@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use ft_core::{Arbiter, NodeId, PairId};
+use ft_core::{Arbiter, NodeId, PairId, Purpose};
 use ft_node::node::EXIT_SETUP;
 use ft_node::testkit::{start_pair, write_key, NodeProc, Pair, PairOptions};
 use ft_transport::arbiter::FileArbiter;
@@ -234,7 +234,8 @@ fn a_live_members_clone_reservation_is_the_running_pairs() {
     let (dir, _arb_dir, arb) = arbiter_dir();
     arb.test_and_set(pair(1), NodeId(2)).unwrap();
     assert_eq!(
-        arb.reserve_generation(1, NodeId(2), Some(1)).unwrap(),
+        arb.reserve_generation(1, NodeId(2), Some(1), Purpose::Clone)
+            .unwrap(),
         Some(2)
     );
     let m = arb.membership(1).unwrap().unwrap();
@@ -275,7 +276,10 @@ fn a_superseding_pair_reserves_the_next_generation_above_an_earlier_run_and_surv
     std::fs::create_dir_all(&arb_dir).unwrap();
     let arb = FileArbiter::new(&arb_dir);
     arb.test_and_set(pair(1), NodeId(2)).unwrap();
-    assert_eq!(arb.reserve_generation(1, NodeId(5), Some(1)), Ok(Some(2)));
+    assert_eq!(
+        arb.reserve_generation(1, NodeId(5), Some(1), Purpose::NewPair),
+        Ok(Some(2))
+    );
 
     let (code, tail) = refused_node("primary", dir.path(), &[]);
     assert_eq!(code, Some(EXIT_SETUP), "{tail}");

@@ -875,6 +875,61 @@ fn chain_of_standbys(st: Setup) {
     }
 }
 
+/// A lone member (`--alone`, etcd) is killed while its offer is still in etcd (its
+/// lease outlives it by up to `--lease-ms`). A standby started then is picked for the
+/// dead member, cannot reach it, and stays a standby: it registers again and waits,
+/// never serving, instead of exiting (with nobody left to clone, it waits on).
+#[test]
+fn etcd_a_standby_picked_for_a_dead_member_registers_again() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let test = "etcd_a_standby_picked_for_a_dead_member_registers_again";
+    let Some(st) = Setup::with_etcd(test) else {
+        return;
+    };
+    let member = st.args(
+        "primary",
+        free_addr(),
+        &[
+            s("--listen"),
+            free_addr().to_string(),
+            s("--alone"),
+            s("--lease-ms"),
+            s("6000"),
+        ],
+    );
+    let mut member = NodeProc::spawn(&bin(), "n1", &member, true).unwrap();
+    wait_count(&member, "published in the arbiter", 1);
+    member.kill9().unwrap();
+    let standby = st.args(
+        "standby",
+        free_addr(),
+        &[
+            s("--node-id"),
+            s("2"),
+            s("--listen"),
+            free_addr().to_string(),
+            s("--connect-timeout-ms"),
+            s("300"),
+        ],
+    );
+    let mut standby = NodeProc::spawn(&bin(), "s2", &standby, true).unwrap();
+    wait_count(&standby, "PICKED by etcd", 1);
+    wait_count(&standby, "registering as a standby again", 1);
+    // Registered again, and still there once the dead member's offer expired.
+    wait_count(&standby, "waiting for a live member", 2);
+    std::thread::sleep(Duration::from_secs(7));
+    assert!(
+        standby.wait_exit(Duration::from_millis(100)).is_none(),
+        "the standby exited: {}",
+        standby.tail(10)
+    );
+    let record = st.etcd().record(1).unwrap();
+    assert!(record.standbys.contains_key(&2), "{record:?}");
+    assert!(!standby.printed("(serving)"), "{}", standby.tail(10));
+    assert!(!standby.printed("LIVE at"), "{}", standby.tail(10));
+    standby.kill9().unwrap();
+}
+
 /// With etcd standbys: after a failover and a pick, the live member is frozen
 /// (SIGSTOP) past the peer timeout. Its picked clone takes over in the next generation
 /// and a second standby is picked to back it up. Thawed, the old member finds the

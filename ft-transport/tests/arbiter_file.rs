@@ -133,7 +133,7 @@ fn reservations_are_unique_and_above_every_claim() {
     // And a missing directory is unreachable, as for claims.
     let missing = FileArbiter::new(dir.path().join("gone"));
     assert!(matches!(
-        missing.reserve_generation(1, NodeId(1), None),
+        missing.reserve_generation(1, NodeId(1), None, ft_core::Purpose::NewPair),
         Err(ArbiterError::Unreachable(_))
     ));
 }

@@ -77,9 +77,9 @@ impl<S: EventSource, W: World> Node<S, W> {
                 pages: sender.pages(),
             },
         ));
-        self.duty = Duty::Live {
-            clone_out: Some(Box::new(sender)),
-        };
+        if let Duty::Live { clone_out } = &mut self.duty {
+            *clone_out = Some(Box::new(sender));
+        }
         self.clone_queue.clear();
         self.clone_tx = 0;
         self.clone_rx = 0;
@@ -354,9 +354,9 @@ impl<S: EventSource, W: World> Node<S, W> {
         let (msgs, digest, summary) = match sender.finish(&mut self.source, resume) {
             Ok(x) => x,
             Err(e) => {
-                self.duty = Duty::Live {
-                    clone_out: Some(sender),
-                };
+                if let Duty::Live { clone_out } = &mut self.duty {
+                    *clone_out = Some(sender);
+                }
                 self.abort_clone(e.to_string(), true, now);
                 return;
             }

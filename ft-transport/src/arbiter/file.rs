@@ -61,7 +61,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ft_core::arbiter::{
-    not_the_holder, Arbiter, ArbiterError, CloneOffer, Decision, NodeId, PairId,
+    not_the_holder, Arbiter, ArbiterError, CloneOffer, Decision, NodeId, PairId, Purpose,
+    Reservation,
 };
 
 /// The first line of every claim file.
@@ -250,20 +251,20 @@ impl FileArbiter {
     ///
     /// [`FileArbiterError::Io`] when the file cannot be read;
     /// [`FileArbiterError::Malformed`] when it is not a reservation of `pair`.
-    pub fn read_reservation(&self, pair: PairId) -> Result<Option<NodeId>> {
+    pub fn read_reservation(&self, pair: PairId) -> Result<Option<Reservation>> {
         let path = self.reservation_path(pair);
         let Some(text) = read_small(&path, ["open reservation", "read reservation"])? else {
             return Ok(None);
         };
-        let node = text
+        let reservation = text
             .strip_prefix(&reservation_head(pair))
             .and_then(|rest| rest.strip_suffix('\n'))
-            .and_then(|n| n.parse::<u64>().ok())
+            .and_then(parse_reserver)
             .ok_or_else(|| FileArbiterError::Malformed {
                 path: path.clone(),
                 detail: format!("not a reservation of {pair:?}: {text:?}"),
             })?;
-        Ok(Some(NodeId(node)))
+        Ok(Some(reservation))
     }
 
     /// Reserve generation `after + 1` of `vm` (1 for `None`) for `me`, if `after` is
@@ -277,7 +278,13 @@ impl FileArbiter {
     /// # Errors
     ///
     /// [`FileArbiterError::Io`] on an I/O failure.
-    pub fn reserve(&self, vm: u64, me: NodeId, after: Option<u64>) -> Result<Option<u64>> {
+    pub fn reserve(
+        &self,
+        vm: u64,
+        me: NodeId,
+        after: Option<u64>,
+        purpose: Purpose,
+    ) -> Result<Option<u64>> {
         if self.newest_reserved_or_claimed(vm)? != after {
             return Ok(None);
         }
@@ -285,7 +292,7 @@ impl FileArbiter {
         let pair = PairId { vm, generation };
         let temp = self.write_temp(
             &format!("reserve-vm{vm}-gen{generation}.node{}", me.0),
-            &reservation_text(pair, me),
+            &reservation_text(pair, Reservation { node: me, purpose }),
         )?;
         let target = self.reservation_path(pair);
         let linked = fs::hard_link(&temp, &target);
@@ -509,11 +516,13 @@ impl Arbiter for FileArbiter {
         vm: u64,
         me: NodeId,
         after: Option<u64>,
+        purpose: Purpose,
     ) -> ft_core::arbiter::Result<Option<u64>> {
-        self.reserve(vm, me, after).map_err(ArbiterError::from)
+        self.reserve(vm, me, after, purpose)
+            .map_err(ArbiterError::from)
     }
 
-    fn reserved_by(&self, pair: PairId) -> ft_core::arbiter::Result<Option<NodeId>> {
+    fn reservation(&self, pair: PairId) -> ft_core::arbiter::Result<Option<Reservation>> {
         self.read_reservation(pair).map_err(ArbiterError::from)
     }
 
@@ -557,9 +566,29 @@ impl Arbiter for FileArbiter {
     }
 }
 
-/// What a reservation file says: its pair and the primary that reserved it.
-fn reservation_text(pair: PairId, node: NodeId) -> String {
-    format!("{}{}\n", reservation_head(pair), node.0)
+/// What a reservation file says: its pair, the node that reserved it, and, for a
+/// live member's clone, `for a clone`.
+fn reservation_text(pair: PairId, r: Reservation) -> String {
+    format!("{}{}\n", reservation_head(pair), reserver_text(r))
+}
+
+/// `N` for a new pair's primary, `N for a clone` for a live member's clone (the
+/// text after "reserved by " in both arbiters).
+pub(crate) fn reserver_text(r: Reservation) -> String {
+    match r.purpose {
+        Purpose::NewPair => r.node.0.to_string(),
+        Purpose::Clone => format!("{} for a clone", r.node.0),
+    }
+}
+
+/// The reservation [`reserver_text`] wrote, if `text` is one.
+pub(crate) fn parse_reserver(text: &str) -> Option<Reservation> {
+    let (node, purpose) = match text.strip_suffix(" for a clone") {
+        Some(n) => (n, Purpose::Clone),
+        None => (text, Purpose::NewPair),
+    };
+    let node = NodeId(node.parse().ok()?);
+    Some(Reservation { node, purpose })
 }
 
 /// A reservation file's text before the node id.

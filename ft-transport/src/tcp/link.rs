@@ -679,12 +679,19 @@ fn reader_loop(shared: &Shared, conn: &Conn, stream: TcpStream, session: &Sessio
                 );
                 let frame = Bytes::from(payload);
                 // The link only carries the frame; what it means for a resend or a
-                // resume is the queue's (acks free records, records move the resume
-                // position), noted once the frame is delivered.
+                // resume is the queue's: an ack frees records before the engine sees
+                // it (so that what the ack makes room for fits at once); records move
+                // the resume position only once they were handed on.
+                let primary = shared.role == Role::Primary;
+                if primary {
+                    shared.out.lock().queue.on_received(&frame);
+                }
                 if !shared.deliver(conn, frame.clone()) {
                     return;
                 }
-                shared.out.lock().queue.on_delivered(&frame);
+                if !primary {
+                    shared.out.lock().queue.on_received(&frame);
+                }
             }
             Ok((KIND_BYE, _)) => {
                 conn.kill();

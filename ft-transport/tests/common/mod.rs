@@ -9,7 +9,7 @@ use bytes::Bytes;
 use ft_core::{
     Arbiter, AsyncEvent, ChannelError, Command, Config, DeviceId, EngineError, EventSource,
     ExecPoint, InProcessArbiter, InputRequest, IoRequest, LogChannel, LogReceiver, Nanos, Node,
-    NodeId, Notice, Output, RawOutput, SourceError, SourceResult, Stop, Transmit, World,
+    NodeId, Notice, Output, Purpose, RawOutput, SourceError, SourceResult, Stop, Transmit, World,
 };
 use ft_transport::{BackupEnd, FrameLink, PrimaryEnd};
 
@@ -541,8 +541,14 @@ pub fn reservations_are_unique<A: Arbiter + Send + 'static>(
     assert_eq!(a.newest_generation(vm), Ok(Some(3)));
     assert_eq!(a.reserved_by(claimed), Ok(None));
     // A stale read loses: 2 is not the newest generation, nor is "none".
-    assert_eq!(a.reserve_generation(vm, NodeId(1), Some(2)), Ok(None));
-    assert_eq!(a.reserve_generation(vm, NodeId(1), None), Ok(None));
+    assert_eq!(
+        a.reserve_generation(vm, NodeId(1), Some(2), Purpose::NewPair),
+        Ok(None)
+    );
+    assert_eq!(
+        a.reserve_generation(vm, NodeId(1), None, Purpose::NewPair),
+        Ok(None)
+    );
     let barrier = Arc::new(std::sync::Barrier::new(threads));
     let joins: Vec<_> = (0..threads)
         .map(|t| {
@@ -553,7 +559,7 @@ pub fn reservations_are_unique<A: Arbiter + Send + 'static>(
                 while got.len() < per_thread {
                     let read = arb.newest_generation(vm).unwrap();
                     match arb
-                        .reserve_generation(vm, NodeId(t as u64 + 1), read)
+                        .reserve_generation(vm, NodeId(t as u64 + 1), read, Purpose::NewPair)
                         .unwrap()
                     {
                         Some(g) => {
@@ -609,7 +615,7 @@ pub fn reservations_are_unique<A: Arbiter + Send + 'static>(
     // The next reservation is above it all; a claim of the next generation first
     // makes it lose.
     assert_eq!(
-        a.reserve_generation(vm, NodeId(1), Some(newest)),
+        a.reserve_generation(vm, NodeId(1), Some(newest), Purpose::NewPair),
         Ok(Some(newest + 1))
     );
     let next = ft_core::PairId {
@@ -621,7 +627,36 @@ pub fn reservations_are_unique<A: Arbiter + Send + 'static>(
         Ok(ft_core::Decision::Won { .. })
     ));
     assert_eq!(
-        a.reserve_generation(vm, NodeId(1), Some(newest + 1)),
+        a.reserve_generation(vm, NodeId(1), Some(newest + 1), Purpose::Clone),
         Ok(None)
     );
+    // What a reservation is for is kept: a live member's clone is told apart from a
+    // new pair of the same node (the holder of the generation before).
+    assert_eq!(
+        a.reserve_generation(vm, NodeId(5), Some(newest + 2), Purpose::Clone),
+        Ok(Some(newest + 3))
+    );
+    let clone = ft_core::PairId {
+        vm,
+        generation: newest + 3,
+    };
+    assert_eq!(
+        a.reservation(clone),
+        Ok(Some(ft_core::Reservation {
+            node: NodeId(5),
+            purpose: Purpose::Clone
+        }))
+    );
+    assert!(a.membership(vm).unwrap().unwrap().clone_of_live_member());
+    assert!(matches!(
+        a.test_and_set(clone, NodeId(5)),
+        Ok(ft_core::Decision::Won { .. })
+    ));
+    assert_eq!(
+        a.reserve_generation(vm, NodeId(5), Some(newest + 3), Purpose::NewPair),
+        Ok(Some(newest + 4))
+    );
+    let m = a.membership(vm).unwrap().unwrap();
+    assert_eq!(m.reserved_for, Some(Purpose::NewPair));
+    assert!(!m.clone_of_live_member(), "{m:?}");
 }

@@ -45,9 +45,12 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use ft_core::arbiter::{
-    not_the_holder, Arbiter, ArbiterError, CloneOffer, Decision, NodeId, PairId,
+    not_the_holder, Arbiter, ArbiterError, CloneOffer, Decision, NodeId, PairId, Purpose,
+    Reservation,
 };
 use serde_json::{json, Value};
+
+use super::file::{parse_reserver, reserver_text};
 
 pub use lease::{Lease, Renewed};
 
@@ -339,7 +342,13 @@ impl EtcdArbiter {
     /// # Errors
     ///
     /// As for [`EtcdArbiter::holder`].
-    pub fn reserve(&self, vm: u64, me: NodeId, after: Option<u64>) -> Result<Option<u64>> {
+    pub fn reserve(
+        &self,
+        vm: u64,
+        me: NodeId,
+        after: Option<u64>,
+        purpose: Purpose,
+    ) -> Result<Option<u64>> {
         if self.newest_reserved_or_claimed(vm)? != after {
             return Ok(None);
         }
@@ -352,7 +361,10 @@ impl EtcdArbiter {
             "compare": [absent(&key), absent(&claim)],
             "success": [{ "request_put": {
                 "key": key,
-                "value": B64.encode(format!("reserved by {}", me.0)),
+                "value": B64.encode(format!(
+                    "reserved by {}",
+                    reserver_text(Reservation { node: me, purpose })
+                )),
             } }],
             "failure": [],
         });
@@ -362,18 +374,17 @@ impl EtcdArbiter {
         Ok(won.then_some(generation))
     }
 
-    /// The node that reserved `pair`'s generation, if one did.
+    /// Who reserved `pair`'s generation, and for what, if one did.
     ///
     /// # Errors
     ///
     /// As for [`EtcdArbiter::holder`]; a value that is not a reservation is
     /// [`EtcdError::BadAnswer`].
-    pub fn read_reservation(&self, pair: PairId) -> Result<Option<NodeId>> {
+    pub fn read_reservation(&self, pair: PairId) -> Result<Option<Reservation>> {
         self.read_key(&self.reservation_key(pair), |endpoint, kv| {
             let text = value_text(endpoint, kv)?;
             text.strip_prefix("reserved by ")
-                .and_then(|n| n.parse().ok())
-                .map(NodeId)
+                .and_then(parse_reserver)
                 .ok_or_else(|| bad(endpoint, format!("value {text:?} is not a reservation")))
         })
     }
@@ -525,11 +536,13 @@ impl Arbiter for EtcdArbiter {
         vm: u64,
         me: NodeId,
         after: Option<u64>,
+        purpose: Purpose,
     ) -> ft_core::arbiter::Result<Option<u64>> {
-        self.reserve(vm, me, after).map_err(ArbiterError::from)
+        self.reserve(vm, me, after, purpose)
+            .map_err(ArbiterError::from)
     }
 
-    fn reserved_by(&self, pair: PairId) -> ft_core::arbiter::Result<Option<NodeId>> {
+    fn reservation(&self, pair: PairId) -> ft_core::arbiter::Result<Option<Reservation>> {
         self.read_reservation(pair).map_err(ArbiterError::from)
     }
 
