@@ -160,6 +160,16 @@ pub trait EventSource {
         false
     }
 
+    /// Whether page `index` was written since the dirty log's current interval began
+    /// ([`EventSource::start_dirty_log`] or the last
+    /// [`EventSource::take_dirty_pages`]), so that the next take reports it. A hint:
+    /// `false` means unknown, and is the default. A pre-copy round skips such a page:
+    /// the next round, or the final pause, sends it anyway, as it is then.
+    fn page_dirty_now(&self, index: u64) -> bool {
+        let _ = index;
+        false
+    }
+
     /// Fill page `index` with zeros. The default writes a page of zeros with
     /// [`EventSource::write_page`]; a machine that knows the page is zero already may
     /// skip the write.
@@ -224,6 +234,9 @@ impl<T: EventSource + ?Sized> EventSource for Box<T> {
     }
     fn page_is_zero(&self, index: u64) -> bool {
         (**self).page_is_zero(index)
+    }
+    fn page_dirty_now(&self, index: u64) -> bool {
+        (**self).page_dirty_now(index)
     }
     fn zero_page(&mut self, index: u64) -> SourceResult<()> {
         (**self).zero_page(index)

@@ -93,6 +93,7 @@ fn clone_then_fail_over(
             converge_pages: 4,
             max_rounds: 8,
             pages_per_step,
+            ..CloneConfig::default()
         },
         now,
     )

@@ -339,6 +339,10 @@ impl EventSource for Machine {
         self.ram.page_is_zero(index)
     }
 
+    fn page_dirty_now(&self, index: u64) -> bool {
+        self.ram.is_page_dirty(index)
+    }
+
     fn zero_page(&mut self, index: u64) -> SourceResult<()> {
         if self.ram.page_is_zero(index) {
             return Ok(());

@@ -60,10 +60,13 @@ fn assert_letters_continuous(sink: &OutputSink) -> usize {
 
 #[test]
 fn a_busy_guest_is_cloned_in_rounds_and_its_clone_replays_it_exactly_then_takes_over() {
+    // Every round resends what the guest wrote (deferral off: see
+    // `pages_the_guest_keeps_writing_cross_once_with_deferral`).
     let clone = CloneConfig {
         chunk_pages: 16,
         converge_pages: 4,
         max_rounds: 6,
+        defer_dirty: false,
         ..CloneConfig::default()
     };
     let mut sim = ChainSim::alone(PairConfig::default(), clone, dirtier(48));
@@ -218,12 +221,55 @@ fn a_sender_that_dies_before_its_final_pause_leaves_a_clone_that_never_goes_live
     )));
 }
 
+/// With deferral (the default), a pre-copy round leaves out the pages the guest wrote
+/// since the round began; they cross once, in a later round or the pause, instead of
+/// once per round. The clone is as exact either way (the receiver checks the digest at
+/// the clone point, and the clone then replays and takes over).
+#[test]
+fn pages_the_guest_keeps_writing_cross_once_with_deferral() {
+    let sent = |defer_dirty: bool| {
+        let clone = CloneConfig {
+            chunk_pages: 16,
+            converge_pages: 4,
+            max_rounds: 6,
+            defer_dirty,
+            ..CloneConfig::default()
+        };
+        let mut sim = ChainSim::alone(PairConfig::default(), clone, dirtier(48));
+        sim.run_until(300, |_| false);
+        let t = sim.start_clone(NodeId(1)).unwrap();
+        assert!(sim.run_until(100_000, |s| has(s, t, |n| matches!(
+            n,
+            Notice::CloneReceived { .. }
+        ))));
+        let pages = notices(&sim, NodeId(1))
+            .iter()
+            .find_map(|n| match n {
+                Notice::ClonePaused { pages, .. } => Some(*pages),
+                _ => None,
+            })
+            .unwrap();
+        // The clone is exact: it replays, and takes over when the member dies.
+        sim.run_until(200, |_| false);
+        sim.crash(NodeId(1)).unwrap();
+        assert!(sim.run_until(100_000, |s| s.live_members() == vec![t]));
+        assert_letters_continuous(sim.sink());
+        pages
+    };
+    let (with, without) = (sent(true), sent(false));
+    assert!(
+        with < without,
+        "deferred: {with} pages sent, not deferred: {without}"
+    );
+}
+
 #[test]
 fn a_receiver_that_dies_mid_clone_is_abandoned_while_outputs_keep_flowing() {
     let clone = CloneConfig {
         chunk_pages: 4,
         converge_pages: 0,
         max_rounds: 30,
+        defer_dirty: false,
         ..CloneConfig::default()
     };
     let mut sim = ChainSim::alone(PairConfig::default(), clone, dirtier(32));
@@ -530,6 +576,7 @@ fn pre_copy_reads_at_most_its_page_budget_between_two_machine_steps() {
     let cfg = CloneConfig {
         chunk_pages: 4,
         pages_per_step: 10,
+        defer_dirty: false,
         ..CloneConfig::default()
     };
     n.start_clone(

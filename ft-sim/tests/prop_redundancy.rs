@@ -43,6 +43,7 @@ fn chain(seed: u64, rng: &mut ChaCha8Rng, alone: bool, guest: Guest) -> ChainSim
         converge_pages: rng.gen_range(0..=64),
         max_rounds: rng.gen_range(1..=8),
         pages_per_step: rng.gen_range(1..=256),
+        defer_dirty: rng.gen_bool(0.5),
     };
     let m = match guest {
         Guest::Service => {

@@ -75,6 +75,12 @@ pub struct CloneConfig {
     /// It keeps each turn of the driver short, so that the guest keeps running and
     /// both sides keep hearing each other while a large memory goes across.
     pub pages_per_step: u64,
+    /// Leave out of a pre-copy round the pages the guest wrote since the round began
+    /// (default true; it needs a machine that says so,
+    /// [`crate::EventSource::page_dirty_now`]): the round's dirty set holds them, so
+    /// the next round or the final pause sends them, and a page the guest keeps
+    /// writing crosses once instead of once per round.
+    pub defer_dirty: bool,
 }
 
 impl Default for CloneConfig {
@@ -84,6 +90,7 @@ impl Default for CloneConfig {
             converge_pages: 2_560,
             max_rounds: 30,
             pages_per_step: 4_096,
+            defer_dirty: true,
         }
     }
 }

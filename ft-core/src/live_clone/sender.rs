@@ -35,6 +35,9 @@ pub(crate) struct Summary {
     pub(crate) pages: u64,
     /// Bytes of page data and state sent.
     pub(crate) bytes: u64,
+    /// Pages a pre-copy round left out because the guest had written them since the
+    /// round began (a later round or the final pause sent them).
+    pub(crate) deferred: u64,
 }
 
 /// The sender's state machine. It reads the machine only when asked for a message,
@@ -110,11 +113,15 @@ impl CloneSender {
     }
 
     /// The pages as they are now: each read straight into one buffer for the whole
-    /// chunk, the pages of which share it.
+    /// chunk, the pages of which share it. In a pre-copy round (`precopy`), a page the
+    /// guest wrote since the round began is left out: the round's dirty set holds it,
+    /// so the next round or the final pause sends it, and sending it now would only
+    /// send it twice.
     fn read_chunk<S: EventSource>(
         &mut self,
         source: &S,
         pages: &[u64],
+        precopy: bool,
     ) -> Result<Vec<PageCopy>, CloneError> {
         let size = self.layout.page_size as usize;
         // The final pause reads into memory made ready before it (see `spare`).
@@ -122,6 +129,10 @@ impl CloneSender {
         // (index, offset of its data in `chunk`, or None for a zero page)
         let mut read = Vec::with_capacity(pages.len());
         for &index in pages {
+            if precopy && self.cfg.defer_dirty && source.page_dirty_now(index) {
+                self.summary.deferred += 1;
+                continue;
+            }
             // A page the machine knows is zero is not even read.
             if source.page_is_zero(index) {
                 read.push((index, None));
@@ -176,14 +187,25 @@ impl CloneSender {
                 Ok(None)
             }
             State::Sending if self.cursor < self.to_send.len() => {
-                let end = (self.cursor + self.cfg.chunk_pages).min(self.to_send.len());
-                let pages = self.to_send[self.cursor..end].to_vec();
-                self.cursor = end;
-                let pages = self.read_chunk(source, &pages)?;
-                Ok(Some(CloneMsg::Pages {
-                    round: self.round,
-                    pages,
-                }))
+                // Chunks whose pages were all left out (written meanwhile) make no
+                // message.
+                loop {
+                    let end = (self.cursor + self.cfg.chunk_pages).min(self.to_send.len());
+                    let pages = self.to_send[self.cursor..end].to_vec();
+                    self.cursor = end;
+                    let pages = self.read_chunk(source, &pages, true)?;
+                    if !pages.is_empty() {
+                        return Ok(Some(CloneMsg::Pages {
+                            round: self.round,
+                            pages,
+                        }));
+                    }
+                    if self.cursor >= self.to_send.len()
+                        || self.read_this_step >= self.cfg.pages_per_step
+                    {
+                        return self.next_message(source);
+                    }
+                }
             }
             State::Sending => {
                 self.state = State::AwaitAck;
@@ -257,7 +279,7 @@ impl CloneSender {
         let round = self.round + 1;
         let mut msgs = Vec::with_capacity(dirty.len() / self.cfg.chunk_pages + 2);
         for chunk in dirty.chunks(self.cfg.chunk_pages) {
-            let pages = self.read_chunk(source, chunk)?;
+            let pages = self.read_chunk(source, chunk, false)?;
             msgs.push(CloneMsg::Pages { round, pages });
         }
         let state = source.save_cpu_devices()?;
