@@ -982,6 +982,11 @@ impl<S: EventSource, W: World> Node<S, W> {
         if let Some(t) = self.poll_clone_transmit(now) {
             return Some(t);
         }
+        // Clone messages held back for the next step: nothing may overtake them (the
+        // records after a final pause follow its final state).
+        if !self.clone_queue.is_empty() {
+            return None;
+        }
         if self.is_halted() {
             return None;
         }
@@ -1026,8 +1031,8 @@ impl<S: EventSource, W: World> Node<S, W> {
                 return Ok(StepOutcome::Blocked(Blocked::Receiving));
             }
             // The final pause is a step of its own, with no guest slice: the guest
-            // runs again at the next step, once the driver has handed the final
-            // messages to the link.
+            // runs again at the next step, while the final messages go to the link,
+            // at most `FINAL_PAGES_PER_STEP` pages a step and ahead of any record.
             Phase::Live if self.clone_final_due() => {
                 self.clone_pause(now);
                 Ok(StepOutcome::Progressed)

@@ -44,6 +44,9 @@ pub(crate) struct Recording {
     pub(crate) watermark_sent: OutputSeq,
     /// After a clone's final pause: the digest the new backup must confirm.
     pub(crate) clone_ready: Option<u64>,
+    /// Final-pause pages handed to the link since this step began
+    /// ([`crate::live_clone::FINAL_PAGES_PER_STEP`]).
+    pub(crate) final_pages_sent: u64,
 }
 
 impl Recording {
@@ -61,6 +64,7 @@ impl Recording {
             lag: LagMonitor::new(cfg.max_lag),
             watermark_sent: OutputSeq(next_output),
             clone_ready: None,
+            final_pages_sent: 0,
         })
     }
 }

@@ -624,3 +624,118 @@ fn pre_copy_reads_at_most_its_page_budget_between_two_machine_steps() {
         "the 200 dirty pages went across over many steps: {full_per_step:?}"
     );
 }
+
+/// After the final pause the guest runs again at once: the final pages go to the link
+/// at most a step's budget (256 pages) at a time, the guest running a slice between,
+/// and ahead of every record the node logs for its new backup. The clone completes and
+/// the new backup replays.
+#[test]
+fn the_final_pages_go_out_a_budget_a_step_while_the_guest_runs_and_before_any_record() {
+    // 4 MiB of RAM, 600 pages of working set: more than two steps' budgets.
+    let big = || {
+        let img = guests::dirtier(600 * 4096, 0, 40).unwrap();
+        let cfg = MachineConfig {
+            ram_size: 4 << 20,
+            ..MachineConfig::default()
+        };
+        Machine::from_raw(cfg, &img).unwrap()
+    };
+    let mut s = alone(big());
+    for _ in 0..50 {
+        s.step(0).unwrap();
+    }
+    let rcfg = Config {
+        node: NodeId(2),
+        pair: PairId {
+            vm: 1,
+            generation: 2,
+        },
+        ..Config::default()
+    };
+    let rworld = SimWorld::new(
+        "r",
+        Default::default(),
+        Disk::new(4096),
+        OutputSink::new(),
+        false,
+    );
+    let mut r = Node::clone_target(rcfg, big(), rworld, 0);
+    let pair = PairId {
+        vm: 1,
+        generation: 2,
+    };
+    let cfg = CloneConfig {
+        defer_dirty: false,
+        ..CloneConfig::default()
+    };
+    s.start_clone(pair, cfg, 0).unwrap();
+    let (mut paused, mut final_sent, mut complete) = (false, false, false);
+    let mut final_steps = Vec::new();
+    let mut ran_before_final = false;
+    let mut now = 0;
+    for _ in 0..100_000 {
+        now += 1_000;
+        let before = s.source().point();
+        s.step(now).unwrap();
+        let ran = s.source().point() > before;
+        let was_paused = paused;
+        while let Some((_, n)) = s.poll_notice() {
+            match n {
+                Notice::ClonePaused { .. } => paused = true,
+                Notice::CloneComplete { .. } => complete = true,
+                _ => {}
+            }
+        }
+        if was_paused && !final_sent && ran {
+            ran_before_final = true;
+        }
+        let mut pages = 0;
+        while let Some(t) = s.poll_transmit(now) {
+            match t {
+                Transmit::Clone(f) => {
+                    match &f.msg {
+                        CloneMsg::Pages { pages: p, .. } if paused => pages += p.len(),
+                        CloneMsg::Final { .. } => final_sent = true,
+                        _ => {}
+                    }
+                    r.handle_clone(f, now).unwrap();
+                }
+                Transmit::Records(recs) => {
+                    assert!(final_sent, "records went out before the final state");
+                    r.handle_records(recs, now).unwrap();
+                }
+                Transmit::Ack(_) => panic!("the sender sent an ack"),
+            }
+        }
+        if paused && pages > 0 {
+            final_pages_check(pages);
+            final_steps.push(pages);
+        }
+        while let Some(t) = r.poll_transmit(now) {
+            match t {
+                Transmit::Clone(f) => s.handle_clone(f, now).unwrap(),
+                Transmit::Ack(a) => s.handle_ack(a, now).unwrap(),
+                Transmit::Records(_) => panic!("the receiver sent records"),
+            }
+        }
+        r.step(now).unwrap();
+        if complete {
+            break;
+        }
+    }
+    assert!(complete, "the clone never completed");
+    assert!(
+        final_steps.len() >= 2,
+        "the final pages went out over several steps: {final_steps:?}"
+    );
+    assert!(
+        ran_before_final,
+        "the guest ran before the final state went out"
+    );
+    assert_eq!(*r.phase(), Phase::Replaying);
+}
+
+/// One step's final pages: the budget, overshot by less than one message of 64.
+fn final_pages_check(pages: usize) {
+    assert!(pages <= 256 + 63, "{pages} final pages in one step");
+}

@@ -405,8 +405,16 @@ impl<S: EventSource, W: World> Node<S, W> {
     }
 
     fn next_clone_message(&mut self, now: Nanos) -> Option<CloneMsg> {
-        if let Some(m) = self.clone_queue.pop_front() {
-            return Some(m);
+        if let Some(front) = self.clone_queue.front() {
+            // After the pause, the final pages go out a step's budget at a time, the
+            // guest running in between: it waits for the read, not the encoding.
+            if let (Duty::Record(r), CloneMsg::Pages { pages, .. }) = (&mut self.duty, front) {
+                if r.final_pages_sent >= super::FINAL_PAGES_PER_STEP {
+                    return None;
+                }
+                r.final_pages_sent += pages.len() as u64;
+            }
+            return self.clone_queue.pop_front();
         }
         if self.phase == Phase::Live {
             let res = match &mut self.duty {
@@ -440,6 +448,9 @@ impl<S: EventSource, W: World> Node<S, W> {
     /// Before a guest slice: the clone's page budget starts again, and a clone that
     /// converged pauses at the step after it.
     pub(crate) fn clone_step_begins(&mut self) {
+        if let Duty::Record(r) = &mut self.duty {
+            r.final_pages_sent = 0;
+        }
         if let Duty::Live { clone_out: Some(s) } = &mut self.duty {
             s.step_begins();
         }

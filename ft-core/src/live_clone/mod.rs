@@ -46,6 +46,12 @@ mod receiver;
 mod sender;
 
 pub(crate) use receiver::{CloneReceiver, Received, RECEIVE_PAGES_PER_STEP};
+
+/// After a final pause, the most final pages handed to the link per machine step (1
+/// MiB of 4 KiB pages): the guest runs again once the last dirty pages are read, and
+/// their encoding and sending is spread over the steps that follow, ahead of every
+/// record, instead of lengthening the pause.
+pub(crate) const FINAL_PAGES_PER_STEP: u64 = 256;
 pub(crate) use sender::CloneSender;
 
 use bytes::Bytes;
