@@ -561,7 +561,7 @@ impl<M: EventSource + NetDrops> EventSource for TappedMachine<M> {
     }
 
     /// The machine's CPU and devices, then what the bridge carries to the clone's
-    /// bridge ([`Carried`]).
+    /// bridge (`Carried`).
     fn save_cpu_devices(&self) -> SourceResult<Vec<u8>> {
         let machine = self.inner.save_cpu_devices()?;
         let carried = postcard::to_stdvec(&self.bridge.carry())

@@ -42,7 +42,7 @@ pub struct RuntimeConfig {
     /// Longest sleep when there is nothing to do.
     pub idle_sleep: Duration,
     /// Declare the peer dead as soon as the channel reports
-    /// [`ChannelError::Disconnected`] ([`Node::peer_failed`]); otherwise wait for the
+    /// [`ChannelError::Disconnected`](ft_core::ChannelError::Disconnected) ([`Node::peer_failed`]); otherwise wait for the
     /// failure detector's timeout.
     pub disconnect_is_failure: bool,
 }

@@ -47,7 +47,7 @@ impl<S: EventSource, W: World> Node<S, W> {
     ///
     /// # Errors
     ///
-    /// [`EngineError::Clone`] when the node is not live, already clones, or its guest
+    /// [`EngineError::Clone`](crate::EngineError::Clone) when the node is not live, already clones, or its guest
     /// ended; when `pair` is not a later generation of this VM; when the parameters
     /// do not fit; or when the machine has no state transfer.
     pub fn start_clone(&mut self, pair: PairId, cfg: CloneConfig, now: Nanos) -> Result<()> {
@@ -119,7 +119,7 @@ impl<S: EventSource, W: World> Node<S, W> {
     ///
     /// # Errors
     ///
-    /// [`EngineError::Clone`] for a message that does not fit, or the receiver's
+    /// [`EngineError::Clone`](crate::EngineError::Clone) for a message that does not fit, or the receiver's
     /// refusal (a mismatched layout, a bad page, a digest mismatch); the receiver then
     /// halts, and the sender abandons its clone.
     pub fn handle_clone(&mut self, frame: CloneFrame, now: Nanos) -> Result<()> {
