@@ -41,16 +41,21 @@ fn has(sim: &ChainSim, id: NodeId, f: impl Fn(&Notice) -> bool) -> bool {
     sim.trace().notices.iter().any(|(_, i, n)| *i == id && f(n))
 }
 
-/// `m` running alone, unprotected (default configuration), with a world of its own.
-fn alone(m: Machine) -> Node<Machine, SimWorld> {
-    let world = SimWorld::new(
-        "s",
+/// A world of its own named `name`, with a small private disk; `live` for a side that
+/// serves.
+fn world(name: &'static str, live: bool) -> SimWorld {
+    SimWorld::new(
+        name,
         Default::default(),
         Disk::new(4096),
         OutputSink::new(),
-        true,
-    );
-    Node::unprotected(Config::default(), m, world, 0)
+        live,
+    )
+}
+
+/// `m` running alone, unprotected (default configuration), with a world of its own.
+fn alone(m: Machine) -> Node<Machine, SimWorld> {
+    Node::unprotected(Config::default(), m, world("s", true), 0)
 }
 
 /// The letters the dirtier prints go a, b, ... p, a, ... with none missing.
@@ -652,14 +657,7 @@ fn the_final_pages_go_out_a_budget_a_step_while_the_guest_runs_and_before_any_re
         },
         ..Config::default()
     };
-    let rworld = SimWorld::new(
-        "r",
-        Default::default(),
-        Disk::new(4096),
-        OutputSink::new(),
-        false,
-    );
-    let mut r = Node::clone_target(rcfg, big(), rworld, 0);
+    let mut r = Node::clone_target(rcfg, big(), world("r", false), 0);
     let pair = PairId {
         vm: 1,
         generation: 2,
