@@ -20,7 +20,9 @@
 //! next entry, and only if the exit reported the vCPU ready for it
 //! (`ready_for_interrupt_injection` and IF); otherwise the line stays raised and is
 //! retried at each later deterministic exit (interrupts are never injected at an exit
-//! the guest did not cause, so `request_interrupt_window` is not used).
+//! the guest did not cause, so `request_interrupt_window` is not used). A `hlt` exit
+//! with a line pending and IF set injects at once and runs on, so [`Stop::Idle`] always
+//! means that nothing can be delivered until an event is injected.
 //!
 //! ## Why it is exact
 //!
@@ -601,7 +603,20 @@ impl EventSource for KvmMachine {
                 return Err(self.fail(e));
             }
             since_return = 0;
-            let stop = self.handle(ev)?;
+            let mut stop = self.handle(ev)?;
+            if stop == Some(Stop::Idle) {
+                // A line raised while the vCPU could not take it (in a handler, IF
+                // clear) is taken by the `hlt` that follows when no exit came between:
+                // the guest is not idle then. `Stop::Idle` promises a point that stays
+                // put until an event is injected, and the replayer relies on it: a
+                // machine that woke on the next `run` instead would let the recorder
+                // (which runs again after an idle step) go on where the replayer
+                // reports a divergence.
+                self.maybe_inject()?;
+                if self.state != RunState::Idle {
+                    stop = None;
+                }
+            }
             match stop {
                 Some(Stop::Idle) if self.point() >= until => return Ok(Stop::Reached),
                 Some(s) => return Ok(s),
