@@ -1,4 +1,8 @@
-//! An instruction-counted RISC-V RV64IM + Zicsr interpreter (machine and user mode).
+//! An instruction-counted RISC-V RV64IMC + Zicsr interpreter (machine and user mode).
+//!
+//! Compressed instructions (the C extension, [`crate::rvc`]) are expanded to the
+//! 32-bit instruction they stand for and count as one instruction like any other;
+//! instruction addresses need only be 2-byte aligned.
 //!
 //! # Execution point and `instret`
 //!
@@ -22,7 +26,7 @@
 //! step, before instruction `N + 1` executes — with one exception: if instruction
 //! `N + 1` is a `wfi` (that is legal to execute), the `wfi` executes first (it
 //! retires at once, since an enabled interrupt is pending) and the interrupt is taken
-//! right after it, with `mepc` = the `wfi`'s address + 4. This is what the privileged
+//! right after it, with `mepc` = the `wfi`'s address + 4 (`wfi` has no compressed form). This is what the privileged
 //! specification requires for an interrupt that wakes a waiting hart, it avoids lost
 //! wake-ups (the handler returns *after* the `wfi`), and it depends only on
 //! architectural state (pc, memory, `mip`, `mie`, `mstatus`), not on whether the `wfi`
@@ -45,6 +49,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::memory::Ram;
+use crate::rvc;
 
 /// Errors of the [`Cpu`] inspection/setup API (never of guest execution, which traps).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -220,8 +225,8 @@ const MSTATUS_WRITABLE: u64 = MSTATUS_MIE | MSTATUS_MPIE | MSTATUS_MPP | MSTATUS
 /// The `mcause` interrupt bit.
 pub const MCAUSE_INTERRUPT: u64 = 1 << 63;
 
-/// Value of `misa`: MXL = 64, extensions I, M, U.
-pub const MISA: u64 = (2 << 62) | (1 << 8) | (1 << 12) | (1 << 20);
+/// Value of `misa`: MXL = 64, extensions I, M, C, U.
+pub const MISA: u64 = (2 << 62) | (1 << 2) | (1 << 8) | (1 << 12) | (1 << 20);
 
 /// CSR addresses.
 pub mod csr {
@@ -325,7 +330,7 @@ pub enum StepExit {
     TrapLoop,
 }
 
-/// The architectural state of one RV64IM hart.
+/// The architectural state of one RV64IMC hart.
 #[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 pub struct Cpu {
     x: [u64; 32],
@@ -565,11 +570,49 @@ impl Cpu {
             return self.interrupt_or_wfi(ram, pending);
         }
         let pc = self.pc;
-        if pc & 3 != 0 {
+        if pc & 1 != 0 {
             return self.exception(Exception::InstructionAddressMisaligned, pc);
         }
-        match ram.load_u32(pc) {
-            Ok(inst) => self.execute(inst, ram, mmio),
+        let raw = match ram.load_u32(pc) {
+            Ok(raw) => raw,
+            Err(_) => return self.fetch_at_the_end(ram, mmio),
+        };
+        if raw & 3 == 3 {
+            return self.execute(raw, 4, ram, mmio);
+        }
+        self.execute_compressed(raw as u16, ram, mmio)
+    }
+
+    /// The C extension: expand the 16-bit instruction and execute it with length 2. An
+    /// illegal one (reserved, or an expansion this CPU lacks, such as `c.fld`) reports
+    /// its 16 bits in `mtval`.
+    #[inline(always)]
+    fn execute_compressed<M: Mmio + ?Sized>(
+        &mut self,
+        parcel: u16,
+        ram: &mut Ram,
+        mmio: &mut M,
+    ) -> StepOutcome {
+        let Some(inst) = rvc::expand(parcel) else {
+            return self.illegal(u32::from(parcel));
+        };
+        let out = self.execute(inst, 2, ram, mmio);
+        if matches!(out, StepOutcome::Exception(Exception::IllegalInstruction)) {
+            self.mtval = u64::from(parcel);
+        }
+        out
+    }
+
+    /// A 4-byte fetch at `pc` failed: either `pc` is outside RAM, or a 16-bit
+    /// instruction sits in the last two bytes of RAM (or a 32-bit one straddles its
+    /// end, which faults on its second half).
+    #[cold]
+    #[inline(never)]
+    fn fetch_at_the_end<M: Mmio + ?Sized>(&mut self, ram: &mut Ram, mmio: &mut M) -> StepOutcome {
+        let pc = self.pc;
+        match ram.load_u16(pc) {
+            Ok(parcel) if rvc::is_compressed(parcel) => self.execute_compressed(parcel, ram, mmio),
+            Ok(_) => self.exception(Exception::InstructionAccessFault, pc.wrapping_add(2)),
             Err(_) => self.exception(Exception::InstructionAccessFault, pc),
         }
     }
@@ -581,7 +624,7 @@ impl Cpu {
     #[inline(never)]
     fn interrupt_or_wfi(&mut self, ram: &Ram, pending: u64) -> StepOutcome {
         let wfi_allowed = self.privilege == Privilege::Machine || self.mstatus & MSTATUS_TW == 0;
-        if self.pc & 3 == 0 && wfi_allowed && ram.load_u32(self.pc) == Ok(WFI) {
+        if self.pc & 1 == 0 && wfi_allowed && ram.load_u32(self.pc) == Ok(WFI) {
             self.pc = self.pc.wrapping_add(4);
             self.instret = self.instret.wrapping_add(1);
             return StepOutcome::Retired;
@@ -592,7 +635,7 @@ impl Cpu {
     /// Enters a trap to M-mode at `target`.
     #[inline(always)]
     fn enter_trap(&mut self, cause: u64, tval: u64, target: u64) {
-        self.mepc = self.pc & !3;
+        self.mepc = self.pc & !1;
         self.mcause = cause;
         self.mtval = tval;
         let mpie = if self.mstatus & MSTATUS_MIE != 0 {
@@ -763,16 +806,23 @@ impl Cpu {
         }
     }
 
-    /// Executes one fetched instruction at `self.pc`.
+    /// Executes one fetched instruction at `self.pc`, `len` bytes long (4, or 2 for a
+    /// compressed instruction, which arrives here expanded).
     #[inline(always)]
-    fn execute<M: Mmio + ?Sized>(&mut self, inst: u32, ram: &mut Ram, mmio: &mut M) -> StepOutcome {
+    fn execute<M: Mmio + ?Sized>(
+        &mut self,
+        inst: u32,
+        len: u64,
+        ram: &mut Ram,
+        mmio: &mut M,
+    ) -> StepOutcome {
         let pc = self.pc;
         let rd = ((inst >> 7) & 31) as usize;
         let rs1 = ((inst >> 15) & 31) as usize;
         let rs2 = ((inst >> 20) & 31) as usize;
         let f3 = (inst >> 12) & 7;
         let f7 = inst >> 25;
-        let mut next = pc.wrapping_add(4);
+        let mut next = pc.wrapping_add(len);
         let mut stop = Stop::None;
 
         macro_rules! illegal {
@@ -797,7 +847,7 @@ impl Cpu {
             // JAL
             0x6F => {
                 let target = pc.wrapping_add(j_imm(inst));
-                if target & 3 != 0 {
+                if target & 1 != 0 {
                     return self.exception(Exception::InstructionAddressMisaligned, target);
                 }
                 self.x[rd] = next;
@@ -809,7 +859,7 @@ impl Cpu {
                     illegal!();
                 }
                 let target = self.x[rs1].wrapping_add(i_imm(inst)) & !1;
-                if target & 3 != 0 {
+                if target & 1 != 0 {
                     return self.exception(Exception::InstructionAddressMisaligned, target);
                 }
                 self.x[rd] = next;
@@ -830,7 +880,7 @@ impl Cpu {
                 };
                 if taken {
                     let target = pc.wrapping_add(b_imm(inst));
-                    if target & 3 != 0 {
+                    if target & 1 != 0 {
                         return self.exception(Exception::InstructionAddressMisaligned, target);
                     }
                     next = target;
@@ -1129,7 +1179,7 @@ impl Cpu {
             csr::MTVEC => self.mtvec = if v & 3 >= 2 { v & !3 } else { v },
             csr::MCOUNTEREN => self.mcounteren = v & 0xFFFF_FFFF,
             csr::MSCRATCH => self.mscratch = v,
-            csr::MEPC => self.mepc = v & !3,
+            csr::MEPC => self.mepc = v & !1,
             csr::MCAUSE => self.mcause = v,
             csr::MTVAL => self.mtval = v,
             0x3A0..=0x3AF => self.pmpcfg[usize::from(addr & 0xF)] = v,

@@ -1,11 +1,11 @@
 //! # ft-sim
 //!
-//! A pure-software RISC-V machine (RV64IM + Zicsr, machine and user mode) whose
+//! A pure-software RISC-V machine (RV64IMC + Zicsr, machine and user mode) whose
 //! execution is exact and instruction-counted, so that any asynchronous event can be
 //! placed at any instruction. It is the backend ft uses to property-test replay
 //! equivalence, and the machine the `failover` demo protects.
 //!
-//! * [`cpu`], [`memory`]: the hart and its RAM (at `0x8000_0000`, as spike and QEMU
+//! * [`cpu`], [`rvc`], [`memory`]: the hart (with the C extension's expansion) and its RAM (at `0x8000_0000`, as spike and QEMU
 //!   `virt` place it);
 //! * [`devices`]: console UART, timer, wall clock, RNG, block device with DMA, network
 //!   device — each a source of nondeterminism that goes through the log;
@@ -30,6 +30,7 @@ pub mod machine;
 pub mod memory;
 pub mod progen;
 pub mod redundancy;
+pub mod rvc;
 pub mod world;
 
 pub use cluster::{PairConfig, PairSim, Side};

@@ -98,6 +98,18 @@ pub enum LoaderError {
     /// The symbol names would take unreasonably more memory than the input.
     #[error("symbol table too large")]
     SymbolTableTooLarge,
+    /// The program was built for ISA extensions this machine does not implement.
+    #[error("the program needs the {missing} extension(s), which this machine lacks (it implements {IMPLEMENTED}); its {evidence}")]
+    NeedsExtensions {
+        /// The missing extensions, comma-separated (`"F, D"`).
+        missing: String,
+        /// Where the loader saw the need: the float ABI in `e_flags`, or the arch
+        /// string of `.riscv.attributes`.
+        evidence: String,
+    },
+    /// The `.riscv.attributes` section is malformed.
+    #[error("bad .riscv.attributes section: {0}")]
+    BadAttributes(&'static str),
     /// Copying into RAM failed.
     #[error(transparent)]
     Memory(#[from] MemoryError),
@@ -142,6 +154,20 @@ const SHDR_SIZE: u64 = 64;
 const SYM_SIZE: u64 = 24;
 const PT_LOAD: u32 = 1;
 const SHT_SYMTAB: u32 = 2;
+/// `SHT_RISCV_ATTRIBUTES`: the build attributes, with the arch string.
+const SHT_RISCV_ATTRIBUTES: u32 = 0x7000_0003;
+/// `EF_RISCV_FLOAT_ABI`: bits 1..2 of `e_flags` (0 soft, 1 single, 2 double, 3 quad).
+const EF_RISCV_FLOAT_ABI: u32 = 0x6;
+/// `Tag_RISCV_arch` in the `riscv` attributes subsection: the arch string.
+const TAG_RISCV_ARCH: u64 = 5;
+
+/// What the CPU implements, as an ISA string names it.
+const IMPLEMENTED: &str = "RV64IMC + Zicsr + Zifencei";
+/// The single-letter extensions of the CPU (`e` is a subset of `i`).
+const SINGLE_LETTER: &[char] = &['i', 'e', 'm', 'c'];
+/// The multi-letter extensions of the CPU: its CSRs, `fence.i`, the multiply subset of
+/// M, and the counters (`cycle`, `time`, `instret` all read the instruction count).
+const MULTI_LETTER: &[&str] = &["zicsr", "zifencei", "zmmul", "zicntr"];
 const ET_EXEC: u16 = 2;
 const EM_RISCV: u16 = 243;
 const STB_GLOBAL: u8 = 1;
@@ -239,6 +265,19 @@ pub fn load_elf(bytes: &[u8], ram: &mut Ram) -> Result<LoadedImage> {
         return Err(LoaderError::UnsupportedVersion(version));
     }
     let entry = u64_at(eh, 24);
+    let flags = u32_at(eh, 48);
+    let abi = (flags & EF_RISCV_FLOAT_ABI) >> 1;
+    if abi != 0 {
+        let (missing, name) = match abi {
+            1 => ("F", "lp64f"),
+            2 => ("F, D", "lp64d"),
+            _ => ("F, D, Q", "lp64q"),
+        };
+        return Err(LoaderError::NeedsExtensions {
+            missing: missing.into(),
+            evidence: format!("e_flags {flags:#x} say the {name} float ABI, which passes arguments in floating-point registers"),
+        });
+    }
     let phoff = u64_at(eh, 32);
     let shoff = u64_at(eh, 40);
     let phentsize = u64::from(u16_at(eh, 54));
@@ -305,6 +344,7 @@ pub fn load_elf(bytes: &[u8], ram: &mut Ram) -> Result<LoadedImage> {
         ..LoadedImage::default()
     };
     if shoff != 0 && shnum > 0 {
+        check_arch(&file, shoff, shentsize, shnum)?;
         read_symbols(&file, shoff, shentsize, shnum, &mut image.symbols)?;
     }
     image.tohost = image.symbol("tohost");
@@ -317,6 +357,171 @@ pub fn load_elf(bytes: &[u8], ram: &mut Ram) -> Result<LoadedImage> {
         ram.zero(seg.addr.wrapping_add(filesz), seg.memsz - filesz)?;
     }
     Ok(image)
+}
+
+/// An extension's name without its version suffix (`2p0`, `1`): `zicsr2p0` is
+/// `zicsr`, `zcmp1p0` is `zcmp`, and `zcmp` stays `zcmp`.
+fn strip_version(token: &str) -> &str {
+    let digits = |t: &str| t.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    let t = &token[..digits(token)];
+    match t.strip_suffix('p') {
+        Some(major) if major.ends_with(|c: char| c.is_ascii_digit()) => &major[..digits(major)],
+        _ => t,
+    }
+}
+
+/// The extensions that the arch string `arch` (`rv64i2p1_m2p0_a2p1_c2p0_zicsr2p0`)
+/// names and the CPU lacks, in the string's order.
+fn missing_extensions(arch: &str) -> Vec<String> {
+    let lower = arch.to_ascii_lowercase();
+    let Some(rest) = lower
+        .strip_prefix("rv64")
+        .or_else(|| lower.strip_prefix("rv32"))
+    else {
+        return vec![format!("base ISA of {arch:?}")];
+    };
+    let mut missing = Vec::new();
+    for (i, token) in rest.split('_').enumerate() {
+        let first = token.chars().next();
+        if i > 0 && matches!(first, Some('z' | 's' | 'x')) {
+            // A multi-letter extension: its name, then its version (`zicsr2p0`).
+            let name = strip_version(token);
+            if !name.is_empty() && !MULTI_LETTER.contains(&name) {
+                missing.push(name.to_owned());
+            }
+            continue;
+        }
+        // Single-letter extensions, each with an optional version (`i2p1m2p0` or
+        // `i2p1` then `m2p0` in tokens of their own).
+        for c in token.chars().filter(char::is_ascii_alphabetic) {
+            if c == 'p' {
+                continue; // the separator inside a version ("2p1")
+            }
+            if c == 'g' {
+                // G = IMAFD + Zicsr + Zifencei.
+                missing.extend(["a", "f", "d"].map(String::from));
+            } else if !SINGLE_LETTER.contains(&c) {
+                missing.push(c.to_string());
+            }
+        }
+    }
+    missing.dedup();
+    missing
+}
+
+/// Refuse a program whose `.riscv.attributes` arch string names extensions the CPU
+/// lacks. A program without the section is not refused (old toolchains omit it).
+fn check_arch(file: &Bytes<'_>, shoff: u64, shentsize: u64, shnum: u64) -> Result<()> {
+    if shentsize < SHDR_SIZE {
+        return Err(LoaderError::BadEntrySize {
+            what: "section header",
+            size: shentsize,
+        });
+    }
+    let table_len = shnum
+        .checked_mul(shentsize)
+        .ok_or(LoaderError::Overflow("section header table"))?;
+    let table = file.slice("section header table", shoff, table_len)?;
+    let Some(sh) = table
+        .chunks_exact(shentsize as usize)
+        .find(|sh| u32_at(sh, 4) == SHT_RISCV_ATTRIBUTES)
+    else {
+        return Ok(());
+    };
+    let body = file.slice(".riscv.attributes", u64_at(sh, 24), u64_at(sh, 32))?;
+    let Some(arch) = arch_attribute(body)? else {
+        return Ok(());
+    };
+    let missing = missing_extensions(&arch);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(LoaderError::NeedsExtensions {
+        missing: missing
+            .iter()
+            .map(|m| m.to_ascii_uppercase())
+            .collect::<Vec<_>>()
+            .join(", "),
+        evidence: format!(".riscv.attributes arch string is {arch:?}"),
+    })
+}
+
+/// ULEB128 at the front of `s`, advancing it.
+fn uleb(s: &mut &[u8]) -> Result<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&b, rest) = s
+            .split_first()
+            .ok_or(LoaderError::BadAttributes("truncated ULEB128"))?;
+        *s = rest;
+        v |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err(LoaderError::BadAttributes("ULEB128 longer than 64 bits"))
+}
+
+/// A NUL-terminated string at the front of `s`, advancing it past the NUL.
+fn ntbs<'a>(s: &mut &'a [u8]) -> Result<&'a [u8]> {
+    let n = s
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or(LoaderError::BadAttributes("unterminated string"))?;
+    let (text, rest) = s.split_at(n);
+    *s = rest.get(1..).unwrap_or_default();
+    Ok(text)
+}
+
+/// The `Tag_RISCV_arch` string of a `.riscv.attributes` section body: format version
+/// `A`, then subsections (`u32` length, vendor name, then tagged sub-subsections of
+/// which tag 1, "file", holds ULEB128 tags with ULEB128 or string values; odd tags
+/// take strings, even ones numbers, as the RISC-V ELF psABI defines).
+fn arch_attribute(body: &[u8]) -> Result<Option<String>> {
+    let Some((&b'A', mut rest)) = body.split_first() else {
+        return Err(LoaderError::BadAttributes("no format version 'A'"));
+    };
+    while rest.len() >= 4 {
+        let len = u32_at(rest, 0) as usize;
+        if len < 4 || len > rest.len() {
+            return Err(LoaderError::BadAttributes("subsection length out of range"));
+        }
+        let (sub, next) = rest.split_at(len);
+        rest = next;
+        let mut sub = sub.get(4..).unwrap_or_default();
+        if ntbs(&mut sub)? != b"riscv" {
+            continue; // another vendor's attributes
+        }
+        while let Some((&tag, after)) = sub.split_first() {
+            if after.len() < 4 {
+                return Err(LoaderError::BadAttributes("truncated sub-subsection"));
+            }
+            let size = u32_at(after, 0) as usize;
+            if size < 5 || size > sub.len() {
+                return Err(LoaderError::BadAttributes(
+                    "sub-subsection size out of range",
+                ));
+            }
+            let (whole, next) = sub.split_at(size);
+            sub = next;
+            if tag != 1 {
+                continue; // section or symbol attributes
+            }
+            let mut attrs = whole.get(5..).unwrap_or_default();
+            while !attrs.is_empty() {
+                let tag = uleb(&mut attrs)?;
+                if tag % 2 == 1 {
+                    let text = ntbs(&mut attrs)?;
+                    if tag == TAG_RISCV_ARCH {
+                        return Ok(Some(String::from_utf8_lossy(text).into_owned()));
+                    }
+                } else {
+                    uleb(&mut attrs)?;
+                }
+            }
+        }
+    }
+    Ok(None)
 }
 
 fn read_symbols(
@@ -407,4 +612,82 @@ fn c_str(strtab: &[u8], off: u64) -> Result<&str> {
     let rest = strtab.get(start..).ok_or(bad.clone())?;
     let len = rest.iter().position(|&b| b == 0).ok_or(bad.clone())?;
     std::str::from_utf8(rest.get(..len).ok_or(bad.clone())?).map_err(|_| bad)
+}
+
+#[cfg(test)]
+mod isa_tests {
+    use super::*;
+
+    #[test]
+    fn version_suffixes_come_off() {
+        assert_eq!(strip_version("zicsr2p0"), "zicsr");
+        assert_eq!(strip_version("zcmp1p0"), "zcmp");
+        assert_eq!(strip_version("zcmp"), "zcmp");
+        assert_eq!(strip_version("zifencei2"), "zifencei");
+    }
+
+    #[test]
+    fn the_arch_string_names_what_is_missing() {
+        assert!(missing_extensions("rv64i2p1_m2p0_c2p0_zicsr2p0_zifencei2p0").is_empty());
+        assert!(missing_extensions("rv64imc").is_empty());
+        assert_eq!(
+            missing_extensions("rv64i2p1_m2p0_a2p1_f2p2_d2p2_c2p0_zicsr2p0_zifencei2p0"),
+            ["a", "f", "d"]
+        );
+        assert_eq!(missing_extensions("rv64gc"), ["a", "f", "d"]);
+        assert_eq!(missing_extensions("rv64imac_zba1p0"), ["a", "zba"]);
+        assert_eq!(missing_extensions("RV64IMV"), ["v"]);
+        assert_eq!(missing_extensions("x86_64"), ["base ISA of \"x86_64\""]);
+    }
+
+    /// A `.riscv.attributes` body with `tags` (already encoded) in its file
+    /// sub-subsection.
+    fn attributes(tags: &[u8]) -> Vec<u8> {
+        let mut file = vec![1u8];
+        file.extend_from_slice(&(5 + tags.len() as u32).to_le_bytes());
+        file.extend_from_slice(tags);
+        let mut sub = Vec::new();
+        sub.extend_from_slice(&(4 + 6 + file.len() as u32).to_le_bytes());
+        sub.extend_from_slice(b"riscv\0");
+        sub.extend_from_slice(&file);
+        let mut body = vec![b'A'];
+        body.extend_from_slice(&sub);
+        body
+    }
+
+    #[test]
+    fn the_arch_attribute_is_found_after_numeric_tags() {
+        // Tag_RISCV_stack_align (4) = 16, then Tag_RISCV_arch (5).
+        let mut tags = vec![4u8, 16, 5];
+        tags.extend_from_slice(b"rv64i2p1_m2p0_a2p1\0");
+        tags.extend_from_slice(&[6, 1]); // Tag_RISCV_unaligned_access = 1
+        assert_eq!(
+            arch_attribute(&attributes(&tags)).unwrap().as_deref(),
+            Some("rv64i2p1_m2p0_a2p1")
+        );
+        assert_eq!(arch_attribute(&attributes(&[4, 16])).unwrap(), None);
+    }
+
+    #[test]
+    fn malformed_attributes_are_errors_not_panics() {
+        let good = {
+            let mut tags = vec![5u8];
+            tags.extend_from_slice(b"rv64imc\0");
+            attributes(&tags)
+        };
+        assert!(arch_attribute(b"").is_err());
+        assert!(arch_attribute(b"B").is_err());
+        for cut in 1..good.len() {
+            let _ = arch_attribute(&good[..cut]);
+        }
+        let mut huge = good.clone();
+        huge[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(arch_attribute(&huge).is_err());
+        let mut unterminated = good.clone();
+        unterminated.pop();
+        assert!(arch_attribute(&unterminated).is_err());
+        // A ULEB128 that never ends.
+        let endless = attributes(&[0x80; 12]);
+        assert!(arch_attribute(&endless).is_err());
+    }
 }

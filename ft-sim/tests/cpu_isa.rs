@@ -340,64 +340,83 @@ fn jal_and_jalr_link() {
 }
 
 #[test]
-fn misaligned_jump_targets_trap_without_linking() {
-    // jalr to a 2-aligned address.
+fn jump_targets_need_only_2_byte_alignment() {
+    // With the C extension, IALIGN is 16: a jalr to a 2-aligned address is taken and
+    // links. The target holds the all-zero parcel, a reserved (illegal) compressed
+    // instruction, so the run stops there.
     let mut a = Assembler::new();
     a.li_u64(T0, RAM_BASE + 0x102).li(RA, 5);
     let jalr_pc = RAM_BASE + a.offset();
     a.jalr(RA, T0, 0);
     let (cpu, _, e) = run_to_exception(&a);
-    assert_eq!(e, Exception::InstructionAddressMisaligned);
-    assert_eq!(cpu.csr(csr::MCAUSE), Some(0));
-    assert_eq!(cpu.csr(csr::MEPC), Some(jalr_pc));
-    assert_eq!(cpu.csr(csr::MTVAL), Some(RAM_BASE + 0x102));
-    assert_eq!(cpu.reg(RA), 5, "rd not written by a trapping jalr");
+    assert_eq!(e, Exception::IllegalInstruction);
+    assert_eq!(cpu.csr(csr::MEPC), Some(RAM_BASE + 0x102));
+    assert_eq!(cpu.csr(csr::MTVAL), Some(0));
+    assert_eq!(cpu.reg(RA), jalr_pc + 4, "the jalr linked");
 
     // jal with offset 6, and a taken branch with offset 2.
     let mut a = Assembler::new();
     a.emit(jal(RA, 6).unwrap());
     let (cpu, _, e) = run_to_exception(&a);
-    assert_eq!(e, Exception::InstructionAddressMisaligned);
-    assert_eq!(cpu.csr(csr::MTVAL), Some(RAM_BASE + 6));
-    assert_eq!(cpu.reg(RA), 0);
+    assert_eq!(e, Exception::IllegalInstruction);
+    assert_eq!(cpu.csr(csr::MEPC), Some(RAM_BASE + 6));
+    assert_eq!(cpu.reg(RA), RAM_BASE + 4);
 
     let mut a = Assembler::new();
-    a.emit(bne(ZERO, ZERO, 2).unwrap()) // not taken: no trap
+    a.emit(bne(ZERO, ZERO, 2).unwrap()) // not taken
         .emit(beq(ZERO, ZERO, 2).unwrap());
     let (cpu, _, e) = run_to_exception(&a);
-    assert_eq!(e, Exception::InstructionAddressMisaligned);
-    assert_eq!(cpu.csr(csr::MEPC), Some(RAM_BASE + 4));
-    assert_eq!(cpu.instret(), 1);
+    assert_eq!(e, Exception::IllegalInstruction);
+    assert_eq!(cpu.csr(csr::MEPC), Some(RAM_BASE + 6));
+    assert_eq!(cpu.instret(), 2);
+
+    // Only an odd pc is misaligned (no instruction can jump there: jalr clears bit 0
+    // and offsets are even), and mepc never holds bit 0.
+    let mut cpu = Cpu::new(RAM_BASE + 1);
+    let mut ram = Ram::new(1 << 16);
+    cpu.set_csr(csr::MTVEC, RAM_BASE + 0x100).unwrap();
+    let out = cpu.step(&mut ram, &mut NoMmio);
+    assert_eq!(
+        out,
+        StepOutcome::Exception(Exception::InstructionAddressMisaligned)
+    );
+    assert_eq!(cpu.csr(csr::MTVAL), Some(RAM_BASE + 1));
+    assert_eq!(cpu.csr(csr::MEPC), Some(RAM_BASE));
+    cpu.set_csr(csr::MEPC, RAM_BASE + 7).unwrap();
+    assert_eq!(cpu.csr(csr::MEPC), Some(RAM_BASE + 6));
 }
 
 #[test]
 fn illegal_encodings_trap_with_instruction_bits() {
-    let illegal: &[u32] = &[
-        0x0000_0000, // all zeros
-        0xFFFF_FFFF, // all ones
-        0x0000_0001, // compressed (no C extension)
-        0x0415_1513, // slli with funct6 = 1
-        0x8005_5513, // srli/srai with bad funct6
-        0x0205_151B, // slliw with shamt bit 5 set
-        0x0400_0533, // OP with funct7 = 2
-        0x4000_1533, // OP with funct7 0x20 and funct3 1
-        0x0200_153B, // mulw family funct3 1 (does not exist)
-        0x0000_7003, // load funct3 7
-        0x0000_4023, // store funct3 4
-        0x0000_2063, // branch funct3 2
-        0x0000_1067, // jalr funct3 1
-        0x0000_200F, // misc-mem funct3 2
-        0x1020_0073, // sret (no S-mode)
-        0x0000_4073, // system funct3 4
-        0x0000_007F, // unknown major opcode
+    // (instruction, mtval): a reserved compressed instruction reports its 16 bits.
+    let illegal: &[(u32, u32)] = &[
+        (0x0000_0000, 0),           // all zeros: the reserved compressed parcel
+        (0xFFFF_FFFF, 0xFFFF_FFFF), // all ones
+        (0x1234_8000, 0x8000),      // compressed quadrant 0, funct3 100 (reserved)
+        (0x1234_2001, 0x2001),      // c.addiw x0 (reserved)
+        (0x0000_2008, 0x2008),      // c.fld (no D extension)
+        (0x0415_1513, 0x0415_1513), // slli with funct6 = 1
+        (0x8005_5513, 0x8005_5513), // srli/srai with bad funct6
+        (0x0205_151B, 0x0205_151B), // slliw with shamt bit 5 set
+        (0x0400_0533, 0x0400_0533), // OP with funct7 = 2
+        (0x4000_1533, 0x4000_1533), // OP with funct7 0x20 and funct3 1
+        (0x0200_153B, 0x0200_153B), // mulw family funct3 1 (does not exist)
+        (0x0000_7003, 0x0000_7003), // load funct3 7
+        (0x0000_4023, 0x0000_4023), // store funct3 4
+        (0x0000_2063, 0x0000_2063), // branch funct3 2
+        (0x0000_1067, 0x0000_1067), // jalr funct3 1
+        (0x0000_200F, 0x0000_200F), // misc-mem funct3 2
+        (0x1020_0073, 0x1020_0073), // sret (no S-mode)
+        (0x0000_4073, 0x0000_4073), // system funct3 4
+        (0x0000_007F, 0x0000_007F), // unknown major opcode
     ];
-    for &inst in illegal {
+    for &(inst, tval) in illegal {
         let mut a = Assembler::new();
         a.addi(A0, ZERO, 1).emit(inst);
         let (cpu, _, e) = run_to_exception(&a);
         assert_eq!(e, Exception::IllegalInstruction, "{inst:#010x}");
         assert_eq!(cpu.csr(csr::MCAUSE), Some(2));
-        assert_eq!(cpu.csr(csr::MTVAL), Some(u64::from(inst)), "{inst:#010x}");
+        assert_eq!(cpu.csr(csr::MTVAL), Some(u64::from(tval)), "{inst:#010x}");
         assert_eq!(cpu.csr(csr::MEPC), Some(RAM_BASE + 4));
         assert_eq!(cpu.instret(), 1, "the illegal instruction did not retire");
         assert_eq!(cpu.privilege(), Privilege::Machine);

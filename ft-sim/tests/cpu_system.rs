@@ -117,11 +117,19 @@ fn csr_warl_fields_and_constant_csrs() {
         "writable bits + UXL=64"
     );
     assert_eq!(cpu.reg(A2) & MSTATUS_MPP, 0, "illegal MPP becomes U");
-    assert_eq!(cpu.reg(A3), 0x8000_1000, "mepc[1:0] = 0");
+    assert_eq!(
+        cpu.reg(A3),
+        0x8000_1002,
+        "mepc[0] = 0 (IALIGN 16: bit 1 stays)"
+    );
     assert_eq!(cpu.reg(A4) & 3, 0, "reserved mtvec mode becomes direct");
     assert_eq!(cpu.reg(A5), MISA);
     assert_eq!(MISA >> 62, 2);
-    assert_eq!(MISA & ((1 << 26) - 1), (1 << 8) | (1 << 12) | (1 << 20));
+    assert_eq!(
+        MISA & ((1 << 26) - 1),
+        (1 << 2) | (1 << 8) | (1 << 12) | (1 << 20),
+        "C, I, M, U"
+    );
     assert_eq!(cpu.reg(A6), MISA);
     assert_eq!(cpu.reg(A7), 0);
     assert_eq!(cpu.reg(S2), 0);
