@@ -13,33 +13,19 @@
 //! which installs both).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod toolchain;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ft_core::{EventSource, ExecPoint, Stop};
+use ft_core::EventSource;
 use ft_sim::loader::LoaderError;
 use ft_sim::machine::MachineError;
 use ft_sim::rvc;
 use ft_sim::{Machine, MachineConfig, PairConfig, PairSim};
 
-fn required() -> bool {
-    std::env::var("FT_REQUIRE_RISCV_TOOLCHAIN").is_ok_and(|v| v == "1")
-}
-
-/// Whether `tool` runs; a skip line (or a failure under `FT_REQUIRE_RISCV_TOOLCHAIN=1`)
-/// when it does not.
-fn have(tool: &str, test: &str) -> bool {
-    let ok = Command::new(tool).arg("--version").output().is_ok();
-    if !ok {
-        assert!(
-            !required(),
-            "FT_REQUIRE_RISCV_TOOLCHAIN=1 but {tool} is missing"
-        );
-        eprintln!("SKIP {test}: {tool} is not installed");
-    }
-    ok
-}
+use toolchain::{have, run_to_exit as run_until_exit};
 
 fn scratch(tag: &str) -> PathBuf {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -306,13 +292,7 @@ fn build_program(compressed: bool) -> Vec<u8> {
 }
 
 fn run_to_exit(m: &mut Machine) -> u64 {
-    loop {
-        match m.run(ExecPoint::at(m.point().count + 1_000_000)).unwrap() {
-            Stop::Halted(code) => return code,
-            Stop::Reached => assert!(m.point().count < 50_000_000, "no exit"),
-            other => panic!("unexpected stop {other:?}"),
-        }
-    }
+    run_until_exit(m, 50_000_000)
 }
 
 #[test]

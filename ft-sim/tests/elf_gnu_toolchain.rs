@@ -7,25 +7,17 @@
 //! (set by `.ci/run`, which installs the package).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod toolchain;
+
 use std::path::PathBuf;
 use std::process::Command;
 
-use ft_core::{EventSource, ExecPoint, Stop};
+use ft_core::EventSource;
 use ft_sim::memory::Ram;
 use ft_sim::{Machine, MachineConfig, PairConfig, PairSim};
 
 fn build_selftest() -> Option<Vec<u8>> {
-    let required = std::env::var("FT_REQUIRE_RISCV_TOOLCHAIN").is_ok_and(|v| v == "1");
-    let have = Command::new("riscv64-linux-gnu-as")
-        .arg("--version")
-        .output()
-        .is_ok();
-    if !have {
-        assert!(
-            !required,
-            "FT_REQUIRE_RISCV_TOOLCHAIN=1 but riscv64-linux-gnu-as is missing"
-        );
-        eprintln!("SKIP: riscv64-linux-gnu binutils not installed");
+    if !toolchain::have("riscv64-linux-gnu-as", "the GNU-built self-test") {
         return None;
     }
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/asm/htif_selftest.S");
@@ -64,13 +56,7 @@ fn build_selftest() -> Option<Vec<u8>> {
 }
 
 fn run_to_exit(m: &mut Machine) -> u64 {
-    loop {
-        match m.run(ExecPoint::at(m.point().count + 1_000_000)).unwrap() {
-            Stop::Halted(code) => return code,
-            Stop::Reached => assert!(m.point().count < 10_000_000, "no exit"),
-            other => panic!("unexpected stop {other:?}"),
-        }
-    }
+    toolchain::run_to_exit(m, 10_000_000)
 }
 
 #[test]
