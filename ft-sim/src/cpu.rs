@@ -712,9 +712,6 @@ impl Cpu {
         size: u8,
         stop: &mut Stop,
     ) -> std::result::Result<u64, StepOutcome> {
-        if addr & (u64::from(size) - 1) != 0 {
-            return Err(self.exception(Exception::LoadAddressMisaligned, addr));
-        }
         let r = match size {
             1 => ram.load_u8(addr).map(u64::from),
             2 => ram.load_u16(addr).map(u64::from),
@@ -723,6 +720,11 @@ impl Cpu {
         };
         match r {
             Ok(v) => Ok(v),
+            // RAM completes misaligned accesses (as QEMU and spike do); a device
+            // register does not.
+            Err(_) if addr & (u64::from(size) - 1) != 0 => {
+                Err(self.exception(Exception::LoadAddressMisaligned, addr))
+            }
             Err(_) => self.mmio_load(mmio, addr, size, stop),
         }
     }
@@ -757,9 +759,6 @@ impl Cpu {
         value: u64,
         stop: &mut Stop,
     ) -> std::result::Result<(), StepOutcome> {
-        if addr & (u64::from(size) - 1) != 0 {
-            return Err(self.exception(Exception::StoreAddressMisaligned, addr));
-        }
         let r = match size {
             1 => ram.store_u8(addr, value as u8),
             2 => ram.store_u16(addr, value as u16),
@@ -775,6 +774,9 @@ impl Cpu {
                     }
                 }
                 Ok(())
+            }
+            Err(_) if addr & (u64::from(size) - 1) != 0 => {
+                Err(self.exception(Exception::StoreAddressMisaligned, addr))
             }
             Err(_) => self.mmio_store(mmio, addr, size, value, stop),
         }

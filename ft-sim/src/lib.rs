@@ -13,7 +13,7 @@
 //! * [`world`]: the host half of the devices, a seeded stand-in for the real world;
 //! * [`disk`]: the disk image, in memory or in a file processes share, with fencing
 //!   tokens enforced where writes land;
-//! * [`loader`], [`asm`], [`guests`]: how programs get in (ELF with HTIF `tohost`,
+//! * [`loader`], [`asm`], [`guests`], [`htif`]: how programs get in (ELF with HTIF `tohost`,
 //!   raw images, and an assembler for generated programs);
 //! * [`cluster`]: a deterministic simulation of a whole protected pair;
 //! * [`redundancy`]: a protected VM through a chain of failures, each followed by a
@@ -25,6 +25,7 @@ pub mod cpu;
 pub mod devices;
 pub mod disk;
 pub mod guests;
+pub mod htif;
 pub mod loader;
 pub mod machine;
 pub mod memory;

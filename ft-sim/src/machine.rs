@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cpu::{Cpu, StepExit};
 use crate::devices::{Action, Devices};
+use crate::htif::{Call, Command};
 use crate::memory::{Ram, PAGE_SIZE, RAM_BASE};
 
 /// How the block device's disk is attached (the standard device set's).
@@ -57,12 +58,14 @@ pub struct Machine {
     dev: Devices,
     exited: Option<u64>,
     tohost: Option<u64>,
+    fromhost: Option<u64>,
 }
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"FTSIMSNP";
 /// The frame of [`EventSource::save_cpu_devices`]: a snapshot with no memory.
 const STATE_MAGIC: &[u8; 8] = b"FTSIMCPU";
-const SNAPSHOT_VERSION: u32 = 1;
+/// 2: the `fromhost` address (HTIF answers).
+const SNAPSHOT_VERSION: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotMeta {
@@ -71,6 +74,7 @@ struct SnapshotMeta {
     dev: Devices,
     exited: Option<u64>,
     tohost: Option<u64>,
+    fromhost: Option<u64>,
 }
 
 impl Machine {
@@ -78,29 +82,87 @@ impl Machine {
     pub fn from_raw(cfg: MachineConfig, image: &[u8]) -> Result<Machine> {
         let mut ram = Ram::new(cfg.ram_size);
         let img = crate::loader::load_raw(image, &mut ram, RAM_BASE)?;
-        Ok(Self::with(cfg, ram, img.entry, img.tohost))
+        Ok(Self::with(cfg, ram, &img))
     }
 
     /// A machine with a static ELF64 RISC-V executable loaded. A `tohost` symbol, if
-    /// present, follows the HTIF convention: writing `(code << 1) | 1` ends the run.
+    /// present, is the program's HTIF ([`crate::htif`]): writing `(code << 1) | 1`
+    /// ends the run, and the console and system-call proxy answer in `fromhost`.
     pub fn from_elf(cfg: MachineConfig, elf: &[u8]) -> Result<Machine> {
         let mut ram = Ram::new(cfg.ram_size);
         let img = crate::loader::load_elf(elf, &mut ram)?;
-        Ok(Self::with(cfg, ram, img.entry, img.tohost))
+        Ok(Self::with(cfg, ram, &img))
     }
 
-    fn with(cfg: MachineConfig, mut ram: Ram, entry: u64, tohost: Option<u64>) -> Machine {
+    fn with(cfg: MachineConfig, mut ram: Ram, img: &crate::loader::LoadedImage) -> Machine {
         ram.clear_dirty();
-        let mut cpu = Cpu::new(entry);
-        cpu.set_store_watch(tohost);
+        let mut cpu = Cpu::new(img.entry);
+        cpu.set_store_watch(img.tohost);
         Machine {
             cfg,
             cpu,
             ram,
             dev: Devices::default(),
             exited: None,
-            tohost,
+            tohost: img.tohost,
+            fromhost: img.fromhost,
         }
+    }
+
+    /// The guest wrote `v` to its `tohost` at `addr`: carry out the HTIF command.
+    fn htif(&mut self, addr: u64, v: u64) -> Option<Stop> {
+        let command = crate::htif::decode(v)?;
+        let stop = match command {
+            Command::Exit(code) => {
+                self.exited = Some(code);
+                return Some(Stop::Halted(code));
+            }
+            Command::Putchar(b) => self
+                .dev
+                .model
+                .uart_byte(b)
+                .then(|| self.dev.model.take_uart_line()),
+            Command::Syscall(magic) => self.syscall(magic),
+            Command::Unknown { .. } => None,
+        };
+        // Answer as spike does: `tohost` free again, then `fromhost`. Both are RAM (the
+        // loader found them there); a store can fail only if they are not, and then
+        // there is nobody to answer.
+        let _ = self.ram.store_u64(addr, 0);
+        if let (Some(answer), Some(fromhost)) = (crate::htif::answer(command), self.fromhost) {
+            let _ = self.ram.store_u64(fromhost, answer);
+        }
+        stop
+    }
+
+    /// A proxied system call of the `magic_mem` block at `magic`.
+    fn syscall(&mut self, magic: u64) -> Option<Stop> {
+        let word = |i: u64| self.ram.load_u64(magic.wrapping_add(8 * i)).ok();
+        let (Some(n), Some(a0), Some(a1), Some(a2)) = (word(0), word(1), word(2), word(3)) else {
+            return None; // a block outside RAM: nothing to answer into
+        };
+        let (ret, stop) = match crate::htif::call([n, a0, a1, a2]) {
+            Call::Exit(code) => {
+                self.exited = Some(code);
+                return Some(Stop::Halted(code));
+            }
+            Call::Fail(e) => (e as u64, None),
+            Call::Write(buf, len) => {
+                let mut bytes = vec![0; len as usize];
+                match self.ram.read(buf, &mut bytes) {
+                    Ok(()) => {
+                        let mut line = false;
+                        for b in bytes {
+                            line |= self.dev.model.uart_byte(b);
+                        }
+                        (len, line.then(|| self.dev.model.take_uart_line()))
+                    }
+                    Err(_) => (crate::htif::WRITE_FAULT as u64, None),
+                }
+            }
+        };
+        let _ = self.ram.store_u64(magic, ret);
+        stop
     }
 
     /// The CPU.
@@ -135,6 +197,7 @@ impl Machine {
             dev: self.dev.clone(),
             exited: self.exited,
             tohost: self.tohost,
+            fromhost: self.fromhost,
         }
     }
 
@@ -157,6 +220,7 @@ impl Machine {
         self.dev = meta.dev;
         self.exited = meta.exited;
         self.tohost = meta.tohost;
+        self.fromhost = meta.fromhost;
     }
 
     /// The guest-physical address of page `index` and how many of a `buf_len`-byte
@@ -246,10 +310,8 @@ impl EventSource for Machine {
                     // HTIF: the guest wrote `tohost`.
                     let Some(addr) = self.tohost else { continue };
                     let v = self.ram.load_u64(addr).unwrap_or(0);
-                    if v & 1 == 1 {
-                        let code = v >> 1;
-                        self.exited = Some(code);
-                        return Ok(Stop::Halted(code));
+                    if let Some(stop) = self.htif(addr, v) {
+                        return Ok(stop);
                     }
                 }
                 StepExit::MmioStop => {

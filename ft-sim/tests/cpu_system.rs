@@ -344,14 +344,47 @@ fn ecall_and_ebreak_in_machine_mode() {
 }
 
 #[test]
-fn misaligned_and_faulting_accesses_trap() {
+fn misaligned_ram_accesses_complete_across_a_page_boundary() {
+    // A doubleword stored 3 bytes before a page boundary, read back at every width.
+    let at = RAM_BASE + 0x1ffd;
+    let mut a = Assembler::new();
+    a.li_u64(T0, at)
+        .li_u64(T1, 0x8877_6655_4433_2211)
+        .sd(T1, T0, 0)
+        .ld(A0, T0, 0)
+        .lw(A1, T0, 1)
+        .lhu(A2, T0, 3)
+        .lh(A3, T0, 6)
+        .li(T2, -2)
+        .sh(T2, T0, 1)
+        .lwu(A4, T0, 0)
+        .ebreak();
+    let (mut cpu, mut ram) = boot(&a);
+    ram.clear_dirty();
+    let o = step_until(&mut cpu, &mut ram, |o| !matches!(o, StepOutcome::Retired));
+    assert_eq!(o, StepOutcome::Exception(Exception::Breakpoint));
+    assert_eq!(cpu.reg(A0), 0x8877_6655_4433_2211);
+    assert_eq!(cpu.reg(A1), 0x5544_3322);
+    assert_eq!(cpu.reg(A2), 0x5544);
+    assert_eq!(cpu.reg(A3), 0xffff_ffff_ffff_8877, "lh sign-extends");
+    assert_eq!(cpu.reg(A4), 0x44ff_fe11);
+    assert_eq!(
+        ram.take_dirty_pages(),
+        vec![1, 2],
+        "both pages the doubleword touches are dirty"
+    );
+}
+
+#[test]
+fn misaligned_device_and_faulting_accesses_trap() {
     type MemOp = fn(Reg, Reg, i64) -> ft_sim::asm::Result<u32>;
+    let end = RAM_BASE + RAM_SIZE as u64;
     let cases: &[(MemOp, u64, Exception)] = &[
-        (ld, RAM_BASE + 0x804, Exception::LoadAddressMisaligned),
-        (lw, RAM_BASE + 0x802, Exception::LoadAddressMisaligned),
-        (lhu, RAM_BASE + 0x801, Exception::LoadAddressMisaligned),
-        (sd, RAM_BASE + 0x804, Exception::StoreAddressMisaligned),
-        (sh, RAM_BASE + 0x803, Exception::StoreAddressMisaligned),
+        // Misaligned outside RAM (a device, or nothing), or straddling RAM's end.
+        (ld, 0x1004, Exception::LoadAddressMisaligned),
+        (lw, end - 2, Exception::LoadAddressMisaligned),
+        (sh, 0x1003, Exception::StoreAddressMisaligned),
+        (sd, end - 4, Exception::StoreAddressMisaligned),
         (lb, 0x1000, Exception::LoadAccessFault),
         (ld, RAM_BASE + RAM_SIZE as u64, Exception::LoadAccessFault),
         (sw, 0x1000, Exception::StoreAccessFault),

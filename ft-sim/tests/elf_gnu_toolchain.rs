@@ -12,9 +12,8 @@ mod toolchain;
 use std::path::PathBuf;
 use std::process::Command;
 
-use ft_core::EventSource;
 use ft_sim::memory::Ram;
-use ft_sim::{Machine, MachineConfig, PairConfig, PairSim};
+use ft_sim::{Machine, MachineConfig};
 
 fn build_selftest() -> Option<Vec<u8>> {
     if !toolchain::have("riscv64-linux-gnu-as", "the GNU-built self-test") {
@@ -80,15 +79,5 @@ fn gnu_built_selftest_reports_a_failing_check() {
 #[test]
 fn gnu_built_selftest_replicates() {
     let Some(elf) = build_selftest() else { return };
-    let m = Machine::from_elf(MachineConfig::default(), &elf).unwrap();
-    let mut sim = PairSim::with_machine(PairConfig::default(), m);
-    assert!(sim.run_until(10_000, |s| s.primary.exit_code().is_some()
-        && s.backup.replayed_seq() == s.primary.last_seq()));
-    assert_eq!(sim.primary.exit_code(), Some(0));
-    assert_eq!(sim.backup.exit_code(), Some(0));
-    assert_eq!(
-        sim.primary.source_mut().digest(),
-        sim.backup.source_mut().digest()
-    );
-    assert!(sim.errors().is_empty(), "{:?}", sim.errors());
+    toolchain::replicated(&elf, 0);
 }
