@@ -20,6 +20,29 @@ pub struct PairId {
     pub generation: u64,
 }
 
+/// `node 3`.
+///
+/// ```
+/// assert_eq!(ft_core::NodeId(3).to_string(), "node 3");
+/// ```
+impl std::fmt::Display for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "node {}", self.0)
+    }
+}
+
+/// `vm 2 generation 1`.
+///
+/// ```
+/// let pair = ft_core::PairId { vm: 2, generation: 1 };
+/// assert_eq!(pair.to_string(), "vm 2 generation 1");
+/// ```
+impl std::fmt::Display for PairId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "vm {} generation {}", self.vm, self.generation)
+    }
+}
+
 /// The outcome of a test-and-set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {

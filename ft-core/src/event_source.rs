@@ -66,6 +66,13 @@ pub struct MemoryLayout {
     pub pages: u64,
 }
 
+/// `65536 pages of 4096 bytes`.
+impl std::fmt::Display for MemoryLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} pages of {} bytes", self.pages, self.page_size)
+    }
+}
+
 /// Result alias for backends.
 pub type SourceResult<T> = std::result::Result<T, SourceError>;
 

@@ -198,7 +198,8 @@ impl<L: FrameLink> LogChannel for PrimaryProgress<L> {
         }
         if let Err(e) = &ack {
             if *e != ChannelError::Full {
-                self.t.log.line(format_args!("log channel: {e}"));
+                // The channel's errors name it ("log channel disconnected").
+                self.t.log.line(format_args!("{e}"));
             }
         }
         self.tick();
@@ -256,7 +257,7 @@ impl<L: FrameLink> LogReceiver for BackupProgress<L> {
                 }
             }
             Ok(None) => {}
-            Err(e) => self.t.log.line(format_args!("log channel: {e}")),
+            Err(e) => self.t.log.line(format_args!("{e}")),
         }
         self.tick();
         got

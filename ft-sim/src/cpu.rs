@@ -578,7 +578,7 @@ impl Cpu {
             Err(_) => return self.fetch_at_the_end(ram, mmio),
         };
         if raw & 3 == 3 {
-            return self.execute(raw, 4, ram, mmio);
+            return self.execute_as(raw, 4, raw, ram, mmio);
         }
         self.execute_compressed(raw as u16, ram, mmio)
     }
@@ -596,11 +596,7 @@ impl Cpu {
         let Some(inst) = rvc::expand(parcel) else {
             return self.illegal(u32::from(parcel));
         };
-        let out = self.execute(inst, 2, ram, mmio);
-        if matches!(out, StepOutcome::Exception(Exception::IllegalInstruction)) {
-            self.mtval = u64::from(parcel);
-        }
-        out
+        self.execute_as(inst, 2, u32::from(parcel), ram, mmio)
     }
 
     /// A 4-byte fetch at `pc` failed: either `pc` is outside RAM, or a 16-bit
@@ -809,12 +805,15 @@ impl Cpu {
     }
 
     /// Executes one fetched instruction at `self.pc`, `len` bytes long (4, or 2 for a
-    /// compressed instruction, which arrives here expanded).
+    /// compressed instruction, which arrives here expanded). `bits` is what an illegal
+    /// instruction reports in `mtval`: the instruction as fetched (a compressed one's
+    /// 16 bits, not its expansion).
     #[inline(always)]
-    fn execute<M: Mmio + ?Sized>(
+    fn execute_as<M: Mmio + ?Sized>(
         &mut self,
         inst: u32,
         len: u64,
+        bits: u32,
         ram: &mut Ram,
         mmio: &mut M,
     ) -> StepOutcome {
@@ -829,7 +828,7 @@ impl Cpu {
 
         macro_rules! illegal {
             () => {
-                return self.illegal(inst)
+                return self.illegal(bits)
             };
         }
         macro_rules! tri {

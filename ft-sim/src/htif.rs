@@ -13,10 +13,14 @@
 //! The proxy handles `SYS_write` (64) to file descriptors 1 and 2 (the console; at most
 //! [`WRITE_MAX`] bytes a call, a short write beyond) and `SYS_exit`/`SYS_exit_group`
 //! (93, 94). Any other call returns `-ENOSYS`; a bad descriptor `-EBADF`; a buffer
-//! outside RAM `-EFAULT`. After a command the host clears `tohost` and, for the proxy
-//! and putchar, writes the answer spike writes to `fromhost` (`1` for the proxy,
-//! `1 << 56 | 1 << 48` for putchar), which riscv-pk and newlib's HTIF stubs wait
-//! for. Other devices and commands are ignored (`tohost` is cleared, nothing answers).
+//! outside RAM `-EFAULT` (a zero-length write returns 0). After a command the host
+//! clears `tohost` and, for the proxy and putchar, answers in `fromhost` with spike's
+//! values: `1` for the proxy (device 0, command 0), and for putchar device 1, command 1
+//! and payload `0x100 | byte`. riscv-pk and newlib's HTIF stubs wait for these. Unlike
+//! spike, which queues an answer while `fromhost` still holds one, the host answers
+//! at once and overwrites; the stubs clear `fromhost` before their next command. Other
+//! devices and commands are ignored (`tohost` is cleared, nothing answers), and so is
+//! a proxy call whose `magic_mem` block is not in RAM.
 //!
 //! Everything here is a function of guest memory, so record and replay agree without
 //! logging anything: console text leaves as an output (through the output rule, like
@@ -74,7 +78,7 @@ pub const fn decode(value: u64) -> Option<Command> {
 pub const fn answer(command: Command) -> Option<u64> {
     match command {
         Command::Syscall(_) => Some(1),
-        Command::Putchar(_) => Some(1 << 56 | 1 << 48),
+        Command::Putchar(b) => Some(1 << 56 | 1 << 48 | 0x100 | b as u64),
         Command::Exit(_) | Command::Unknown { .. } => None,
     }
 }
@@ -95,6 +99,7 @@ pub enum Call {
 pub fn call(args: [u64; 4]) -> Call {
     let [number, a0, a1, a2] = args;
     match number {
+        SYS_WRITE if (a0 == 1 || a0 == 2) && a2 == 0 => Call::Fail(0),
         SYS_WRITE if a0 == 1 || a0 == 2 => Call::Write(a1, a2.min(WRITE_MAX)),
         SYS_WRITE => Call::Fail(-EBADF),
         SYS_EXIT | SYS_EXIT_GROUP => Call::Exit(a0),
@@ -126,7 +131,10 @@ mod tests {
                 command: 0
             })
         );
-        assert_eq!(answer(Command::Putchar(0)), Some(0x0101 << 48));
+        assert_eq!(
+            answer(Command::Putchar(b'A')),
+            Some(0x0101 << 48 | 0x100 | 0x41)
+        );
         assert_eq!(answer(Command::Syscall(8)), Some(1));
         assert_eq!(answer(Command::Exit(0)), None);
     }
@@ -139,6 +147,12 @@ mod tests {
         );
         assert_eq!(call([SYS_WRITE, 2, 0, 1 << 40]), Call::Write(0, WRITE_MAX));
         assert_eq!(call([SYS_WRITE, 3, 0, 1]), Call::Fail(-9));
+        assert_eq!(
+            call([SYS_WRITE, 1, u64::MAX, 0]),
+            Call::Fail(0),
+            "empty write"
+        );
+        assert_eq!(call([SYS_WRITE, 3, 0, 0]), Call::Fail(-9));
         assert_eq!(call([SYS_EXIT, 7, 0, 0]), Call::Exit(7));
         assert_eq!(call([SYS_EXIT_GROUP, 8, 0, 0]), Call::Exit(8));
         assert_eq!(call([57, 0, 0, 0]), Call::Fail(-38));

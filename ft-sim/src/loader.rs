@@ -99,7 +99,7 @@ pub enum LoaderError {
     #[error("symbol table too large")]
     SymbolTableTooLarge,
     /// The program was built for ISA extensions this machine does not implement.
-    #[error("the program needs the {missing} extension(s), which this machine lacks (it implements {IMPLEMENTED}); its {evidence}")]
+    #[error("the program needs the {missing} extension(s), which this machine lacks (it implements {IMPLEMENTED}): its {evidence}")]
     NeedsExtensions {
         /// The missing extensions, comma-separated (`"F, D"`).
         missing: String,
@@ -166,8 +166,9 @@ const IMPLEMENTED: &str = "RV64IMC + Zicsr + Zifencei";
 /// The single-letter extensions of the CPU (`e` is a subset of `i`).
 const SINGLE_LETTER: &[char] = &['i', 'e', 'm', 'c'];
 /// The multi-letter extensions of the CPU: its CSRs, `fence.i`, the multiply subset of
-/// M, and the counters (`cycle`, `time`, `instret` all read the instruction count).
-const MULTI_LETTER: &[&str] = &["zicsr", "zifencei", "zmmul", "zicntr"];
+/// M, the counters (`cycle`, `time`, `instret` all read the instruction count), and
+/// Zca, the part of C without floating point (newer toolchains name it beside `c`).
+const MULTI_LETTER: &[&str] = &["zicsr", "zifencei", "zmmul", "zicntr", "zca"];
 const ET_EXEC: u16 = 2;
 const EM_RISCV: u16 = 243;
 const STB_GLOBAL: u8 = 1;
@@ -266,18 +267,6 @@ pub fn load_elf(bytes: &[u8], ram: &mut Ram) -> Result<LoadedImage> {
     }
     let entry = u64_at(eh, 24);
     let flags = u32_at(eh, 48);
-    let abi = (flags & EF_RISCV_FLOAT_ABI) >> 1;
-    if abi != 0 {
-        let (missing, name) = match abi {
-            1 => ("F", "lp64f"),
-            2 => ("F, D", "lp64d"),
-            _ => ("F, D, Q", "lp64q"),
-        };
-        return Err(LoaderError::NeedsExtensions {
-            missing: missing.into(),
-            evidence: format!("e_flags {flags:#x} say the {name} float ABI, which passes arguments in floating-point registers"),
-        });
-    }
     let phoff = u64_at(eh, 32);
     let shoff = u64_at(eh, 40);
     let phentsize = u64::from(u16_at(eh, 54));
@@ -343,8 +332,8 @@ pub fn load_elf(bytes: &[u8], ram: &mut Ram) -> Result<LoadedImage> {
         entry,
         ..LoadedImage::default()
     };
+    check_isa(&file, flags, shoff, shentsize, shnum)?;
     if shoff != 0 && shnum > 0 {
-        check_arch(&file, shoff, shentsize, shnum)?;
         read_symbols(&file, shoff, shentsize, shnum, &mut image.symbols)?;
     }
     image.tohost = image.symbol("tohost");
@@ -371,7 +360,7 @@ fn strip_version(token: &str) -> &str {
 }
 
 /// The extensions that the arch string `arch` (`rv64i2p1_m2p0_a2p1_c2p0_zicsr2p0`)
-/// names and the CPU lacks, in the string's order.
+/// names and the CPU lacks, in the string's order, each once.
 fn missing_extensions(arch: &str) -> Vec<String> {
     let lower = arch.to_ascii_lowercase();
     let Some(rest) = lower
@@ -380,38 +369,93 @@ fn missing_extensions(arch: &str) -> Vec<String> {
     else {
         return vec![format!("base ISA of {arch:?}")];
     };
-    let mut missing = Vec::new();
+    let mut missing: Vec<String> = Vec::new();
+    let mut lacks = |name: &str| {
+        if !missing.iter().any(|m| m == name) {
+            missing.push(name.to_owned());
+        }
+    };
     for (i, token) in rest.split('_').enumerate() {
-        let first = token.chars().next();
-        if i > 0 && matches!(first, Some('z' | 's' | 'x')) {
+        if i > 0 && token.starts_with(['z', 's', 'x']) {
             // A multi-letter extension: its name, then its version (`zicsr2p0`).
             let name = strip_version(token);
             if !name.is_empty() && !MULTI_LETTER.contains(&name) {
-                missing.push(name.to_owned());
+                lacks(name);
             }
             continue;
         }
-        // Single-letter extensions, each with an optional version (`i2p1m2p0` or
-        // `i2p1` then `m2p0` in tokens of their own).
-        for c in token.chars().filter(char::is_ascii_alphabetic) {
-            if c == 'p' {
-                continue; // the separator inside a version ("2p1")
+        // Single-letter extensions, each with an optional version (`i2p1m2p0`): a
+        // letter, then digits, then optionally `p` and digits. A `p` that follows no
+        // digit is the P extension.
+        let mut chars = token.chars().peekable();
+        while let Some(c) = chars.next() {
+            if !c.is_ascii_alphabetic() {
+                continue;
             }
             if c == 'g' {
                 // G = IMAFD + Zicsr + Zifencei.
-                missing.extend(["a", "f", "d"].map(String::from));
+                for x in ["a", "f", "d"] {
+                    lacks(x);
+                }
             } else if !SINGLE_LETTER.contains(&c) {
-                missing.push(c.to_string());
+                lacks(&c.to_string());
+            }
+            let mut digits = false;
+            while chars.next_if(char::is_ascii_digit).is_some() {
+                digits = true;
+            }
+            if digits && chars.next_if_eq(&'p').is_some() {
+                while chars.next_if(char::is_ascii_digit).is_some() {}
             }
         }
     }
-    missing.dedup();
     missing
 }
 
-/// Refuse a program whose `.riscv.attributes` arch string names extensions the CPU
-/// lacks. A program without the section is not refused (old toolchains omit it).
-fn check_arch(file: &Bytes<'_>, shoff: u64, shentsize: u64, shnum: u64) -> Result<()> {
+/// Refuse a program built for extensions the CPU lacks: a float ABI in `e_flags`
+/// (arguments in F or D registers), or extensions named by the `.riscv.attributes`
+/// arch string. A program without the section is judged by its flags alone (old
+/// toolchains omit it).
+fn check_isa(file: &Bytes<'_>, flags: u32, shoff: u64, shentsize: u64, shnum: u64) -> Result<()> {
+    let mut missing: Vec<String> = match (flags & EF_RISCV_FLOAT_ABI) >> 1 {
+        0 => vec![],
+        1 => vec!["f".into()],
+        2 => vec!["f".into(), "d".into()],
+        _ => vec!["f".into(), "d".into(), "q".into()],
+    };
+    let mut evidence = Vec::new();
+    if !missing.is_empty() {
+        let abi = ["lp64", "lp64f", "lp64d", "lp64q"][((flags & EF_RISCV_FLOAT_ABI) >> 1) as usize];
+        evidence.push(format!("e_flags {flags:#x} say the {abi} float ABI"));
+    }
+    if shoff != 0 && shnum > 0 {
+        if let Some(arch) = arch_string(file, shoff, shentsize, shnum)? {
+            let named = missing_extensions(&arch);
+            if !named.is_empty() {
+                evidence.push(format!(".riscv.attributes arch string is {arch:?}"));
+            }
+            for m in named {
+                if !missing.contains(&m) {
+                    missing.push(m);
+                }
+            }
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(LoaderError::NeedsExtensions {
+        missing: missing
+            .iter()
+            .map(|m| m.to_ascii_uppercase())
+            .collect::<Vec<_>>()
+            .join(", "),
+        evidence: evidence.join("; "),
+    })
+}
+
+/// The `Tag_RISCV_arch` string of the `.riscv.attributes` section, if there is one.
+fn arch_string(file: &Bytes<'_>, shoff: u64, shentsize: u64, shnum: u64) -> Result<Option<String>> {
     if shentsize < SHDR_SIZE {
         return Err(LoaderError::BadEntrySize {
             what: "section header",
@@ -426,24 +470,10 @@ fn check_arch(file: &Bytes<'_>, shoff: u64, shentsize: u64, shnum: u64) -> Resul
         .chunks_exact(shentsize as usize)
         .find(|sh| u32_at(sh, 4) == SHT_RISCV_ATTRIBUTES)
     else {
-        return Ok(());
+        return Ok(None);
     };
     let body = file.slice(".riscv.attributes", u64_at(sh, 24), u64_at(sh, 32))?;
-    let Some(arch) = arch_attribute(body)? else {
-        return Ok(());
-    };
-    let missing = missing_extensions(&arch);
-    if missing.is_empty() {
-        return Ok(());
-    }
-    Err(LoaderError::NeedsExtensions {
-        missing: missing
-            .iter()
-            .map(|m| m.to_ascii_uppercase())
-            .collect::<Vec<_>>()
-            .join(", "),
-        evidence: format!(".riscv.attributes arch string is {arch:?}"),
-    })
+    arch_attribute(body)
 }
 
 /// ULEB128 at the front of `s`, advancing it.
@@ -637,6 +667,17 @@ mod isa_tests {
         assert_eq!(missing_extensions("rv64gc"), ["a", "f", "d"]);
         assert_eq!(missing_extensions("rv64imac_zba1p0"), ["a", "zba"]);
         assert_eq!(missing_extensions("RV64IMV"), ["v"]);
+        assert_eq!(
+            missing_extensions("rv64i2p1_m2p0_p0p9"),
+            ["p"],
+            "P is an extension"
+        );
+        assert_eq!(
+            missing_extensions("rv64g_a2p1"),
+            ["a", "f", "d"],
+            "each once"
+        );
+        assert!(missing_extensions("rv64i2p1_m2p0_c2p0_zmmul1p0_zca1p0").is_empty());
         assert_eq!(missing_extensions("x86_64"), ["base ISA of \"x86_64\""]);
     }
 

@@ -122,12 +122,19 @@ impl Machine {
                 .model
                 .uart_byte(b)
                 .then(|| self.dev.model.take_uart_line()),
-            Command::Syscall(magic) => self.syscall(magic),
+            Command::Syscall(magic) => match self.syscall(magic) {
+                Some(stop) => stop,
+                None => {
+                    // The block is not in RAM: no result to give, so no answer.
+                    let _ = self.ram.store_u64(addr, 0);
+                    return None;
+                }
+            },
             Command::Unknown { .. } => None,
         };
-        // Answer as spike does: `tohost` free again, then `fromhost`. Both are RAM (the
-        // loader found them there); a store can fail only if they are not, and then
-        // there is nobody to answer.
+        // Answer as spike does: `tohost` free again, then `fromhost`. `tohost` is in
+        // RAM (the guest's store to it was a RAM store); a `fromhost` symbol outside
+        // RAM cannot be answered in, and the store fails harmlessly.
         let _ = self.ram.store_u64(addr, 0);
         if let (Some(answer), Some(fromhost)) = (crate::htif::answer(command), self.fromhost) {
             let _ = self.ram.store_u64(fromhost, answer);
@@ -135,16 +142,21 @@ impl Machine {
         stop
     }
 
-    /// A proxied system call of the `magic_mem` block at `magic`.
-    fn syscall(&mut self, magic: u64) -> Option<Stop> {
+    /// A proxied system call of the `magic_mem` block at `magic`: `None` if the block
+    /// is not in RAM, else the stop it causes, if any. A write goes out as one output
+    /// (through the console's line buffer, with what it held).
+    fn syscall(&mut self, magic: u64) -> Option<Option<Stop>> {
         let word = |i: u64| self.ram.load_u64(magic.wrapping_add(8 * i)).ok();
         let (Some(n), Some(a0), Some(a1), Some(a2)) = (word(0), word(1), word(2), word(3)) else {
-            return None; // a block outside RAM: nothing to answer into
+            return None;
         };
+        if self.ram.store_u64(magic, 0).is_err() {
+            return None;
+        }
         let (ret, stop) = match crate::htif::call([n, a0, a1, a2]) {
             Call::Exit(code) => {
                 self.exited = Some(code);
-                return Some(Stop::Halted(code));
+                return Some(Some(Stop::Halted(code)));
             }
             Call::Fail(e) => (e as u64, None),
             Call::Write(buf, len) => {
@@ -162,7 +174,7 @@ impl Machine {
             }
         };
         let _ = self.ram.store_u64(magic, ret);
-        stop
+        Some(stop)
     }
 
     /// The CPU.

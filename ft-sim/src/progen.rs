@@ -4,8 +4,8 @@
 //! [`Params`] gives the same image, byte for byte. Two families:
 //!
 //! * [`Family::Stream`]: random RV64IM instruction streams: ALU and M-extension ops,
-//!   loads and stores to a scratch region at random offsets (some misaligned, so they
-//!   trap), loads from a constant data table, CSR operations on `mscratch`, `mepc` and
+//!   loads and stores to a scratch region at random offsets (some misaligned, which RAM
+//!   completes), loads from a constant data table, CSR operations on `mscratch`, `mepc` and
 //!   `minstret` (and unknown CSRs, which trap), forward branches, bounded loops (two
 //!   levels at most), `ecall`, `ebreak`, illegal instructions, access faults, timer
 //!   arms and waits, console prints, and sections that `mret` into U-mode and come
@@ -185,7 +185,7 @@ pub struct Features {
     pub waits: u32,
     /// U-mode sections.
     pub user_sections: u32,
-    /// Instructions that trap on purpose (misaligned or faulting accesses, `ecall`,
+    /// Instructions that trap on purpose (faulting accesses, `ecall`,
     /// `ebreak`, illegal instructions and CSR accesses).
     pub trapping: u32,
     /// Loops.
@@ -597,10 +597,8 @@ impl Gen {
             });
             return;
         }
-        let (off, misaligned) = self.scratch_offset(size);
-        if misaligned {
-            self.trapping();
-        }
+        // Misaligned offsets are kept: RAM completes them (they no longer trap).
+        let (off, _misaligned) = self.scratch_offset(size);
         self.counted(|g| {
             let a = &mut g.a;
             let _ = match which {
@@ -619,10 +617,8 @@ impl Gen {
         let rs = self.pool();
         let which = self.rng.gen_range(0..4);
         let size = [1, 2, 4, 8][which];
-        let (off, misaligned) = self.scratch_offset(size);
-        if misaligned {
-            self.trapping();
-        }
+        // Misaligned offsets are kept: RAM completes them (they no longer trap).
+        let (off, _misaligned) = self.scratch_offset(size);
         self.counted(|g| {
             let a = &mut g.a;
             let _ = match which {

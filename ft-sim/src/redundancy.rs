@@ -39,10 +39,10 @@ const NAMES: [&str; MAX_MEMBERS] = [
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
     /// No such member.
-    #[error("no member {0:?}")]
+    #[error("no such member: {0}")]
     UnknownMember(NodeId),
     /// The member is down.
-    #[error("member {0:?} is down")]
+    #[error("{0} is down")]
     Down(NodeId),
     /// The chain holds [`MAX_MEMBERS`] members already.
     #[error("the chain already holds {MAX_MEMBERS} members")]

@@ -105,8 +105,8 @@ use crate::world::World;
 /// What went wrong in a turn. Each is kept, in order, for [`Driver::take_errors`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DriverError {
-    /// The link failed; it is no longer used.
-    #[error("log channel: {0}")]
+    /// The link failed; it is no longer used. (Its messages name the log channel.)
+    #[error(transparent)]
     Channel(#[from] ChannelError),
     /// The engine rejected what arrived, or failed while stepping.
     #[error("engine: {0}")]

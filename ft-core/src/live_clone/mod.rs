@@ -299,7 +299,7 @@ pub enum CloneError {
     #[error("clone configuration: {0}")]
     Config(String),
     /// The two machines' memories differ in shape.
-    #[error("memory layout mismatch: the sender has {theirs:?}, this machine {ours:?}")]
+    #[error("memory layout mismatch: the sender has {theirs}, this machine {ours}")]
     Layout {
         /// This machine's.
         ours: MemoryLayout,
@@ -315,7 +315,7 @@ pub enum CloneError {
         theirs: u64,
     },
     /// The sender has this node's own id.
-    #[error("the sender has this node's own id {0:?}")]
+    #[error("the sender has this node's own id ({0})")]
     SameNode(NodeId),
     /// A message that does not fit where the protocol is.
     #[error("unexpected clone message {msg} while {state}")]

@@ -191,7 +191,7 @@ impl FileArbiter {
         if claim.pair != pair {
             return Err(FileArbiterError::Malformed {
                 path,
-                detail: format!("it claims {:?}", claim.pair),
+                detail: format!("it claims {}", claim.pair),
             });
         }
         Ok(Some(claim))
@@ -262,7 +262,7 @@ impl FileArbiter {
             .and_then(parse_reserver)
             .ok_or_else(|| FileArbiterError::Malformed {
                 path: path.clone(),
-                detail: format!("not a reservation of {pair:?}: {text:?}"),
+                detail: format!("not a reservation of {pair}: {text:?}"),
             })?;
         Ok(Some(reservation))
     }

@@ -226,7 +226,7 @@ pub enum TcpError {
         found: u8,
     },
     /// The peer protects another VM, or another pairing generation.
-    #[error("the peer belongs to another pair: ours is {ours:?}, theirs {theirs:?}")]
+    #[error("the peer belongs to another pair: ours is {ours}, theirs {}", theirs.map_or_else(|| "not given".to_string(), |p| p.to_string()))]
     PairMismatch {
         /// This side's pair.
         ours: PairId,
