@@ -199,6 +199,28 @@ impl<'a> Bytes<'a> {
         };
         self.0.get(s..e).ok_or(trunc)
     }
+
+    /// The `name` of `count` entries of `entsize` bytes (at least `min`, the size of
+    /// an `entry`) at `offset`.
+    fn table(
+        &self,
+        (entry, name): (&'static str, &'static str),
+        offset: u64,
+        entsize: u64,
+        count: u64,
+        min: u64,
+    ) -> Result<&'a [u8]> {
+        if entsize < min {
+            return Err(LoaderError::BadEntrySize {
+                what: entry,
+                size: entsize,
+            });
+        }
+        let len = count
+            .checked_mul(entsize)
+            .ok_or(LoaderError::Overflow(name))?;
+        self.slice(name, offset, len)
+    }
 }
 
 fn rd<const N: usize>(s: &[u8], at: usize) -> [u8; N] {
@@ -283,16 +305,13 @@ pub fn load_elf(bytes: &[u8], ram: &mut Ram) -> Result<LoadedImage> {
                 count: phnum,
             });
         }
-        if phentsize < PHDR_SIZE {
-            return Err(LoaderError::BadEntrySize {
-                what: "program header",
-                size: phentsize,
-            });
-        }
-        let table_len = phnum
-            .checked_mul(phentsize)
-            .ok_or(LoaderError::Overflow("program header table"))?;
-        let table = file.slice("program header table", phoff, table_len)?;
+        let table = file.table(
+            ("program header", "program header table"),
+            phoff,
+            phentsize,
+            phnum,
+            PHDR_SIZE,
+        )?;
         for (index, ph) in table.chunks_exact(phentsize as usize).enumerate() {
             if u32_at(ph, 0) != PT_LOAD {
                 continue;
@@ -332,9 +351,20 @@ pub fn load_elf(bytes: &[u8], ram: &mut Ram) -> Result<LoadedImage> {
         entry,
         ..LoadedImage::default()
     };
-    check_isa(&file, flags, shoff, shentsize, shnum)?;
-    if shoff != 0 && shnum > 0 {
-        read_symbols(&file, shoff, shentsize, shnum, &mut image.symbols)?;
+    let sections = if shoff != 0 && shnum > 0 {
+        file.table(
+            ("section header", "section header table"),
+            shoff,
+            shentsize,
+            shnum,
+            SHDR_SIZE,
+        )?
+    } else {
+        &[]
+    };
+    check_isa(&file, flags, sections, shentsize)?;
+    if !sections.is_empty() {
+        read_symbols(&file, sections, shentsize, shnum, &mut image.symbols)?;
     }
     image.tohost = image.symbol("tohost");
     image.fromhost = image.symbol("fromhost");
@@ -416,7 +446,7 @@ fn missing_extensions(arch: &str) -> Vec<String> {
 /// (arguments in F or D registers), or extensions named by the `.riscv.attributes`
 /// arch string. A program without the section is judged by its flags alone (old
 /// toolchains omit it).
-fn check_isa(file: &Bytes<'_>, flags: u32, shoff: u64, shentsize: u64, shnum: u64) -> Result<()> {
+fn check_isa(file: &Bytes<'_>, flags: u32, sections: &[u8], shentsize: u64) -> Result<()> {
     let mut missing: Vec<String> = match (flags & EF_RISCV_FLOAT_ABI) >> 1 {
         0 => vec![],
         1 => vec!["f".into()],
@@ -428,8 +458,8 @@ fn check_isa(file: &Bytes<'_>, flags: u32, shoff: u64, shentsize: u64, shnum: u6
         let abi = ["lp64", "lp64f", "lp64d", "lp64q"][((flags & EF_RISCV_FLOAT_ABI) >> 1) as usize];
         evidence.push(format!("e_flags {flags:#x} say the {abi} float ABI"));
     }
-    if shoff != 0 && shnum > 0 {
-        if let Some(arch) = arch_string(file, shoff, shentsize, shnum)? {
+    if !sections.is_empty() {
+        if let Some(arch) = arch_string(file, sections, shentsize)? {
             let named = missing_extensions(&arch);
             if !named.is_empty() {
                 evidence.push(format!(".riscv.attributes arch string is {arch:?}"));
@@ -455,18 +485,8 @@ fn check_isa(file: &Bytes<'_>, flags: u32, shoff: u64, shentsize: u64, shnum: u6
 }
 
 /// The `Tag_RISCV_arch` string of the `.riscv.attributes` section, if there is one.
-fn arch_string(file: &Bytes<'_>, shoff: u64, shentsize: u64, shnum: u64) -> Result<Option<String>> {
-    if shentsize < SHDR_SIZE {
-        return Err(LoaderError::BadEntrySize {
-            what: "section header",
-            size: shentsize,
-        });
-    }
-    let table_len = shnum
-        .checked_mul(shentsize)
-        .ok_or(LoaderError::Overflow("section header table"))?;
-    let table = file.slice("section header table", shoff, table_len)?;
-    let Some(sh) = table
+fn arch_string(file: &Bytes<'_>, sections: &[u8], shentsize: u64) -> Result<Option<String>> {
+    let Some(sh) = sections
         .chunks_exact(shentsize as usize)
         .find(|sh| u32_at(sh, 4) == SHT_RISCV_ATTRIBUTES)
     else {
@@ -554,23 +574,15 @@ fn arch_attribute(body: &[u8]) -> Result<Option<String>> {
     Ok(None)
 }
 
+/// Read the symbol table through the section header table `table` (`shnum` entries
+/// of `shentsize` bytes, already bounds-checked).
 fn read_symbols(
     file: &Bytes<'_>,
-    shoff: u64,
+    table: &[u8],
     shentsize: u64,
     shnum: u64,
     out: &mut BTreeMap<String, u64>,
 ) -> Result<()> {
-    if shentsize < SHDR_SIZE {
-        return Err(LoaderError::BadEntrySize {
-            what: "section header",
-            size: shentsize,
-        });
-    }
-    let table_len = shnum
-        .checked_mul(shentsize)
-        .ok_or(LoaderError::Overflow("section header table"))?;
-    let table = file.slice("section header table", shoff, table_len)?;
     let section = |i: u64| -> Option<&[u8]> {
         let start = usize::try_from(i.checked_mul(shentsize)?).ok()?;
         table.get(start..start.checked_add(SHDR_SIZE as usize)?)
