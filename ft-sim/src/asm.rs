@@ -239,6 +239,7 @@ const OP_BRANCH: u32 = 0x63;
 const OP_JALR: u32 = 0x67;
 const OP_JAL: u32 = 0x6F;
 const OP_SYSTEM: u32 = 0x73;
+const OP_AMO: u32 = 0x2F;
 
 // ---------------------------------------------------------------------------
 // Single-instruction encoders.
@@ -339,6 +340,35 @@ r_ops! {
     srlw = OP_OP_32, 5, 0; sraw = OP_OP_32, 5, 0x20;
     mulw = OP_OP_32, 0, 1; divw = OP_OP_32, 4, 1; divuw = OP_OP_32, 5, 1;
     remw = OP_OP_32, 6, 1; remuw = OP_OP_32, 7, 1;
+}
+
+macro_rules! amo_ops {
+    ($($name:ident = $f3:expr, $f5:expr;)*) => {$(
+        #[doc = concat!("`", stringify!($name), " rd, rs2, (rs1)` (the A extension; `aq` and `rl` clear). Arguments in assembly order.")]
+        pub const fn $name(rd: Reg, rs2: Reg, rs1: Reg) -> u32 {
+            r_type(OP_AMO, $f3, $f5 << 2, rd, rs1, rs2)
+        }
+    )*};
+}
+amo_ops! {
+    amoswap_w = 2, 0b00001; amoadd_w = 2, 0b00000; amoxor_w = 2, 0b00100;
+    amoand_w = 2, 0b01100; amoor_w = 2, 0b01000; amomin_w = 2, 0b10000;
+    amomax_w = 2, 0b10100; amominu_w = 2, 0b11000; amomaxu_w = 2, 0b11100;
+    sc_w = 2, 0b00011;
+    amoswap_d = 3, 0b00001; amoadd_d = 3, 0b00000; amoxor_d = 3, 0b00100;
+    amoand_d = 3, 0b01100; amoor_d = 3, 0b01000; amomin_d = 3, 0b10000;
+    amomax_d = 3, 0b10100; amominu_d = 3, 0b11000; amomaxu_d = 3, 0b11100;
+    sc_d = 3, 0b00011;
+}
+
+/// `lr.w rd, (rs1)`.
+pub const fn lr_w(rd: Reg, rs1: Reg) -> u32 {
+    r_type(OP_AMO, 2, 0b00010 << 2, rd, rs1, ZERO)
+}
+
+/// `lr.d rd, (rs1)`.
+pub const fn lr_d(rd: Reg, rs1: Reg) -> u32 {
+    r_type(OP_AMO, 3, 0b00010 << 2, rd, rs1, ZERO)
 }
 
 /// `fence iorw, iorw`.
@@ -499,6 +529,15 @@ macro_rules! asm_r {
         #[doc = concat!("Appends [`", stringify!($name), "`](fn@", stringify!($name), ").")]
         pub fn $name(&mut self, rd: Reg, rs1: Reg, rs2: Reg) -> &mut Self {
             self.emit($name(rd, rs1, rs2))
+        }
+    )*};
+}
+
+macro_rules! asm_amo {
+    ($($name:ident),*) => {$(
+        #[doc = concat!("Appends [`", stringify!($name), "`](fn@", stringify!($name), ").")]
+        pub fn $name(&mut self, rd: Reg, rs2: Reg, rs1: Reg) -> &mut Self {
+            self.emit($name(rd, rs2, rs1))
         }
     )*};
 }
@@ -677,6 +716,21 @@ impl Assembler {
         lh, lw, ld, lbu, lhu, lwu, sb, sh, sw, sd
     );
     asm_branch!(beq, bne, blt, bge, bltu, bgeu);
+    asm_amo!(
+        amoswap_w, amoadd_w, amoxor_w, amoand_w, amoor_w, amomin_w, amomax_w, amominu_w, amomaxu_w,
+        sc_w, amoswap_d, amoadd_d, amoxor_d, amoand_d, amoor_d, amomin_d, amomax_d, amominu_d,
+        amomaxu_d, sc_d
+    );
+
+    /// Appends [`lr_w`](fn@lr_w).
+    pub fn lr_w(&mut self, rd: Reg, rs1: Reg) -> &mut Self {
+        self.emit(lr_w(rd, rs1))
+    }
+
+    /// Appends [`lr_d`](fn@lr_d).
+    pub fn lr_d(&mut self, rd: Reg, rs1: Reg) -> &mut Self {
+        self.emit(lr_d(rd, rs1))
+    }
     asm_csr!(csrrw, csrrs, csrrc);
     asm_csri!(csrrwi, csrrsi, csrrci);
 

@@ -1,4 +1,5 @@
-//! An instruction-counted RISC-V RV64IMC + Zicsr interpreter (machine and user mode).
+//! An instruction-counted RISC-V RV64IMAC + Zicsr + Zicntr interpreter (machine and
+//! user mode).
 //!
 //! Compressed instructions (the C extension, [`crate::rvc`]) are expanded to the
 //! 32-bit instruction they stand for and count as one instruction like any other;
@@ -41,6 +42,25 @@
 //! device event is placed at that exact execution point. Likewise a RAM store to the
 //! word watched with [`Cpu::set_store_watch`] retires and then ends `run` with
 //! [`StepExit::Watch`].
+//!
+//! # Atomics (the A extension)
+//!
+//! `lr`/`sc` and the AMOs work on RAM only, naturally aligned (a misaligned one raises
+//! a load (`lr`) or store/AMO address-misaligned exception; outside RAM, an access
+//! fault). With a single hart, `aq`/`rl` order nothing. The reservation `lr` takes is
+//! part of the architectural state: an `sc` succeeds only at the reserved address with
+//! no trap in between (every trap entry clears it), and [`Cpu::cancel_reservation`] lets
+//! the machine clear it when a device writes RAM (DMA), at a logged point, so record
+//! and replay agree.
+//!
+//! # Counters (Zicntr)
+//!
+//! `mcycle`/`cycle` and `minstret`/`instret` advance by one per retired instruction
+//! (the model has one cycle per instruction) and are writable in M-mode; a write sets
+//! the value the *next* instruction reads. They never move the execution point
+//! ([`Cpu::instret`]). `time` is not hart state: a read asks the platform through
+//! [`Mmio::time`], which on the ft machines is a logged clock read (a nondeterministic
+//! input, like any other). `mcountinhibit` is hardwired to zero.
 //!
 //! An exception raised at the trap vector that leaves the state unchanged (e.g.
 //! `mtvec` pointing outside RAM) would loop forever without retiring; `run` reports
@@ -90,6 +110,14 @@ pub trait Mmio {
     /// Store the low `size` (1, 2, 4 or 8) bytes of `value` at `addr` (naturally
     /// aligned).
     fn store(&mut self, addr: u64, size: u8, value: u64) -> MmioResult<()>;
+    /// The platform's real-time counter, read by the `time` CSR (`rdtime`). The
+    /// default has none: the read raises an illegal-instruction exception, as the
+    /// privileged specification allows for a trapped, emulated `time`.
+    /// [`MmioResult::Stall`] works as for a load (the instruction runs again later);
+    /// `OkStop` is taken as `Ok`.
+    fn time(&mut self) -> MmioResult<u64> {
+        MmioResult::Fault
+    }
 }
 
 impl<M: Mmio + ?Sized> Mmio for &mut M {
@@ -98,6 +126,9 @@ impl<M: Mmio + ?Sized> Mmio for &mut M {
     }
     fn store(&mut self, addr: u64, size: u8, value: u64) -> MmioResult<()> {
         (**self).store(addr, size, value)
+    }
+    fn time(&mut self) -> MmioResult<u64> {
+        (**self).time()
     }
 }
 
@@ -225,8 +256,8 @@ const MSTATUS_WRITABLE: u64 = MSTATUS_MIE | MSTATUS_MPIE | MSTATUS_MPP | MSTATUS
 /// The `mcause` interrupt bit.
 pub const MCAUSE_INTERRUPT: u64 = 1 << 63;
 
-/// Value of `misa`: MXL = 64, extensions I, M, C, U.
-pub const MISA: u64 = (2 << 62) | (1 << 2) | (1 << 8) | (1 << 12) | (1 << 20);
+/// Value of `misa`: MXL = 64, extensions A, C, I, M, U.
+pub const MISA: u64 = (2 << 62) | 1 | (1 << 2) | (1 << 8) | (1 << 12) | (1 << 20);
 
 /// CSR addresses.
 pub mod csr {
@@ -262,15 +293,15 @@ pub mod csr {
     pub const PMPCFG0: u16 = 0x3A0;
     /// First PMP address register (`pmpaddr0..63` are `0x3b0..=0x3ef`).
     pub const PMPADDR0: u16 = 0x3B0;
-    /// Cycle counter (= instret; writes ignored).
+    /// Cycle counter (one cycle per retired instruction; writable).
     pub const MCYCLE: u16 = 0xB00;
-    /// Retired instructions (= instret; writes ignored).
+    /// Retired-instruction counter (writable; the execution point is not).
     pub const MINSTRET: u16 = 0xB02;
-    /// User cycle counter (= instret, read-only).
+    /// User view of `mcycle` (read-only).
     pub const CYCLE: u16 = 0xC00;
-    /// User time (= instret, read-only; the wall clock is an MMIO device).
+    /// Real time, read from the platform ([`super::Mmio::time`]; read-only).
     pub const TIME: u16 = 0xC01;
-    /// User retired instructions (= instret, read-only).
+    /// User view of `minstret` (read-only).
     pub const INSTRET: u16 = 0xC02;
     /// Vendor id (0, read-only).
     pub const MVENDORID: u16 = 0xF11;
@@ -330,7 +361,7 @@ pub enum StepExit {
     TrapLoop,
 }
 
-/// The architectural state of one RV64IMC hart.
+/// The architectural state of one RV64IMAC hart.
 #[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 pub struct Cpu {
     x: [u64; 32],
@@ -350,6 +381,12 @@ pub struct Cpu {
     mcounteren: u64,
     pmpcfg: [u64; 16],
     pmpaddr: [[u64; 32]; 2],
+    /// `mcycle - instret` (wrapping): `mcycle` reads `instret + mcycle_offset`.
+    mcycle_offset: u64,
+    /// `minstret - instret` (wrapping).
+    minstret_offset: u64,
+    /// The address an `lr` reserved, until an `sc`, a trap or a device write.
+    reservation: Option<u64>,
     /// Watched RAM word (not architectural; carried along for snapshots).
     store_watch: Option<u64>,
 }
@@ -424,6 +461,9 @@ impl Cpu {
             mcounteren: 0,
             pmpcfg: [0; 16],
             pmpaddr: [[0; 32]; 2],
+            mcycle_offset: 0,
+            minstret_offset: 0,
+            reservation: None,
             store_watch: None,
         }
     }
@@ -488,8 +528,19 @@ impl Cpu {
         if (addr >> 10) & 3 == 3 {
             return Err(CpuError::ReadOnlyCsr(addr));
         }
-        self.csr_write(addr, value);
+        self.csr_write(addr, value, 0);
         Ok(())
+    }
+
+    /// The address reserved by the last `lr`, if the reservation still stands.
+    pub fn reservation(&self) -> Option<u64> {
+        self.reservation
+    }
+
+    /// Drops the `lr` reservation, so the next `sc` fails. A machine calls this when
+    /// something other than the hart (a device's DMA) writes RAM.
+    pub fn cancel_reservation(&mut self) {
+        self.reservation = None;
     }
 
     /// Watches the 8-byte RAM word at `addr` (`None`: no watch): any retired store to
@@ -631,6 +682,7 @@ impl Cpu {
     /// Enters a trap to M-mode at `target`.
     #[inline(always)]
     fn enter_trap(&mut self, cause: u64, tval: u64, target: u64) {
+        self.reservation = None;
         self.mepc = self.pc & !1;
         self.mcause = cause;
         self.mtval = tval;
@@ -763,12 +815,7 @@ impl Cpu {
         };
         match r {
             Ok(()) => {
-                if let Some(w) = self.store_watch {
-                    // [addr, addr + size) overlaps [w, w + 8)?
-                    if addr.wrapping_sub(w) < 8 || w.wrapping_sub(addr) < u64::from(size) {
-                        *stop = Stop::Watch;
-                    }
-                }
+                self.watch(addr, size, stop);
                 Ok(())
             }
             Err(_) if addr & (u64::from(size) - 1) != 0 => {
@@ -776,6 +823,141 @@ impl Cpu {
             }
             Err(_) => self.mmio_store(mmio, addr, size, value, stop),
         }
+    }
+
+    /// A RAM store of `size` bytes at `addr` retired: does it touch the watched word?
+    #[inline(always)]
+    fn watch(&self, addr: u64, size: u8, stop: &mut Stop) {
+        if let Some(w) = self.store_watch {
+            // [addr, addr + size) overlaps [w, w + 8)?
+            if addr.wrapping_sub(w) < 8 || w.wrapping_sub(addr) < u64::from(size) {
+                *stop = Stop::Watch;
+            }
+        }
+    }
+
+    /// The A extension: `lr`, `sc` and the AMOs (`f5` is bits 31..27), of `size` 4 or
+    /// 8 bytes at `addr`, on RAM only. Returns what `rd` receives.
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn atomic(
+        &mut self,
+        ram: &mut Ram,
+        f5: u32,
+        rs2: usize,
+        addr: u64,
+        size: u8,
+        bits: u32,
+        stop: &mut Stop,
+    ) -> std::result::Result<u64, StepOutcome> {
+        const LR: u32 = 0b00010;
+        const SC: u32 = 0b00011;
+        let misaligned = addr & (u64::from(size) - 1) != 0;
+        let read = |ram: &Ram| {
+            if size == 4 {
+                ram.load_u32(addr).map(|v| sext32(u64::from(v)))
+            } else {
+                ram.load_u64(addr)
+            }
+        };
+        let src = self.x[rs2];
+        let (old, new) = match f5 {
+            LR => {
+                if rs2 != 0 {
+                    return Err(self.illegal(bits));
+                }
+                if misaligned {
+                    return Err(self.exception(Exception::LoadAddressMisaligned, addr));
+                }
+                let Ok(v) = read(ram) else {
+                    return Err(self.exception(Exception::LoadAccessFault, addr));
+                };
+                self.reservation = Some(addr);
+                return Ok(v);
+            }
+            SC => {
+                if misaligned {
+                    return Err(self.exception(Exception::StoreAddressMisaligned, addr));
+                }
+                if read(ram).is_err() {
+                    return Err(self.exception(Exception::StoreAccessFault, addr));
+                }
+                if self.reservation.take() != Some(addr) {
+                    return Ok(1);
+                }
+                (0, src)
+            }
+            0b00001 | 0b00000 | 0b00100 | 0b01100 | 0b01000 | 0b10000 | 0b10100 | 0b11000
+            | 0b11100 => {
+                if misaligned {
+                    return Err(self.exception(Exception::StoreAddressMisaligned, addr));
+                }
+                let Ok(a) = read(ram) else {
+                    return Err(self.exception(Exception::StoreAccessFault, addr));
+                };
+                let b = src;
+                // Signed and unsigned views at the access width.
+                let (sa, sb, ua, ub) = if size == 4 {
+                    (
+                        i64::from(a as i32),
+                        i64::from(b as i32),
+                        u64::from(a as u32),
+                        u64::from(b as u32),
+                    )
+                } else {
+                    (a as i64, b as i64, a, b)
+                };
+                let new = match f5 {
+                    0b00001 => b,
+                    0b00000 => a.wrapping_add(b),
+                    0b00100 => a ^ b,
+                    0b01100 => a & b,
+                    0b01000 => a | b,
+                    0b10000 => {
+                        if sa <= sb {
+                            a
+                        } else {
+                            b
+                        }
+                    }
+                    0b10100 => {
+                        if sa >= sb {
+                            a
+                        } else {
+                            b
+                        }
+                    }
+                    0b11000 => {
+                        if ua <= ub {
+                            a
+                        } else {
+                            b
+                        }
+                    }
+                    _ => {
+                        if ua >= ub {
+                            a
+                        } else {
+                            b
+                        }
+                    }
+                };
+                (a, new)
+            }
+            _ => return Err(self.illegal(bits)),
+        };
+        let r = if size == 4 {
+            ram.store_u32(addr, new as u32)
+        } else {
+            ram.store_u64(addr, new)
+        };
+        if r.is_err() {
+            // Unreachable after the read above succeeded at the same address and
+            // size; reported as the fault it would be rather than assumed away.
+            return Err(self.exception(Exception::StoreAccessFault, addr));
+        }
+        self.watch(addr, size, stop);
+        Ok(old)
     }
 
     #[cold]
@@ -1023,6 +1205,16 @@ impl Cpu {
                     _ => illegal!(),
                 };
             }
+            // AMO: the A extension
+            0x2F => {
+                let size = match f3 {
+                    2 => 4,
+                    3 => 8,
+                    _ => illegal!(),
+                };
+                let addr = self.x[rs1];
+                self.x[rd] = tri!(self.atomic(ram, inst >> 27, rs2, addr, size, bits, &mut stop));
+            }
             // MISC-MEM: FENCE, FENCE.I (no-ops: single hart, no caches)
             0x0F => {
                 if f3 > 1 {
@@ -1072,7 +1264,7 @@ impl Cpu {
                 },
                 4 => illegal!(),
                 _ => {
-                    if let Err(out) = self.csr_op(inst, f3, rd, rs1) {
+                    if let Err(out) = self.csr_op(inst, f3, rd, rs1, mmio) {
                         return out;
                     }
                 }
@@ -1092,12 +1284,13 @@ impl Cpu {
 
     /// CSRRW/CSRRS/CSRRC and immediate forms. Writes `rd` on success.
     #[inline(never)]
-    fn csr_op(
+    fn csr_op<M: Mmio + ?Sized>(
         &mut self,
         inst: u32,
         f3: u32,
         rd: usize,
         rs1: usize,
+        mmio: &mut M,
     ) -> std::result::Result<(), StepOutcome> {
         let addr = (inst >> 20) as u16;
         let src = if f3 & 4 != 0 { rs1 as u64 } else { self.x[rs1] };
@@ -1116,6 +1309,15 @@ impl Cpu {
         {
             return Err(self.illegal(inst));
         }
+        if addr == csr::TIME {
+            // Read-only (a write was refused above): the platform's clock.
+            self.x[rd] = match mmio.time() {
+                MmioResult::Ok(t) | MmioResult::OkStop(t) => t,
+                MmioResult::Fault => return Err(self.illegal(inst)),
+                MmioResult::Stall => return Err(StepOutcome::Stall),
+            };
+            return Ok(());
+        }
         let Some(old) = self.csr_read(addr) else {
             return Err(self.illegal(inst));
         };
@@ -1125,7 +1327,8 @@ impl Cpu {
                 2 => old | src,
                 _ => old & !src,
             };
-            self.csr_write(addr, new);
+            // This instruction retires after the write: the next one reads `new`.
+            self.csr_write(addr, new, 1);
         }
         self.x[rd] = old;
         Ok(())
@@ -1150,7 +1353,8 @@ impl Cpu {
                 let i = usize::from(addr - 0x3B0);
                 self.pmpaddr[(i >> 5) & 1][i & 31]
             }
-            csr::MCYCLE | csr::MINSTRET | csr::CYCLE | csr::TIME | csr::INSTRET => self.instret,
+            csr::MCYCLE | csr::CYCLE => self.instret.wrapping_add(self.mcycle_offset),
+            csr::MINSTRET | csr::INSTRET => self.instret.wrapping_add(self.minstret_offset),
             // satp (Bare only), mcountinhibit, mhpmevent3..31, mhpmcounter3..31,
             // hpmcounter3..31, mvendorid, marchid, mimpid, mhartid, mconfigptr.
             csr::SATP
@@ -1163,8 +1367,9 @@ impl Cpu {
         })
     }
 
-    /// Writes a known, writable CSR applying its WARL rules.
-    fn csr_write(&mut self, addr: u16, v: u64) {
+    /// Writes a known, writable CSR applying its WARL rules. `retiring` is 1 when the
+    /// writing instruction is about to retire (and so to count), 0 otherwise.
+    fn csr_write(&mut self, addr: u16, v: u64, retiring: u64) {
         match addr {
             csr::MSTATUS => {
                 let mut v = v & MSTATUS_WRITABLE;
@@ -1188,7 +1393,13 @@ impl Cpu {
                 let i = usize::from(addr - 0x3B0);
                 self.pmpaddr[(i >> 5) & 1][i & 31] = v & ((1 << 54) - 1);
             }
-            // misa, mip, satp, counters, hpm*: writes ignored.
+            csr::MCYCLE => {
+                self.mcycle_offset = v.wrapping_sub(self.instret.wrapping_add(retiring));
+            }
+            csr::MINSTRET => {
+                self.minstret_offset = v.wrapping_sub(self.instret.wrapping_add(retiring));
+            }
+            // misa, mip, satp, mcountinhibit, hpm*: writes ignored.
             _ => {}
         }
     }

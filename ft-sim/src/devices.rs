@@ -13,7 +13,7 @@
 //! | base | device | registers (byte offsets, 64-bit unless noted) |
 //! |---|---|---|
 //! | `0x1000_0000` | console UART | `0x0` TX (write a byte; a line goes out at `\n` or 256 bytes), `0x8` FLUSH |
-//! | `0x1000_1000` | wall clock | `0x0` NOW: nanoseconds (read, logged input) |
+//! | `0x1000_1000` | wall clock | `0x0` NOW: nanoseconds (read, logged input; `rdtime` reads it too) |
 //! | `0x1000_2000` | RNG | `0x0` VALUE: 64 random bits (read, logged input) |
 //! | `0x1000_3000` | timer | `0x0` ARM: write a delay in ns (host real time); `0x8` STATUS: expiries pending; `0x10` ACK: clear one; raises MTIP |
 //! | `0x1000_4000` | block device | `0x0` SECTOR, `0x8` DMA_ADDR, `0x10` COUNT (sectors of 512 B), `0x18` CMD (1 read, 2 write), `0x20` STATUS (bit0 busy, bit1 done, bit2 error), `0x28` ACK; raises MEIP |
@@ -114,6 +114,16 @@ impl Mmio for Devices {
             Load::Input(req) => self.nondeterministic_read(req),
             Load::Unmapped => MmioResult::Fault,
         }
+    }
+
+    /// `rdtime` reads the wall clock, in nanoseconds (a timebase of 1 GHz): the same
+    /// logged input as a load of the clock's NOW register.
+    fn time(&mut self) -> MmioResult<u64> {
+        self.nondeterministic_read(InputRequest {
+            device: id::CLOCK,
+            offset: 0,
+            size: 8,
+        })
     }
 
     fn store(&mut self, addr: u64, _size: u8, value: u64) -> MmioResult<()> {

@@ -64,8 +64,9 @@ pub struct Machine {
 const SNAPSHOT_MAGIC: &[u8; 8] = b"FTSIMSNP";
 /// The frame of [`EventSource::save_cpu_devices`]: a snapshot with no memory.
 const STATE_MAGIC: &[u8; 8] = b"FTSIMCPU";
-/// 2: the `fromhost` address (HTIF answers).
-const SNAPSHOT_VERSION: u32 = 2;
+/// 2: the `fromhost` address (HTIF answers). 3: the hart's `lr` reservation and
+/// counter offsets.
+const SNAPSHOT_VERSION: u32 = 3;
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotMeta {
@@ -358,6 +359,10 @@ impl EventSource for Machine {
 
     fn inject(&mut self, event: &AsyncEvent) -> SourceResult<()> {
         self.dev.model.inject(event, &mut self.ram)?;
+        // A device may have written RAM (DMA): an `lr` reservation does not survive
+        // another bus master's write, and dropping it at every event (a logged point)
+        // keeps record and replay in step.
+        self.cpu.cancel_reservation();
         self.update_irqs();
         Ok(())
     }

@@ -3,13 +3,15 @@
 //! Everything is derived from one `u64` seed: [`generate`] with the same seed and
 //! [`Params`] gives the same image, byte for byte. Two families:
 //!
-//! * [`Family::Stream`]: random RV64IM instruction streams: ALU and M-extension ops,
+//! * [`Family::Stream`]: random RV64IMA instruction streams: ALU and M-extension ops,
 //!   loads and stores to a scratch region at random offsets (some misaligned, which RAM
-//!   completes), loads from a constant data table, CSR operations on `mscratch`, `mepc` and
-//!   `minstret` (and unknown CSRs, which trap), forward branches, bounded loops (two
-//!   levels at most), `ecall`, `ebreak`, illegal instructions, access faults, timer
-//!   arms and waits, console prints, and sections that `mret` into U-mode and come
-//!   back with `ecall`. Optionally clock and RNG reads.
+//!   completes), AMOs and `lr`/`sc` pairs there (an interrupt between the two makes
+//!   the `sc` fail; a misaligned one traps), loads from a constant data table, CSR
+//!   operations on `mscratch`, `mepc`, `minstret` and `mcycle` (and unknown CSRs,
+//!   which trap), forward branches, bounded loops (two levels at most), `ecall`,
+//!   `ebreak`, illegal instructions, access faults, timer arms and waits, console
+//!   prints, and sections that `mret` into U-mode and come back with `ecall`.
+//!   Optionally clock reads (by load or `rdtime`) and RNG reads.
 //! * [`Family::Devices`]: structured programs that use every device: clock and RNG
 //!   reads, console lines, packets sent and received, timer waits, block reads whose
 //!   DMA buffer is polled *while the read is in flight* (the DMA race: the program
@@ -190,6 +192,8 @@ pub struct Features {
     pub trapping: u32,
     /// Loops.
     pub loops: u32,
+    /// AMOs and `lr`/`sc` pairs.
+    pub atomics: u32,
 }
 
 /// A generated program.
@@ -483,6 +487,7 @@ impl Gen {
             78 if !self.user => self.wait_timer(),
             79..=81 if self.p.device_reads => self.read_device(),
             82..=84 => self.load_rx(),
+            85..=88 => self.atomic(),
             _ => self.alu(),
         }
     }
@@ -637,11 +642,14 @@ impl Gen {
         let which = match pick {
             0..=3 => csr::MSCRATCH,
             4..=6 => csr::MEPC,
-            7..=8 => csr::MINSTRET,
+            7 => csr::MINSTRET,
+            8 => csr::MCYCLE,
             _ => BAD_CSR,
         };
-        // Writes to minstret are ignored; any access to BAD_CSR and any machine CSR
-        // access from U-mode traps.
+        // The counters are only read (a write would make the final hash depend on
+        // where the program writes them, which is fine, but reads of a moving counter
+        // are the interesting part); any access to BAD_CSR and any machine CSR access
+        // from U-mode traps.
         if self.user || which == BAD_CSR {
             self.trapping();
         }
@@ -650,7 +658,7 @@ impl Gen {
         self.counted(|g| {
             let a = &mut g.a;
             let _ = match (op, which) {
-                (_, csr::MINSTRET) => a.csrr(rd, which),
+                (_, csr::MINSTRET | csr::MCYCLE) => a.csrr(rd, which),
                 (0, _) => a.csrrw(rd, which, rs),
                 (1, _) => a.csrrs(rd, which, rs),
                 (2, _) => a.csrrc(rd, which, rs),
@@ -877,9 +885,88 @@ impl Gen {
         } else {
             self.features.clock_reads += 1;
         }
+        if !rng && self.chance(50) {
+            // `rdtime`: the same logged clock read, through the CSR. U-mode may not
+            // (mcounteren is 0): it traps, and is no clock read.
+            if self.user {
+                self.features.clock_reads -= 1;
+                self.trapping();
+            }
+            self.counted(|g| {
+                g.a.csrr(rd, csr::TIME);
+            });
+            return;
+        }
         self.counted(|g| {
             g.a.li(T6, addr(if rng { map::RNG } else { map::CLOCK }));
             g.a.ld(rd, T6, 0);
+        });
+    }
+
+    /// An AMO, or an `lr`/`sc` pair with a few items between (where an interrupt
+    /// may land, failing the `sc`), on the scratch region; sometimes misaligned (it
+    /// traps).
+    fn atomic(&mut self) {
+        self.features.atomics += 1;
+        let rd = self.pool();
+        let rs = self.pool();
+        let word = self.chance(50);
+        let size = if word { 4 } else { 8 };
+        let (off, misaligned) = self.scratch_offset(size);
+        let op = self.rng.gen_range(0..10usize);
+        if op == 9 {
+            if misaligned {
+                self.trapping(); // the lr; the sc then fails (no reservation)
+                self.trapping();
+            }
+            self.counted(|g| {
+                g.a.addi(T6, GP, off);
+                if word {
+                    g.a.lr_w(rd, T6);
+                } else {
+                    g.a.lr_d(rd, T6);
+                }
+            });
+            for _ in 0..self.rng.gen_range(0..4) {
+                self.simple_item();
+            }
+            let status = self.pool();
+            self.counted(|g| {
+                g.a.addi(T6, GP, off);
+                if word {
+                    g.a.sc_w(status, rs, T6);
+                } else {
+                    g.a.sc_d(status, rs, T6);
+                }
+            });
+            return;
+        }
+        if misaligned {
+            self.trapping();
+        }
+        self.counted(|g| {
+            let a = &mut g.a;
+            a.addi(T6, GP, off);
+            let _ = match (op, word) {
+                (0, true) => a.amoswap_w(rd, rs, T6),
+                (1, true) => a.amoadd_w(rd, rs, T6),
+                (2, true) => a.amoxor_w(rd, rs, T6),
+                (3, true) => a.amoand_w(rd, rs, T6),
+                (4, true) => a.amoor_w(rd, rs, T6),
+                (5, true) => a.amomin_w(rd, rs, T6),
+                (6, true) => a.amomax_w(rd, rs, T6),
+                (7, true) => a.amominu_w(rd, rs, T6),
+                (_, true) => a.amomaxu_w(rd, rs, T6),
+                (0, false) => a.amoswap_d(rd, rs, T6),
+                (1, false) => a.amoadd_d(rd, rs, T6),
+                (2, false) => a.amoxor_d(rd, rs, T6),
+                (3, false) => a.amoand_d(rd, rs, T6),
+                (4, false) => a.amoor_d(rd, rs, T6),
+                (5, false) => a.amomin_d(rd, rs, T6),
+                (6, false) => a.amomax_d(rd, rs, T6),
+                (7, false) => a.amominu_d(rd, rs, T6),
+                (_, false) => a.amomaxu_d(rd, rs, T6),
+            };
         });
     }
 

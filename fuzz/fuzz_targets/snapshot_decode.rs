@@ -32,7 +32,7 @@ use libfuzzer_sys::fuzz_target;
 /// The sim machine's snapshot magic and version (the first 12 bytes of any of its
 /// snapshots).
 const MAGIC: &[u8; 8] = b"FTSIMSNP";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 
 struct Templates {
     /// Machines in several states: fresh, mid-run (I/O and timers in flight), ended;

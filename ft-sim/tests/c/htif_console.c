@@ -1,10 +1,8 @@
 /* HTIF as riscv-pk and newlib's stubs use it: console putchar (device 1), the
  * system-call proxy (device 0: SYS_write to the console, a bad descriptor, an unknown
  * call) and SYS_exit. The exit code says which answers were right: 7 = all. */
-typedef unsigned long u64;
+#include "guest.h"
 
-volatile u64 tohost __attribute__((section(".tohost"), aligned(8)));
-volatile u64 fromhost __attribute__((section(".tohost"), aligned(8)));
 static volatile u64 magic_mem[8] __attribute__((aligned(64)));
 
 static void set_tohost(u64 v) {

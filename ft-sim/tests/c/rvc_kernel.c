@@ -2,12 +2,7 @@
  * riscv64-unknown-elf-gcc with and without compressed instructions, it must give the
  * same checksum on ft-sim, and the Rust test computes that checksum itself.
  * It reports through HTIF: tohost = (checksum << 1) | 1, the checksum folded to 32 bits. */
-typedef unsigned long u64;
-typedef unsigned int u32;
-typedef unsigned char u8;
-
-volatile u64 tohost __attribute__((section(".tohost"), aligned(8)));
-volatile u64 fromhost __attribute__((section(".tohost"), aligned(8)));
+#include "guest.h"
 
 static u64 state = 0x9E3779B97F4A7C15ul;
 
@@ -63,14 +58,4 @@ u64 kernel(void) {
     return (h ^ (h >> 32)) & 0xffffffffu;
 }
 
-void _start(void) __attribute__((naked, section(".text.init")));
-void _start(void) {
-    __asm__ volatile(
-        "la sp, __stack_top\n"
-        "call kernel\n"
-        "slli a0, a0, 1\n"
-        "ori a0, a0, 1\n"
-        "la t0, tohost\n"
-        "sd a0, 0(t0)\n"
-        "1: j 1b\n");
-}
+GUEST_EXIT_WITH(kernel)

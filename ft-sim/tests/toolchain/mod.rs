@@ -59,6 +59,28 @@ pub fn run(cmd: &mut Command) {
     );
 }
 
+/// Assemble `body` with GNU as (after `.option OPTION`: `rvc` or `norvc`) for
+/// rv64imafdc and return its `.text` section's bytes.
+pub fn gnu_as_text(dir: &std::path::Path, name: &str, option: &str, body: &str) -> Vec<u8> {
+    let src = dir.join(format!("{name}.S"));
+    std::fs::write(
+        &src,
+        format!("    .option norelax\n    .option {option}\n    .text\n{body}"),
+    )
+    .unwrap();
+    let obj = dir.join(format!("{name}.o"));
+    let bin = dir.join(format!("{name}.bin"));
+    run(Command::new("riscv64-linux-gnu-as")
+        .args(["-march=rv64imafdc_zicsr", "-mabi=lp64", "-o"])
+        .arg(&obj)
+        .arg(&src));
+    run(Command::new("riscv64-linux-gnu-objcopy")
+        .args(["-O", "binary", "-j", ".text"])
+        .arg(&obj)
+        .arg(&bin));
+    std::fs::read(&bin).unwrap()
+}
+
 /// Build the freestanding C program `tests/c/NAME` with `riscv64-unknown-elf-gcc` and
 /// `flags` (none: the toolchain's defaults), linked at RAM's base with its stack
 /// below 1 MiB, and no linker relaxation (nothing sets `gp`).
