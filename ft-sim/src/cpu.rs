@@ -1,5 +1,20 @@
-//! An instruction-counted RISC-V RV64IMAC + Zicsr + Zicntr interpreter (machine and
-//! user mode).
+//! An instruction-counted RISC-V RV64IMAC + Zicsr + Zicntr interpreter with machine,
+//! supervisor and user modes.
+//!
+//! # Privilege
+//!
+//! Traps from below M-mode go to S-mode when `medeleg` (exceptions) or `mideleg`
+//! (the supervisor interrupts) delegate them; traps from M-mode stay there. An
+//! interrupt bound for M-mode is taken below M whatever `mstatus.MIE` says, and before
+//! any bound for S-mode; one delegated to S-mode is taken in U-mode, in S-mode with
+//! `mstatus.SIE`, and never in M-mode. Within a mode the order is MEI, MSI, MTI, SEI,
+//! SSI, STI. `sstatus`, `sie` and `sip` are views of `mstatus`, `mie` and `mip`.
+//! `mip` is the interrupt lines the machine drives ([`Cpu::set_mip`]) or'ed with the
+//! supervisor bits M-mode software writes; a read-modify-write starts from the
+//! written bits, so it never latches a line. TVM traps `satp` and `sfence.vma` in
+//! S-mode, TSR traps `sret`, TW traps `wfi` in S-mode; `wfi` in U-mode is always
+//! illegal (as on spike and QEMU). `satp` accepts Bare only for now: a write of
+//! another mode has no effect.
 //!
 //! Compressed instructions (the C extension, [`crate::rvc`]) are expanded to the
 //! 32-bit instruction they stand for and count as one instruction like any other;
@@ -152,6 +167,8 @@ pub enum Privilege {
     User,
     /// Machine mode (encoding 3).
     Machine,
+    /// Supervisor mode (encoding 1).
+    Supervisor,
 }
 
 impl Privilege {
@@ -159,7 +176,17 @@ impl Privilege {
     pub const fn bits(self) -> u64 {
         match self {
             Privilege::User => 0,
+            Privilege::Supervisor => 1,
             Privilege::Machine => 3,
+        }
+    }
+
+    /// The mode an `xPP` field names: 0 U, 1 S, 3 M (2, reserved, reads as U).
+    pub const fn from_bits(bits: u64) -> Privilege {
+        match bits & 3 {
+            3 => Privilege::Machine,
+            1 => Privilege::Supervisor,
+            _ => Privilege::User,
         }
     }
 }
@@ -185,6 +212,8 @@ pub enum Exception {
     StoreAccessFault,
     /// Cause 8 (`ecall` in U-mode); `mtval` = 0.
     EcallFromU,
+    /// Cause 9 (`ecall` in S-mode); `mtval` = 0.
+    EcallFromS,
     /// Cause 11 (`ecall` in M-mode); `mtval` = 0.
     EcallFromM,
 }
@@ -202,18 +231,26 @@ impl Exception {
             Exception::StoreAddressMisaligned => 6,
             Exception::StoreAccessFault => 7,
             Exception::EcallFromU => 8,
+            Exception::EcallFromS => 9,
             Exception::EcallFromM => 11,
         }
     }
 }
 
-/// Machine-level interrupts (priority: external > software > timer).
+/// Interrupts. Priority: MEI > MSI > MTI > SEI > SSI > STI, and one bound for M-mode
+/// (not delegated in `mideleg`) before any bound for S-mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Interrupt {
+    /// SSI, code 1.
+    SupervisorSoftware,
     /// MSI, code 3.
     MachineSoftware,
+    /// STI, code 5.
+    SupervisorTimer,
     /// MTI, code 7.
     MachineTimer,
+    /// SEI, code 9.
+    SupervisorExternal,
     /// MEI, code 11.
     MachineExternal,
 }
@@ -222,8 +259,11 @@ impl Interrupt {
     /// The interrupt code (`mcause` without the interrupt bit; also its `mip` bit).
     pub const fn code(self) -> u64 {
         match self {
+            Interrupt::SupervisorSoftware => 1,
             Interrupt::MachineSoftware => 3,
+            Interrupt::SupervisorTimer => 5,
             Interrupt::MachineTimer => 7,
+            Interrupt::SupervisorExternal => 9,
             Interrupt::MachineExternal => 11,
         }
     }
@@ -234,30 +274,84 @@ impl Interrupt {
     }
 }
 
+/// `mip`/`mie` bit of the supervisor software interrupt.
+pub const MIP_SSIP: u64 = 1 << 1;
 /// `mip`/`mie` bit of the machine software interrupt.
 pub const MIP_MSIP: u64 = 1 << 3;
+/// `mip`/`mie` bit of the supervisor timer interrupt.
+pub const MIP_STIP: u64 = 1 << 5;
 /// `mip`/`mie` bit of the machine timer interrupt.
 pub const MIP_MTIP: u64 = 1 << 7;
+/// `mip`/`mie` bit of the supervisor external interrupt.
+pub const MIP_SEIP: u64 = 1 << 9;
 /// `mip`/`mie` bit of the machine external interrupt.
 pub const MIP_MEIP: u64 = 1 << 11;
-const MIP_MASK: u64 = MIP_MSIP | MIP_MTIP | MIP_MEIP;
+const MIP_MASK: u64 = MIP_SSIP | MIP_MSIP | MIP_STIP | MIP_MTIP | MIP_SEIP | MIP_MEIP;
+/// The supervisor bits: M-mode software may set them in `mip`, and delegate them.
+const MIP_S: u64 = MIP_SSIP | MIP_STIP | MIP_SEIP;
+/// Exceptions that `medeleg` can delegate: all but `ecall` from M-mode (and the
+/// reserved codes 10 and 14).
+const MEDELEG_MASK: u64 = 0xB3FF;
 
+/// `mstatus.SIE`.
+pub const MSTATUS_SIE: u64 = 1 << 1;
 /// `mstatus.MIE`.
 pub const MSTATUS_MIE: u64 = 1 << 3;
+/// `mstatus.SPIE`.
+pub const MSTATUS_SPIE: u64 = 1 << 5;
 /// `mstatus.MPIE`.
 pub const MSTATUS_MPIE: u64 = 1 << 7;
+/// `mstatus.SPP` (one bit: 0 U, 1 S).
+pub const MSTATUS_SPP: u64 = 1 << 8;
 /// `mstatus.MPP` (two bits).
 pub const MSTATUS_MPP: u64 = 3 << 11;
-/// `mstatus.TW` (timeout wait: `wfi` in U-mode is illegal when set).
+/// `mstatus.MPRV` (M-mode loads and stores translate and check as `MPP`).
+pub const MSTATUS_MPRV: u64 = 1 << 17;
+/// `mstatus.SUM` (S-mode may access U pages).
+pub const MSTATUS_SUM: u64 = 1 << 18;
+/// `mstatus.MXR` (loads from executable pages).
+pub const MSTATUS_MXR: u64 = 1 << 19;
+/// `mstatus.TVM` (trap `satp` and `sfence.vma` in S-mode).
+pub const MSTATUS_TVM: u64 = 1 << 20;
+/// `mstatus.TW` (timeout wait: `wfi` in S-mode is illegal when set; in U-mode it
+/// always is).
 pub const MSTATUS_TW: u64 = 1 << 21;
+/// `mstatus.TSR` (trap `sret` in S-mode).
+pub const MSTATUS_TSR: u64 = 1 << 22;
 const MSTATUS_UXL_64: u64 = 2 << 32;
-const MSTATUS_WRITABLE: u64 = MSTATUS_MIE | MSTATUS_MPIE | MSTATUS_MPP | MSTATUS_TW;
+const MSTATUS_SXL_64: u64 = 2 << 34;
+const MSTATUS_WRITABLE: u64 = MSTATUS_SIE
+    | MSTATUS_MIE
+    | MSTATUS_SPIE
+    | MSTATUS_MPIE
+    | MSTATUS_SPP
+    | MSTATUS_MPP
+    | MSTATUS_MPRV
+    | MSTATUS_SUM
+    | MSTATUS_MXR
+    | MSTATUS_TVM
+    | MSTATUS_TW
+    | MSTATUS_TSR;
+/// The `mstatus` fields `sstatus` shows and writes.
+const SSTATUS_WRITABLE: u64 = MSTATUS_SIE | MSTATUS_SPIE | MSTATUS_SPP | MSTATUS_SUM | MSTATUS_MXR;
 
 /// The `mcause` interrupt bit.
 pub const MCAUSE_INTERRUPT: u64 = 1 << 63;
 
-/// Value of `misa`: MXL = 64, extensions A, C, I, M, U.
-pub const MISA: u64 = (2 << 62) | 1 | (1 << 2) | (1 << 8) | (1 << 12) | (1 << 20);
+/// Value of `misa`: MXL = 64, extensions A, C, I, M, S, U.
+pub const MISA: u64 = (2 << 62) | 1 | (1 << 2) | (1 << 8) | (1 << 12) | (1 << 18) | (1 << 20);
+
+const ENVCFG_FIOM: u64 = 1;
+const SATP_BARE: u64 = 0;
+
+/// `mtvec`/`stvec` WARL: a reserved mode (2, 3) becomes direct.
+fn tvec(v: u64) -> u64 {
+    if v & 3 >= 2 {
+        v & !3
+    } else {
+        v
+    }
+}
 
 /// CSR addresses.
 pub mod csr {
@@ -265,16 +359,18 @@ pub mod csr {
     pub const MSTATUS: u16 = 0x300;
     /// ISA and extensions (writes ignored).
     pub const MISA: u16 = 0x301;
-    /// Exception delegation (stored, no effect: no S-mode).
+    /// Exception delegation to S-mode.
     pub const MEDELEG: u16 = 0x302;
-    /// Interrupt delegation (stored, no effect: no S-mode).
+    /// Interrupt delegation to S-mode (the supervisor bits).
     pub const MIDELEG: u16 = 0x303;
     /// Interrupt enable.
     pub const MIE: u16 = 0x304;
     /// Trap vector (mode 0 direct, 1 vectored).
     pub const MTVEC: u16 = 0x305;
-    /// Counter enable for U-mode (bit 0 cycle, 1 time, 2 instret).
+    /// Counter enable for S- and U-mode (bit 0 cycle, 1 time, 2 instret).
     pub const MCOUNTEREN: u16 = 0x306;
+    /// Machine environment configuration (FIOM only).
+    pub const MENVCFG: u16 = 0x30A;
     /// Counter inhibit (reads 0, writes ignored).
     pub const MCOUNTINHIBIT: u16 = 0x320;
     /// Scratch.
@@ -285,10 +381,33 @@ pub mod csr {
     pub const MCAUSE: u16 = 0x342;
     /// Trap value.
     pub const MTVAL: u16 = 0x343;
-    /// Interrupt pending (set by the machine via `Cpu::set_mip`; CSR writes ignored).
+    /// Interrupt pending: the lines the machine drives (`Cpu::set_mip`), or'ed with
+    /// the supervisor bits M-mode software writes.
     pub const MIP: u16 = 0x344;
-    /// Address translation (only Bare: reads 0, writes ignored).
+    /// Supervisor status (a view of `mstatus`).
+    pub const SSTATUS: u16 = 0x100;
+    /// Supervisor interrupt enable (a view of `mie`, delegated bits only).
+    pub const SIE: u16 = 0x104;
+    /// Supervisor trap vector.
+    pub const STVEC: u16 = 0x105;
+    /// Counter enable for U-mode, under `mcounteren`.
+    pub const SCOUNTEREN: u16 = 0x106;
+    /// Supervisor environment configuration (FIOM only).
+    pub const SENVCFG: u16 = 0x10A;
+    /// Supervisor scratch.
+    pub const SSCRATCH: u16 = 0x140;
+    /// Supervisor exception pc.
+    pub const SEPC: u16 = 0x141;
+    /// Supervisor trap cause.
+    pub const SCAUSE: u16 = 0x142;
+    /// Supervisor trap value.
+    pub const STVAL: u16 = 0x143;
+    /// Supervisor interrupt pending (a view of `mip`; only SSIP is writable).
+    pub const SIP: u16 = 0x144;
+    /// Address translation and protection.
     pub const SATP: u16 = 0x180;
+    /// Debug trigger select (no triggers: reads 0, writes ignored).
+    pub const TSELECT: u16 = 0x7A0;
     /// First PMP configuration register (`pmpcfg0..15` are `0x3a0..=0x3af`).
     pub const PMPCFG0: u16 = 0x3A0;
     /// First PMP address register (`pmpaddr0..63` are `0x3b0..=0x3ef`).
@@ -379,6 +498,17 @@ pub struct Cpu {
     medeleg: u64,
     mideleg: u64,
     mcounteren: u64,
+    menvcfg: u64,
+    /// The supervisor bits of `mip` that M-mode software wrote (or'ed with the lines).
+    mip_sw: u64,
+    stvec: u64,
+    sepc: u64,
+    scause: u64,
+    stval: u64,
+    sscratch: u64,
+    scounteren: u64,
+    senvcfg: u64,
+    satp: u64,
     pmpcfg: [u64; 16],
     pmpaddr: [[u64; 32]; 2],
     /// `mcycle - instret` (wrapping): `mcycle` reads `instret + mcycle_offset`.
@@ -459,6 +589,16 @@ impl Cpu {
             medeleg: 0,
             mideleg: 0,
             mcounteren: 0,
+            menvcfg: 0,
+            mip_sw: 0,
+            stvec: 0,
+            sepc: 0,
+            scause: 0,
+            stval: 0,
+            sscratch: 0,
+            scounteren: 0,
+            senvcfg: 0,
+            satp: 0,
             pmpcfg: [0; 16],
             pmpaddr: [[0; 32]; 2],
             mcycle_offset: 0,
@@ -556,14 +696,14 @@ impl Cpu {
         self.store_watch
     }
 
-    /// Current `mip`.
+    /// Current `mip`: the lines, or'ed with the supervisor bits software wrote.
     pub fn mip(&self) -> u64 {
-        self.mip
+        self.mip | self.mip_sw
     }
 
-    /// Sets (`on`) or clears the `mip` bits in `mask` (only [`MIP_MSIP`],
-    /// [`MIP_MTIP`], [`MIP_MEIP`] exist; other bits are ignored). This is how the
-    /// machine raises and lowers interrupt lines.
+    /// Raises (`on`) or lowers the interrupt lines in `mask` (the six `MIP_*` bits;
+    /// others are ignored). This is how the machine drives `mip`; what M-mode software
+    /// writes to the supervisor bits is kept apart and or'ed in.
     pub fn set_mip(&mut self, mask: u64, on: bool) {
         let mask = mask & MIP_MASK;
         if on {
@@ -573,18 +713,59 @@ impl Cpu {
         }
     }
 
-    /// Whether an interrupt is pending, enabled in `mie`, and globally enabled (U-mode,
-    /// or M-mode with `mstatus.MIE`): the next step takes it (unless the next
+    /// Whether an interrupt is pending, enabled in `mie`, and enabled for the mode it
+    /// goes to (M-mode: below M, or in M with `mstatus.MIE`; S-mode, when delegated:
+    /// in U, or in S with `mstatus.SIE`): the next step takes it (unless the next
     /// instruction is a `wfi`, which retires first; see the module docs).
     pub fn pending_interrupt(&self) -> bool {
-        self.mip & self.mie != 0
-            && (self.privilege == Privilege::User || self.mstatus & MSTATUS_MIE != 0)
+        self.deliverable(self.mip() & self.mie).is_some()
     }
 
-    /// Whether an interrupt is pending and enabled in `mie` (regardless of
-    /// `mstatus.MIE`): the condition that completes a `wfi`.
+    /// Whether an interrupt is pending and enabled in `mie` (regardless of the global
+    /// enables and of delegation): the condition that completes a `wfi`.
     pub fn wakeup_pending(&self) -> bool {
-        self.mip & self.mie != 0
+        self.mip() & self.mie != 0
+    }
+
+    /// The interrupt the hart takes now out of `pending` (`mip & mie`), if any.
+    #[inline]
+    fn deliverable(&self, pending: u64) -> Option<Interrupt> {
+        let to_m = pending & !self.mideleg;
+        let m_on = self.privilege != Privilege::Machine || self.mstatus & MSTATUS_MIE != 0;
+        let chosen = if to_m != 0 && m_on {
+            to_m
+        } else {
+            let to_s = pending & self.mideleg;
+            let s_on = match self.privilege {
+                Privilege::User => true,
+                Privilege::Supervisor => self.mstatus & MSTATUS_SIE != 0,
+                Privilege::Machine => false,
+            };
+            if to_s == 0 || !s_on {
+                return None;
+            }
+            to_s
+        };
+        [
+            Interrupt::MachineExternal,
+            Interrupt::MachineSoftware,
+            Interrupt::MachineTimer,
+            Interrupt::SupervisorExternal,
+            Interrupt::SupervisorSoftware,
+            Interrupt::SupervisorTimer,
+        ]
+        .into_iter()
+        .find(|i| chosen & i.mask() != 0)
+    }
+
+    /// Whether `wfi` may execute here: in M-mode, and in S-mode unless `mstatus.TW`
+    /// (in U-mode it is illegal, as on spike and QEMU when S-mode exists).
+    fn wfi_allowed(&self) -> bool {
+        match self.privilege {
+            Privilege::Machine => true,
+            Privilege::Supervisor => self.mstatus & MSTATUS_TW == 0,
+            Privilege::User => false,
+        }
     }
 
     /// Feeds the whole architectural state into a hasher.
@@ -616,9 +797,11 @@ impl Cpu {
     /// one instruction (which retires, traps, stalls or idles).
     #[inline]
     pub fn step<M: Mmio + ?Sized>(&mut self, ram: &mut Ram, mmio: &mut M) -> StepOutcome {
-        let pending = self.mip & self.mie;
-        if pending != 0 && (self.privilege == Privilege::User || self.mstatus & MSTATUS_MIE != 0) {
-            return self.interrupt_or_wfi(ram, pending);
+        let pending = (self.mip | self.mip_sw) & self.mie;
+        if pending != 0 {
+            if let Some(irq) = self.deliverable(pending) {
+                return self.interrupt_or_wfi(ram, irq);
+            }
         }
         let pc = self.pc;
         if pc & 1 != 0 {
@@ -669,55 +852,94 @@ impl Cpu {
     /// `mepc` after it); otherwise the interrupt is taken now.
     #[cold]
     #[inline(never)]
-    fn interrupt_or_wfi(&mut self, ram: &Ram, pending: u64) -> StepOutcome {
-        let wfi_allowed = self.privilege == Privilege::Machine || self.mstatus & MSTATUS_TW == 0;
-        if self.pc & 1 == 0 && wfi_allowed && ram.load_u32(self.pc) == Ok(WFI) {
+    fn interrupt_or_wfi(&mut self, ram: &Ram, irq: Interrupt) -> StepOutcome {
+        if self.pc & 1 == 0 && self.wfi_allowed() && ram.load_u32(self.pc) == Ok(WFI) {
             self.pc = self.pc.wrapping_add(4);
             self.instret = self.instret.wrapping_add(1);
             return StepOutcome::Retired;
         }
-        self.take_interrupt(pending)
+        self.take_interrupt(irq)
     }
 
-    /// Enters a trap to M-mode at `target`.
+    /// Enters a trap: to S-mode if it comes from below M and `medeleg` (an exception)
+    /// or `mideleg` (an interrupt) delegates its code, else to M-mode. Vectored
+    /// `xtvec` moves interrupts to `base + 4 * code`.
     #[inline(always)]
-    fn enter_trap(&mut self, cause: u64, tval: u64, target: u64) {
+    fn enter_trap(&mut self, cause: u64, tval: u64) {
         self.reservation = None;
-        self.mepc = self.pc & !1;
-        self.mcause = cause;
-        self.mtval = tval;
-        let mpie = if self.mstatus & MSTATUS_MIE != 0 {
-            MSTATUS_MPIE
+        let interrupt = cause & MCAUSE_INTERRUPT != 0;
+        let code = cause & 63;
+        let deleg = if interrupt {
+            self.mideleg
         } else {
-            0
+            self.medeleg
         };
-        self.mstatus = (self.mstatus & !(MSTATUS_MIE | MSTATUS_MPIE | MSTATUS_MPP))
-            | mpie
-            | (self.privilege.bits() << 11);
-        self.privilege = Privilege::Machine;
-        self.pc = target;
+        let epc = self.pc & !1;
+        let (tvec, status) = if self.privilege != Privilege::Machine && (deleg >> code) & 1 != 0 {
+            self.sepc = epc;
+            self.scause = cause;
+            self.stval = tval;
+            let spie = if self.mstatus & MSTATUS_SIE != 0 {
+                MSTATUS_SPIE
+            } else {
+                0
+            };
+            let spp = if self.privilege == Privilege::Supervisor {
+                MSTATUS_SPP
+            } else {
+                0
+            };
+            self.privilege = Privilege::Supervisor;
+            (
+                self.stvec,
+                (self.mstatus & !(MSTATUS_SIE | MSTATUS_SPIE | MSTATUS_SPP)) | spie | spp,
+            )
+        } else {
+            self.mepc = epc;
+            self.mcause = cause;
+            self.mtval = tval;
+            let mpie = if self.mstatus & MSTATUS_MIE != 0 {
+                MSTATUS_MPIE
+            } else {
+                0
+            };
+            let mpp = self.privilege.bits() << 11;
+            self.privilege = Privilege::Machine;
+            (
+                self.mtvec,
+                (self.mstatus & !(MSTATUS_MIE | MSTATUS_MPIE | MSTATUS_MPP)) | mpie | mpp,
+            )
+        };
+        self.mstatus = status;
+        let base = tvec & !3;
+        self.pc = if interrupt && tvec & 1 != 0 {
+            base.wrapping_add(4 * code)
+        } else {
+            base
+        };
+    }
+
+    /// The trap state that entering a trap changes (to tell a trap loop).
+    fn trap_state(&self) -> [u64; 9] {
+        [
+            self.pc,
+            self.privilege.bits(),
+            self.mstatus,
+            self.mepc,
+            self.mcause,
+            self.mtval,
+            self.sepc,
+            self.scause,
+            self.stval,
+        ]
     }
 
     #[cold]
     #[inline(never)]
     fn exception(&mut self, e: Exception, tval: u64) -> StepOutcome {
-        let before = (
-            self.pc,
-            self.privilege,
-            self.mstatus,
-            self.mepc,
-            self.mcause,
-            self.mtval,
-        );
-        self.enter_trap(e.code(), tval, self.mtvec & !3);
-        let after = (
-            self.pc,
-            self.privilege,
-            self.mstatus,
-            self.mepc,
-            self.mcause,
-            self.mtval,
-        );
+        let before = self.trap_state();
+        self.enter_trap(e.code(), tval);
+        let after = self.trap_state();
         if before == after {
             StepOutcome::TrapLoop
         } else {
@@ -733,21 +955,8 @@ impl Cpu {
 
     #[cold]
     #[inline(never)]
-    fn take_interrupt(&mut self, pending: u64) -> StepOutcome {
-        let irq = if pending & MIP_MEIP != 0 {
-            Interrupt::MachineExternal
-        } else if pending & MIP_MSIP != 0 {
-            Interrupt::MachineSoftware
-        } else {
-            Interrupt::MachineTimer
-        };
-        let base = self.mtvec & !3;
-        let target = if self.mtvec & 1 != 0 {
-            base.wrapping_add(4 * irq.code())
-        } else {
-            base
-        };
-        self.enter_trap(MCAUSE_INTERRUPT | irq.code(), 0, target);
+    fn take_interrupt(&mut self, irq: Interrupt) -> StepOutcome {
+        self.enter_trap(MCAUSE_INTERRUPT | irq.code(), 0);
         StepOutcome::Interrupt(irq)
     }
 
@@ -1227,6 +1436,7 @@ impl Cpu {
                     0x0000_0073 => {
                         let e = match self.privilege {
                             Privilege::User => Exception::EcallFromU,
+                            Privilege::Supervisor => Exception::EcallFromS,
                             Privilege::Machine => Exception::EcallFromM,
                         };
                         return self.exception(e, 0);
@@ -1242,22 +1452,58 @@ impl Cpu {
                         } else {
                             0
                         };
-                        self.privilege = if (self.mstatus & MSTATUS_MPP) == MSTATUS_MPP {
-                            Privilege::Machine
+                        self.privilege = Privilege::from_bits(self.mstatus >> 11);
+                        let mut status =
+                            (self.mstatus & !(MSTATUS_MIE | MSTATUS_MPP)) | mie | MSTATUS_MPIE;
+                        if self.privilege != Privilege::Machine {
+                            status &= !MSTATUS_MPRV;
+                        }
+                        self.mstatus = status;
+                        next = self.mepc;
+                    }
+                    // SRET
+                    0x1020_0073 => {
+                        let allowed = match self.privilege {
+                            Privilege::Machine => true,
+                            Privilege::Supervisor => self.mstatus & MSTATUS_TSR == 0,
+                            Privilege::User => false,
+                        };
+                        if !allowed {
+                            illegal!();
+                        }
+                        let sie = if self.mstatus & MSTATUS_SPIE != 0 {
+                            MSTATUS_SIE
+                        } else {
+                            0
+                        };
+                        self.privilege = if self.mstatus & MSTATUS_SPP != 0 {
+                            Privilege::Supervisor
                         } else {
                             Privilege::User
                         };
-                        self.mstatus =
-                            (self.mstatus & !(MSTATUS_MIE | MSTATUS_MPP)) | mie | MSTATUS_MPIE;
-                        next = self.mepc;
+                        self.mstatus = (self.mstatus & !(MSTATUS_SIE | MSTATUS_SPP | MSTATUS_MPRV))
+                            | sie
+                            | MSTATUS_SPIE;
+                        next = self.sepc;
                     }
                     // WFI
                     WFI => {
-                        if self.privilege == Privilege::User && self.mstatus & MSTATUS_TW != 0 {
+                        if !self.wfi_allowed() {
                             illegal!();
                         }
-                        if self.mip & self.mie == 0 {
+                        if (self.mip | self.mip_sw) & self.mie == 0 {
                             return StepOutcome::Idle;
+                        }
+                    }
+                    // SFENCE.VMA (no translation is cached)
+                    _ if inst & 0xFE00_7FFF == 0x1200_0073 => {
+                        let allowed = match self.privilege {
+                            Privilege::Machine => true,
+                            Privilege::Supervisor => self.mstatus & MSTATUS_TVM == 0,
+                            Privilege::User => false,
+                        };
+                        if !allowed {
+                            illegal!();
                         }
                     }
                     _ => illegal!(),
@@ -1303,9 +1549,21 @@ impl Cpu {
         if writes && (addr >> 10) & 3 == 3 {
             return Err(self.illegal(inst));
         }
-        if self.privilege == Privilege::User
-            && (0xC00..=0xC1F).contains(&addr)
-            && (self.mcounteren >> (addr & 31)) & 1 == 0
+        if (0xC00..=0xC1F).contains(&addr) {
+            // Counters: S-mode needs mcounteren's bit, U-mode scounteren's too.
+            let bit = addr & 31;
+            let denied = match self.privilege {
+                Privilege::Machine => false,
+                Privilege::Supervisor => (self.mcounteren >> bit) & 1 == 0,
+                Privilege::User => (self.mcounteren & self.scounteren >> bit) & 1 == 0,
+            };
+            if denied {
+                return Err(self.illegal(inst));
+            }
+        }
+        if addr == csr::SATP
+            && self.privilege == Privilege::Supervisor
+            && self.mstatus & MSTATUS_TVM != 0
         {
             return Err(self.illegal(inst));
         }
@@ -1322,10 +1580,17 @@ impl Cpu {
             return Err(self.illegal(inst));
         };
         if writes {
+            // `mip`/`sip`: a read-modify-write starts from the bits software wrote,
+            // not from the lines (which it could otherwise latch).
+            let base = match addr {
+                csr::MIP => self.mip_sw,
+                csr::SIP => self.mip_sw & self.mideleg,
+                _ => old,
+            };
             let new = match op {
                 1 => src,
-                2 => old | src,
-                _ => old & !src,
+                2 => base | src,
+                _ => base & !src,
             };
             // This instruction retires after the write: the next one reads `new`.
             self.csr_write(addr, new, 1);
@@ -1336,18 +1601,30 @@ impl Cpu {
 
     fn csr_read(&self, addr: u16) -> Option<u64> {
         Some(match addr {
-            csr::MSTATUS => self.mstatus | MSTATUS_UXL_64,
+            csr::MSTATUS => self.mstatus | MSTATUS_UXL_64 | MSTATUS_SXL_64,
             csr::MISA => MISA,
             csr::MEDELEG => self.medeleg,
             csr::MIDELEG => self.mideleg,
             csr::MIE => self.mie,
             csr::MTVEC => self.mtvec,
             csr::MCOUNTEREN => self.mcounteren,
+            csr::MENVCFG => self.menvcfg,
             csr::MSCRATCH => self.mscratch,
             csr::MEPC => self.mepc,
             csr::MCAUSE => self.mcause,
             csr::MTVAL => self.mtval,
-            csr::MIP => self.mip,
+            csr::MIP => self.mip | self.mip_sw,
+            csr::SSTATUS => (self.mstatus & SSTATUS_WRITABLE) | MSTATUS_UXL_64,
+            csr::SIE => self.mie & self.mideleg,
+            csr::STVEC => self.stvec,
+            csr::SCOUNTEREN => self.scounteren,
+            csr::SENVCFG => self.senvcfg,
+            csr::SSCRATCH => self.sscratch,
+            csr::SEPC => self.sepc,
+            csr::SCAUSE => self.scause,
+            csr::STVAL => self.stval,
+            csr::SIP => (self.mip | self.mip_sw) & self.mideleg,
+            csr::SATP => self.satp,
             0x3A0..=0x3AF => self.pmpcfg[usize::from(addr & 0xF)],
             0x3B0..=0x3EF => {
                 let i = usize::from(addr - 0x3B0);
@@ -1355,10 +1632,11 @@ impl Cpu {
             }
             csr::MCYCLE | csr::CYCLE => self.instret.wrapping_add(self.mcycle_offset),
             csr::MINSTRET | csr::INSTRET => self.instret.wrapping_add(self.minstret_offset),
-            // satp (Bare only), mcountinhibit, mhpmevent3..31, mhpmcounter3..31,
-            // hpmcounter3..31, mvendorid, marchid, mimpid, mhartid, mconfigptr.
-            csr::SATP
-            | csr::MCOUNTINHIBIT
+            // mcountinhibit, mhpmevent3..31, tselect and tdata1..3 (no triggers),
+            // mhpmcounter3..31, hpmcounter3..31, mvendorid, marchid, mimpid, mhartid,
+            // mconfigptr.
+            csr::MCOUNTINHIBIT
+            | 0x7A0..=0x7A3
             | 0x323..=0x33F
             | 0xB03..=0xB1F
             | 0xC03..=0xC1F
@@ -1373,17 +1651,36 @@ impl Cpu {
         match addr {
             csr::MSTATUS => {
                 let mut v = v & MSTATUS_WRITABLE;
-                if v & MSTATUS_MPP != MSTATUS_MPP {
-                    // Only M (3) and U (0) exist.
+                if v & MSTATUS_MPP == 2 << 11 {
+                    // 2 is reserved: U.
                     v &= !MSTATUS_MPP;
                 }
                 self.mstatus = v;
             }
-            csr::MEDELEG => self.medeleg = v,
-            csr::MIDELEG => self.mideleg = v,
+            csr::MEDELEG => self.medeleg = v & MEDELEG_MASK,
+            csr::MIDELEG => self.mideleg = v & MIP_S,
             csr::MIE => self.mie = v & MIP_MASK,
-            csr::MTVEC => self.mtvec = if v & 3 >= 2 { v & !3 } else { v },
+            csr::MTVEC => self.mtvec = tvec(v),
             csr::MCOUNTEREN => self.mcounteren = v & 0xFFFF_FFFF,
+            csr::MENVCFG => self.menvcfg = v & ENVCFG_FIOM,
+            csr::MIP => self.mip_sw = v & MIP_S,
+            csr::SSTATUS => {
+                self.mstatus = (self.mstatus & !SSTATUS_WRITABLE) | (v & SSTATUS_WRITABLE);
+            }
+            csr::SIE => self.mie = (self.mie & !self.mideleg) | (v & self.mideleg),
+            csr::STVEC => self.stvec = tvec(v),
+            csr::SCOUNTEREN => self.scounteren = v & 0xFFFF_FFFF,
+            csr::SENVCFG => self.senvcfg = v & ENVCFG_FIOM,
+            csr::SSCRATCH => self.sscratch = v,
+            csr::SEPC => self.sepc = v & !1,
+            csr::SCAUSE => self.scause = v,
+            csr::STVAL => self.stval = v,
+            csr::SIP => {
+                let w = MIP_SSIP & self.mideleg;
+                self.mip_sw = (self.mip_sw & !w) | (v & w);
+            }
+            // Bare only: a write of another mode has no effect at all.
+            csr::SATP if v >> 60 == SATP_BARE => self.satp = v,
             csr::MSCRATCH => self.mscratch = v,
             csr::MEPC => self.mepc = v & !1,
             csr::MCAUSE => self.mcause = v,
@@ -1399,7 +1696,7 @@ impl Cpu {
             csr::MINSTRET => {
                 self.minstret_offset = v.wrapping_sub(self.instret.wrapping_add(retiring));
             }
-            // misa, mip, satp, mcountinhibit, hpm*: writes ignored.
+            // misa, mcountinhibit, tselect, tdata*, hpm*: writes ignored.
             _ => {}
         }
     }

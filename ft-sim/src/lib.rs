@@ -1,6 +1,6 @@
 //! # ft-sim
 //!
-//! A pure-software RISC-V machine (RV64IMAC + Zicsr + Zicntr, machine and user mode) whose
+//! A pure-software RISC-V machine (RV64IMAC + Zicsr + Zicntr; machine, supervisor and user mode) whose
 //! execution is exact and instruction-counted, so that any asynchronous event can be
 //! placed at any instruction. It is the backend ft uses to property-test replay
 //! equivalence, and the machine the `failover` demo protects.

@@ -386,18 +386,27 @@ fn counters_count_retired_instructions_and_take_writes() {
 }
 
 #[test]
-fn user_counter_reads_follow_mcounteren() {
-    let (mut cpu, mut ram) = boot(&[csrrs(A3, csr::CYCLE, ZERO).unwrap()]);
-    cpu.set_privilege(Privilege::User);
-    assert_eq!(
-        step(&mut cpu, &mut ram),
-        StepOutcome::Exception(Exception::IllegalInstruction)
-    );
-    let (mut cpu, mut ram) = boot(&[csrrs(A3, csr::CYCLE, ZERO).unwrap()]);
-    cpu.set_csr(csr::MCOUNTEREN, 1).unwrap();
-    cpu.set_privilege(Privilege::User);
-    assert_eq!(step(&mut cpu, &mut ram), StepOutcome::Retired);
-    assert_eq!(cpu.reg(A3), 0);
+fn lower_mode_counter_reads_follow_mcounteren_and_scounteren() {
+    // (mode, mcounteren, scounteren, allowed)
+    let cases = [
+        (Privilege::Supervisor, 0, 1, false),
+        (Privilege::Supervisor, 1, 0, true),
+        (Privilege::User, 1, 0, false),
+        (Privilege::User, 0, 1, false),
+        (Privilege::User, 1, 1, true),
+    ];
+    for (mode, m, s, allowed) in cases {
+        let (mut cpu, mut ram) = boot(&[csrrs(A3, csr::CYCLE, ZERO).unwrap()]);
+        cpu.set_csr(csr::MCOUNTEREN, m).unwrap();
+        cpu.set_csr(csr::SCOUNTEREN, s).unwrap();
+        cpu.set_privilege(mode);
+        let want = if allowed {
+            StepOutcome::Retired
+        } else {
+            StepOutcome::Exception(Exception::IllegalInstruction)
+        };
+        assert_eq!(step(&mut cpu, &mut ram), want, "{mode:?} m={m} s={s}");
+    }
 }
 
 /// A platform clock that stalls once, then answers.

@@ -406,7 +406,8 @@ fn illegal_encodings_trap_with_instruction_bits() {
         (0x0000_2063, 0x0000_2063), // branch funct3 2
         (0x0000_1067, 0x0000_1067), // jalr funct3 1
         (0x0000_200F, 0x0000_200F), // misc-mem funct3 2
-        (0x1020_0073, 0x1020_0073), // sret (no S-mode)
+        (0x1020_0173, 0x1020_0173), // sret with rd != 0 (reserved)
+        (0x2020_0073, 0x2020_0073), // no such SYSTEM instruction (hret was removed)
         (0x0000_4073, 0x0000_4073), // system funct3 4
         (0x0000_007F, 0x0000_007F), // unknown major opcode
     ];

@@ -4,11 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use ft_sim::asm::*;
-use ft_sim::cpu::{
-    csr, Cpu, CpuError, Exception, Interrupt, NoMmio, Privilege, StepExit, StepOutcome,
-    MCAUSE_INTERRUPT, MIP_MEIP, MIP_MSIP, MIP_MTIP, MISA, MSTATUS_MIE, MSTATUS_MPIE, MSTATUS_MPP,
-    MSTATUS_TW,
-};
+use ft_sim::cpu::*;
 use ft_sim::memory::{Ram, RAM_BASE};
 
 const RAM_SIZE: usize = 1 << 20;
@@ -86,7 +82,7 @@ fn csr_warl_fields_and_constant_csrs() {
         .csrr(A0, csr::MIE)
         .csrw(csr::MSTATUS, T0)
         .csrr(A1, csr::MSTATUS)
-        .li(T1, 1 << 11) // MPP = 1 (S): not supported
+        .li(T1, 2 << 11) // MPP = 2: reserved
         .csrw(csr::MSTATUS, T1)
         .csrr(A2, csr::MSTATUS)
         .li(T1, 0x8000_1003)
@@ -99,9 +95,9 @@ fn csr_warl_fields_and_constant_csrs() {
         .csrr(A6, csr::MISA)
         .csrr(A7, csr::MHARTID)
         .csrr(S2, csr::MVENDORID)
-        .csrw(csr::MIP, T0) // ignored: interrupt lines are driven by the machine
+        .csrw(csr::MIP, T0) // only the supervisor bits: the M lines are the machine's
         .csrr(S3, csr::MIP)
-        .csrw(csr::SATP, T0) // only Bare
+        .csrw(csr::SATP, T0) // mode 15 is not implemented: no effect
         .csrr(S4, csr::SATP)
         .csrw(csr::PMPADDR0 + 63, T0)
         .csrr(S5, csr::PMPADDR0 + 63)
@@ -110,13 +106,29 @@ fn csr_warl_fields_and_constant_csrs() {
         .csrw(csr::MEDELEG, T1)
         .csrr(S7, csr::MEDELEG);
     let (cpu, _) = run_to_ebreak(&mut a);
-    assert_eq!(cpu.reg(A0), MIP_MSIP | MIP_MTIP | MIP_MEIP);
+    assert_eq!(
+        cpu.reg(A0),
+        MIP_SSIP | MIP_MSIP | MIP_STIP | MIP_MTIP | MIP_SEIP | MIP_MEIP
+    );
     assert_eq!(
         cpu.reg(A1),
-        MSTATUS_MIE | MSTATUS_MPIE | MSTATUS_MPP | MSTATUS_TW | (2 << 32),
-        "writable bits + UXL=64"
+        MSTATUS_SIE
+            | MSTATUS_MIE
+            | MSTATUS_SPIE
+            | MSTATUS_MPIE
+            | MSTATUS_SPP
+            | MSTATUS_MPP
+            | MSTATUS_MPRV
+            | MSTATUS_SUM
+            | MSTATUS_MXR
+            | MSTATUS_TVM
+            | MSTATUS_TW
+            | MSTATUS_TSR
+            | (2 << 32)
+            | (2 << 34),
+        "writable bits + UXL=SXL=64"
     );
-    assert_eq!(cpu.reg(A2) & MSTATUS_MPP, 0, "illegal MPP becomes U");
+    assert_eq!(cpu.reg(A2) & MSTATUS_MPP, 0, "reserved MPP becomes U");
     assert_eq!(
         cpu.reg(A3),
         0x8000_1002,
@@ -127,17 +139,17 @@ fn csr_warl_fields_and_constant_csrs() {
     assert_eq!(MISA >> 62, 2);
     assert_eq!(
         MISA & ((1 << 26) - 1),
-        1 | (1 << 2) | (1 << 8) | (1 << 12) | (1 << 20),
-        "A, C, I, M, U"
+        1 | (1 << 2) | (1 << 8) | (1 << 12) | (1 << 18) | (1 << 20),
+        "A, C, I, M, S, U"
     );
     assert_eq!(cpu.reg(A6), MISA);
     assert_eq!(cpu.reg(A7), 0);
     assert_eq!(cpu.reg(S2), 0);
-    assert_eq!(cpu.reg(S3), 0);
+    assert_eq!(cpu.reg(S3), MIP_SSIP | MIP_STIP | MIP_SEIP);
     assert_eq!(cpu.reg(S4), 0);
     assert_eq!(cpu.reg(S5), (1 << 54) - 1);
     assert_eq!(cpu.reg(S6), 0x8000_1003);
-    assert_eq!(cpu.reg(S7), 0x8000_1003);
+    assert_eq!(cpu.reg(S7), 0x1003, "ecall from M (11) is not delegable");
 }
 
 #[test]
@@ -215,7 +227,8 @@ fn csr_access_rules() {
         assert_eq!(cpu.csr(csr::MSTATUS).unwrap() & MSTATUS_MPP, 0, "MPP = U");
     }
     let (mut cpu, mut ram) = boot(Assembler::new().csrr(A0, csr::INSTRET).csrr(A1, csr::TIME));
-    cpu.set_csr(csr::MCOUNTEREN, 0b101).unwrap();
+    cpu.set_csr(csr::MCOUNTEREN, 0b111).unwrap();
+    cpu.set_csr(csr::SCOUNTEREN, 0b101).unwrap();
     cpu.set_privilege(Privilege::User);
     assert_eq!(cpu.step(&mut ram, &mut NoMmio), StepOutcome::Retired);
     assert_eq!(
@@ -625,16 +638,30 @@ fn wfi_wakeup_is_the_same_whether_or_not_the_wfi_was_attempted() {
 }
 
 #[test]
-fn wfi_in_user_mode_with_tw_is_illegal() {
-    let (mut cpu, mut ram) = boot(Assembler::new().wfi());
-    cpu.set_csr(csr::MSTATUS, MSTATUS_TW).unwrap();
-    cpu.set_privilege(Privilege::User);
-    assert_eq!(
-        cpu.step(&mut ram, &mut NoMmio),
-        StepOutcome::Exception(Exception::IllegalInstruction)
-    );
-    // Without TW it idles.
-    let (mut cpu, mut ram) = boot(Assembler::new().wfi());
-    cpu.set_privilege(Privilege::User);
-    assert_eq!(cpu.step(&mut ram, &mut NoMmio), StepOutcome::Idle);
+fn wfi_is_illegal_in_user_mode_and_in_supervisor_mode_with_tw() {
+    // (mode, TW, outcome): U-mode never may (S-mode exists), as on spike and QEMU.
+    for (mode, tw, want) in [
+        (
+            Privilege::User,
+            0,
+            StepOutcome::Exception(Exception::IllegalInstruction),
+        ),
+        (
+            Privilege::User,
+            MSTATUS_TW,
+            StepOutcome::Exception(Exception::IllegalInstruction),
+        ),
+        (
+            Privilege::Supervisor,
+            MSTATUS_TW,
+            StepOutcome::Exception(Exception::IllegalInstruction),
+        ),
+        (Privilege::Supervisor, 0, StepOutcome::Idle),
+        (Privilege::Machine, MSTATUS_TW, StepOutcome::Idle),
+    ] {
+        let (mut cpu, mut ram) = boot(Assembler::new().wfi());
+        cpu.set_csr(csr::MSTATUS, tw).unwrap();
+        cpu.set_privilege(mode);
+        assert_eq!(cpu.step(&mut ram, &mut NoMmio), want, "{mode:?} tw={tw}");
+    }
 }
