@@ -13,8 +13,21 @@
 //! supervisor bits M-mode software writes; a read-modify-write starts from the
 //! written bits, so it never latches a line. TVM traps `satp` and `sfence.vma` in
 //! S-mode, TSR traps `sret`, TW traps `wfi` in S-mode; `wfi` in U-mode is always
-//! illegal (as on spike and QEMU). `satp` accepts Bare only for now: a write of
-//! another mode has no effect.
+//! illegal (as on spike and QEMU).
+//!
+//! # Sv39
+//!
+//! `satp` takes Bare and Sv39 (a write of another mode has no effect; there are no
+//! ASID bits). S- and U-mode fetches, and loads and stores below M (or in M with
+//! `mstatus.MPRV`, as `MPP`), walk the three-level table on every access: nothing is
+//! cached, so `sfence.vma` has nothing to flush. The walk sets A (and D for a store or
+//! AMO) in the leaf once every check passed, as QEMU does. Faults are page faults (12,
+//! 13, 15) with the virtual address in `tval`; a table outside RAM is an access fault.
+//! A 4-byte instruction across a page boundary fetches its halves through their own
+//! translations. A data access across a page boundary completes when the two pages
+//! are physically adjacent and otherwise raises address-misaligned (which the
+//! specification allows for any misaligned access; firmware emulates it). The `lr`
+//! reservation holds the physical address.
 //!
 //! Compressed instructions (the C extension, [`crate::rvc`]) are expanded to the
 //! 32-bit instruction they stand for and count as one instruction like any other;
@@ -216,6 +229,12 @@ pub enum Exception {
     EcallFromS,
     /// Cause 11 (`ecall` in M-mode); `mtval` = 0.
     EcallFromM,
+    /// Cause 12: the fetch's translation failed; `tval` = the virtual address.
+    InstructionPageFault,
+    /// Cause 13; `tval` = the virtual address.
+    LoadPageFault,
+    /// Cause 15 (stores and AMOs); `tval` = the virtual address.
+    StorePageFault,
 }
 
 impl Exception {
@@ -233,6 +252,9 @@ impl Exception {
             Exception::EcallFromU => 8,
             Exception::EcallFromS => 9,
             Exception::EcallFromM => 11,
+            Exception::InstructionPageFault => 12,
+            Exception::LoadPageFault => 13,
+            Exception::StorePageFault => 15,
         }
     }
 }
@@ -343,6 +365,51 @@ pub const MISA: u64 = (2 << 62) | 1 | (1 << 2) | (1 << 8) | (1 << 12) | (1 << 18
 
 const ENVCFG_FIOM: u64 = 1;
 const SATP_BARE: u64 = 0;
+const SATP_SV39: u64 = 8;
+/// `satp.PPN` and a PTE's PPN: 44 bits.
+const PPN_MASK: u64 = (1 << 44) - 1;
+const PTE_V: u64 = 1;
+const PTE_R: u64 = 1 << 1;
+const PTE_W: u64 = 1 << 2;
+const PTE_X: u64 = 1 << 3;
+const PTE_U: u64 = 1 << 4;
+const PTE_A: u64 = 1 << 6;
+const PTE_D: u64 = 1 << 7;
+
+/// What a translation is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Fetch,
+    Load,
+    /// Stores and AMOs.
+    Store,
+}
+
+impl Access {
+    fn page_fault(self) -> Exception {
+        match self {
+            Access::Fetch => Exception::InstructionPageFault,
+            Access::Load => Exception::LoadPageFault,
+            Access::Store => Exception::StorePageFault,
+        }
+    }
+
+    fn access_fault(self) -> Exception {
+        match self {
+            Access::Fetch => Exception::InstructionAccessFault,
+            Access::Load => Exception::LoadAccessFault,
+            Access::Store => Exception::StoreAccessFault,
+        }
+    }
+
+    fn misaligned(self) -> Exception {
+        match self {
+            Access::Fetch => Exception::InstructionAddressMisaligned,
+            Access::Load => Exception::LoadAddressMisaligned,
+            Access::Store => Exception::StoreAddressMisaligned,
+        }
+    }
+}
 
 /// `mtvec`/`stvec` WARL: a reserved mode (2, 3) becomes direct.
 fn tvec(v: u64) -> u64 {
@@ -807,9 +874,14 @@ impl Cpu {
         if pc & 1 != 0 {
             return self.exception(Exception::InstructionAddressMisaligned, pc);
         }
-        let raw = match ram.load_u32(pc) {
+        let pa = if self.satp >> 60 != SATP_BARE && self.privilege != Privilege::Machine {
+            return self.fetch_translated(ram, mmio);
+        } else {
+            pc
+        };
+        let raw = match ram.load_u32(pa) {
             Ok(raw) => raw,
-            Err(_) => return self.fetch_at_the_end(ram, mmio),
+            Err(_) => return self.fetch_at_the_end(ram, mmio, pa),
         };
         if raw & 3 == 3 {
             return self.execute_as(raw, 4, raw, ram, mmio);
@@ -838,13 +910,166 @@ impl Cpu {
     /// end, which faults on its second half).
     #[cold]
     #[inline(never)]
-    fn fetch_at_the_end<M: Mmio + ?Sized>(&mut self, ram: &mut Ram, mmio: &mut M) -> StepOutcome {
+    fn fetch_at_the_end<M: Mmio + ?Sized>(
+        &mut self,
+        ram: &mut Ram,
+        mmio: &mut M,
+        pa: u64,
+    ) -> StepOutcome {
         let pc = self.pc;
-        match ram.load_u16(pc) {
+        match ram.load_u16(pa) {
             Ok(parcel) if rvc::is_compressed(parcel) => self.execute_compressed(parcel, ram, mmio),
             Ok(_) => self.exception(Exception::InstructionAccessFault, pc.wrapping_add(2)),
             Err(_) => self.exception(Exception::InstructionAccessFault, pc),
         }
+    }
+
+    /// The fetch under Sv39 (S- and U-mode with `satp` on). A 4-byte instruction whose
+    /// second half lies on the next page translates that page too (a fault there
+    /// reports the second half's address).
+    #[cold]
+    #[inline(never)]
+    fn fetch_translated<M: Mmio + ?Sized>(&mut self, ram: &mut Ram, mmio: &mut M) -> StepOutcome {
+        let pc = self.pc;
+        let mode = self.privilege;
+        let pa = match self.walk(ram, pc, Access::Fetch, mode) {
+            Ok(pa) => pa,
+            Err(e) => return self.exception(e, pc),
+        };
+        if pc & 0xFFF != 0xFFE {
+            return match ram.load_u32(pa) {
+                Ok(raw) if raw & 3 == 3 => self.execute_as(raw, 4, raw, ram, mmio),
+                Ok(raw) => self.execute_compressed(raw as u16, ram, mmio),
+                Err(_) => self.fetch_at_the_end(ram, mmio, pa),
+            };
+        }
+        let lo = match ram.load_u16(pa) {
+            Ok(lo) => lo,
+            Err(_) => return self.exception(Exception::InstructionAccessFault, pc),
+        };
+        if rvc::is_compressed(lo) {
+            return self.execute_compressed(lo, ram, mmio);
+        }
+        let next = pc.wrapping_add(2);
+        let hi = match self.walk(ram, next, Access::Fetch, mode) {
+            Ok(pa2) => match ram.load_u16(pa2) {
+                Ok(hi) => hi,
+                Err(_) => return self.exception(Exception::InstructionAccessFault, next),
+            },
+            Err(e) => return self.exception(e, next),
+        };
+        let raw = u32::from(lo) | (u32::from(hi) << 16);
+        self.execute_as(raw, 4, raw, ram, mmio)
+    }
+
+    /// The mode loads and stores translate in, if they translate: `None` in Bare, or
+    /// when the mode is M (`mstatus.MPRV` makes M-mode use `MPP`'s).
+    #[inline(always)]
+    fn data_mode(&self) -> Option<Privilege> {
+        if self.satp >> 60 == SATP_BARE {
+            return None;
+        }
+        let mode = if self.privilege == Privilege::Machine && self.mstatus & MSTATUS_MPRV != 0 {
+            Privilege::from_bits(self.mstatus >> 11)
+        } else {
+            self.privilege
+        };
+        (mode != Privilege::Machine).then_some(mode)
+    }
+
+    /// Translates the `size`-byte data access at `va` (raising its exception on
+    /// failure). An access across a page boundary needs both pages; if they are not
+    /// physically adjacent it raises an address-misaligned exception, which the
+    /// privileged specification allows for any misaligned access (firmware emulates it).
+    #[cold]
+    #[inline(never)]
+    fn translate(
+        &mut self,
+        ram: &mut Ram,
+        va: u64,
+        size: u8,
+        access: Access,
+        mode: Privilege,
+    ) -> std::result::Result<u64, StepOutcome> {
+        let pa = match self.walk(ram, va, access, mode) {
+            Ok(pa) => pa,
+            Err(e) => return Err(self.exception(e, va)),
+        };
+        let last = va.wrapping_add(u64::from(size) - 1);
+        if (va ^ last) >> 12 != 0 {
+            let second = last & !0xFFF;
+            let pa2 = match self.walk(ram, second, access, mode) {
+                Ok(pa2) => pa2,
+                Err(e) => return Err(self.exception(e, second)),
+            };
+            if pa2 != pa.wrapping_add(second.wrapping_sub(va)) {
+                return Err(self.exception(access.misaligned(), va));
+            }
+        }
+        Ok(pa)
+    }
+
+    /// The Sv39 page walk for `va`, in `mode` (S or U). A and D are set by the walk
+    /// (as QEMU does), only once every check passed. Errors are the exception to raise.
+    fn walk(
+        &mut self,
+        ram: &mut Ram,
+        va: u64,
+        access: Access,
+        mode: Privilege,
+    ) -> std::result::Result<u64, Exception> {
+        // Bits 63..39 must all equal bit 38.
+        if ((va << 25) as i64 >> 25) as u64 != va {
+            return Err(access.page_fault());
+        }
+        let mut table = (self.satp & PPN_MASK) << 12;
+        for level in (0..3u32).rev() {
+            let vpn = (va >> (12 + 9 * level)) & 0x1FF;
+            let pte_addr = table.wrapping_add(vpn * 8);
+            let Ok(pte) = ram.load_u64(pte_addr) else {
+                return Err(access.access_fault());
+            };
+            // Invalid, write-only (reserved), or reserved high bits (no Svnapot, no
+            // Svpbmt): a page fault.
+            if pte & PTE_V == 0 || pte & (PTE_R | PTE_W) == PTE_W || pte >> 54 != 0 {
+                return Err(access.page_fault());
+            }
+            let ppn = (pte >> 10) & PPN_MASK;
+            if pte & (PTE_R | PTE_X) == 0 {
+                // A pointer to the next level.
+                table = ppn << 12;
+                continue;
+            }
+            let permitted = match access {
+                Access::Fetch => pte & PTE_X != 0,
+                Access::Load => {
+                    pte & PTE_R != 0 || (pte & PTE_X != 0 && self.mstatus & MSTATUS_MXR != 0)
+                }
+                Access::Store => pte & PTE_W != 0,
+            };
+            let user_page = pte & PTE_U != 0;
+            let mode_ok = match mode {
+                Privilege::User => user_page,
+                _ => !user_page || (access != Access::Fetch && self.mstatus & MSTATUS_SUM != 0),
+            };
+            // A superpage's PPN must be aligned to its size.
+            let low = (1u64 << (9 * level)) - 1;
+            if !permitted || !mode_ok || ppn & low != 0 {
+                return Err(access.page_fault());
+            }
+            let need = if access == Access::Store {
+                PTE_A | PTE_D
+            } else {
+                PTE_A
+            };
+            if pte & need != need && ram.store_u64(pte_addr, pte | need).is_err() {
+                return Err(access.access_fault());
+            }
+            let offset = (1u64 << (12 + 9 * level)) - 1;
+            return Ok((ppn << 12) | (va & offset));
+        }
+        // Level 0 held a pointer.
+        Err(access.page_fault())
     }
 
     /// An enabled interrupt is pending. If the next instruction is a `wfi` that may
@@ -852,8 +1077,20 @@ impl Cpu {
     /// `mepc` after it); otherwise the interrupt is taken now.
     #[cold]
     #[inline(never)]
-    fn interrupt_or_wfi(&mut self, ram: &Ram, irq: Interrupt) -> StepOutcome {
-        if self.pc & 1 == 0 && self.wfi_allowed() && ram.load_u32(self.pc) == Ok(WFI) {
+    fn interrupt_or_wfi(&mut self, ram: &mut Ram, irq: Interrupt) -> StepOutcome {
+        let pc = self.pc;
+        let pa = if self.satp >> 60 != SATP_BARE && self.privilege != Privilege::Machine {
+            // `wfi` is 4 bytes: it never starts in a page's last 2 bytes.
+            if pc & 0xFFF == 0xFFE {
+                None
+            } else {
+                self.walk(ram, pc, Access::Fetch, self.privilege).ok()
+            }
+        } else {
+            Some(pc)
+        };
+        let is_wfi = pa.is_some_and(|pa| ram.load_u32(pa) == Ok(WFI));
+        if pc & 1 == 0 && self.wfi_allowed() && is_wfi {
             self.pc = self.pc.wrapping_add(4);
             self.instret = self.instret.wrapping_add(1);
             return StepOutcome::Retired;
@@ -963,12 +1200,16 @@ impl Cpu {
     #[inline(always)]
     fn load<M: Mmio + ?Sized>(
         &mut self,
-        ram: &Ram,
+        ram: &mut Ram,
         mmio: &mut M,
-        addr: u64,
+        va: u64,
         size: u8,
         stop: &mut Stop,
     ) -> std::result::Result<u64, StepOutcome> {
+        let addr = match self.data_mode() {
+            None => va,
+            Some(mode) => self.translate(ram, va, size, Access::Load, mode)?,
+        };
         let r = match size {
             1 => ram.load_u8(addr).map(u64::from),
             2 => ram.load_u16(addr).map(u64::from),
@@ -1011,11 +1252,15 @@ impl Cpu {
         &mut self,
         ram: &mut Ram,
         mmio: &mut M,
-        addr: u64,
+        va: u64,
         size: u8,
         value: u64,
         stop: &mut Stop,
     ) -> std::result::Result<(), StepOutcome> {
+        let addr = match self.data_mode() {
+            None => va,
+            Some(mode) => self.translate(ram, va, size, Access::Store, mode)?,
+        };
         let r = match size {
             1 => ram.store_u8(addr, value as u8),
             2 => ram.store_u16(addr, value as u16),
@@ -1046,7 +1291,7 @@ impl Cpu {
     }
 
     /// The A extension: `lr`, `sc` and the AMOs (`f5` is bits 31..27), of `size` 4 or
-    /// 8 bytes at `addr`, on RAM only. Returns what `rd` receives.
+    /// 8 bytes at virtual address `va`, on RAM only. Returns what `rd` receives.
     #[inline(never)]
     #[allow(clippy::too_many_arguments)]
     fn atomic(
@@ -1054,14 +1299,48 @@ impl Cpu {
         ram: &mut Ram,
         f5: u32,
         rs2: usize,
-        addr: u64,
+        va: u64,
         size: u8,
         bits: u32,
         stop: &mut Stop,
     ) -> std::result::Result<u64, StepOutcome> {
         const LR: u32 = 0b00010;
         const SC: u32 = 0b00011;
-        let misaligned = addr & (u64::from(size) - 1) != 0;
+        let known = matches!(
+            f5,
+            LR | SC
+                | 0b00001
+                | 0b00000
+                | 0b00100
+                | 0b01100
+                | 0b01000
+                | 0b10000
+                | 0b10100
+                | 0b11000
+                | 0b11100
+        );
+        if !known || (f5 == LR && rs2 != 0) {
+            return Err(self.illegal(bits));
+        }
+        if va & (u64::from(size) - 1) != 0 {
+            let e = if f5 == LR {
+                Exception::LoadAddressMisaligned
+            } else {
+                Exception::StoreAddressMisaligned
+            };
+            return Err(self.exception(e, va));
+        }
+        let addr = match self.data_mode() {
+            None => va,
+            Some(mode) => {
+                let access = if f5 == LR {
+                    Access::Load
+                } else {
+                    Access::Store
+                };
+                self.translate(ram, va, size, access, mode)?
+            }
+        };
         let read = |ram: &Ram| {
             if size == 4 {
                 ram.load_u32(addr).map(|v| sext32(u64::from(v)))
@@ -1072,37 +1351,24 @@ impl Cpu {
         let src = self.x[rs2];
         let (old, new) = match f5 {
             LR => {
-                if rs2 != 0 {
-                    return Err(self.illegal(bits));
-                }
-                if misaligned {
-                    return Err(self.exception(Exception::LoadAddressMisaligned, addr));
-                }
                 let Ok(v) = read(ram) else {
-                    return Err(self.exception(Exception::LoadAccessFault, addr));
+                    return Err(self.exception(Exception::LoadAccessFault, va));
                 };
                 self.reservation = Some(addr);
                 return Ok(v);
             }
             SC => {
-                if misaligned {
-                    return Err(self.exception(Exception::StoreAddressMisaligned, addr));
-                }
                 if read(ram).is_err() {
-                    return Err(self.exception(Exception::StoreAccessFault, addr));
+                    return Err(self.exception(Exception::StoreAccessFault, va));
                 }
                 if self.reservation.take() != Some(addr) {
                     return Ok(1);
                 }
                 (0, src)
             }
-            0b00001 | 0b00000 | 0b00100 | 0b01100 | 0b01000 | 0b10000 | 0b10100 | 0b11000
-            | 0b11100 => {
-                if misaligned {
-                    return Err(self.exception(Exception::StoreAddressMisaligned, addr));
-                }
+            _ => {
                 let Ok(a) = read(ram) else {
-                    return Err(self.exception(Exception::StoreAccessFault, addr));
+                    return Err(self.exception(Exception::StoreAccessFault, va));
                 };
                 let b = src;
                 // Signed and unsigned views at the access width.
@@ -1153,7 +1419,6 @@ impl Cpu {
                 };
                 (a, new)
             }
-            _ => return Err(self.illegal(bits)),
         };
         let r = if size == 4 {
             ram.store_u32(addr, new as u32)
@@ -1163,7 +1428,7 @@ impl Cpu {
         if r.is_err() {
             // Unreachable after the read above succeeded at the same address and
             // size; reported as the fault it would be rather than assumed away.
-            return Err(self.exception(Exception::StoreAccessFault, addr));
+            return Err(self.exception(Exception::StoreAccessFault, va));
         }
         self.watch(addr, size, stop);
         Ok(old)
@@ -1679,8 +1944,11 @@ impl Cpu {
                 let w = MIP_SSIP & self.mideleg;
                 self.mip_sw = (self.mip_sw & !w) | (v & w);
             }
-            // Bare only: a write of another mode has no effect at all.
-            csr::SATP if v >> 60 == SATP_BARE => self.satp = v,
+            // Bare or Sv39, with no ASID bits (ASIDLEN 0); a write of another mode has
+            // no effect at all.
+            csr::SATP if v >> 60 == SATP_BARE || v >> 60 == SATP_SV39 => {
+                self.satp = (v & (0xF << 60)) | (v & PPN_MASK);
+            }
             csr::MSCRATCH => self.mscratch = v,
             csr::MEPC => self.mepc = v & !1,
             csr::MCAUSE => self.mcause = v,
