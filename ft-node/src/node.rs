@@ -1801,9 +1801,3 @@ fn run_on<M: Guest>(args: &NodeArgs, me: u64, cfg: Config, mut machine: M) -> Re
     log.line(format_args!("exit {code}"));
     Ok(code)
 }
-
-/// A free-standing check that `addr` parses as a socket address (for the client).
-pub fn parse_addr(addr: &str) -> std::result::Result<SocketAddr, String> {
-    addr.parse()
-        .map_err(|e| format!("bad address {addr:?}: {e}"))
-}
