@@ -11,9 +11,9 @@ use ft_node::progress::Log;
 #[derive(Debug, Parser)]
 #[command(name = "ft-client", version, long_about = None)]
 struct Args {
-    /// A node's client address (HOST:PORT, IP:PORT or [IPv6]:PORT); give both, in the
-    /// order to try them. A host name is resolved at start; each of its addresses is
-    /// tried in turn.
+    /// A node's client address, HOST:PORT (a host name, an IPv4 address, or an IPv6
+    /// address in brackets); give both, in the order to try them. A host name is
+    /// resolved at start; each of its addresses is tried in turn.
     #[arg(long = "addr", required = true)]
     addrs: Vec<String>,
     /// Requests to send.
