@@ -28,7 +28,11 @@
 //!   in, whether live or replayed. A request the client re-sends after a failover
 //!   (`retry = 1`) whose payload the guest already took in is dropped: the guest
 //!   answers it (or answered it) once. This is the stand-in for TCP's dedupe of
-//!   retransmitted segments, so a request is processed exactly once.
+//!   retransmitted segments, so a request is processed exactly once. The dedupe
+//!   compares whole payloads, so a payload must not repeat between client sessions
+//!   (the way TCP's sequence numbers start afresh per connection): the client's
+//!   request names carry its session id ([`crate::client`]), and a later session's
+//!   retry is never taken for an earlier session's request.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io::{self, BufReader, BufWriter, Write};

@@ -92,8 +92,10 @@ pub fn open_primary_watching(
     accept_watching(listen(addr, opts)?, log, every, superseded)
 }
 
-/// Wait on `listener` for the backup, asking `superseded` every `every`.
-fn accept_watching(
+/// Primary: wait on `listener` (from [`listen`]) for the backup to connect and
+/// authenticate, asking `superseded` every `every` while it waits; when that answers
+/// a reason, stop waiting with [`LinkError::Superseded`].
+pub fn accept_watching(
     mut listener: PrimaryListener,
     log: &Log,
     every: Duration,

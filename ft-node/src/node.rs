@@ -126,6 +126,17 @@ pub enum NodeError {
     /// The engine parameters given by the flags are out of range.
     #[error("{0} (see --heartbeat-ms and --timeout-ms)")]
     Config(ft_core::EngineError),
+    /// An address the node listens on at start cannot be bound (in use, not local,
+    /// not an address).
+    #[error("cannot listen on {flag} {addr}: {source}")]
+    Listen {
+        /// The flag that gave it.
+        flag: &'static str,
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Result alias of this module.
@@ -1435,10 +1446,38 @@ pub fn run(args: &NodeArgs) -> Result<i32> {
         ..Config::default()
     };
     cfg.validate().map_err(NodeError::Config)?;
+    check_startup(args)?;
     match args.backend {
         BackendArg::Sim => run_on(args, me, cfg, load_machine(args)?),
         BackendArg::Kvm => run_on(args, me, cfg, load_kvm(args)?),
     }
+}
+
+/// Refuse, before the arbiter is asked (a primary reserves a generation there, which
+/// its rerun would find taken) and before anything is printed, what would stop the
+/// node right after it announced itself: a key file that cannot be read or is too
+/// short, and an address it listens on at start that cannot be bound:
+/// `--client-listen`, and a primary's `--listen` (alone or not). Each address is bound
+/// and released at once; the node binds it again once it knows its role.
+fn check_startup(args: &NodeArgs) -> Result<()> {
+    ft_transport::tcp::PreSharedKey::from_file(&args.key_file)
+        .map_err(|e| NodeError::Link(link::LinkError::Tcp(e)))?;
+    let probe = |flag: &'static str, addr: &str| {
+        std::net::TcpListener::bind(addr)
+            .map(drop)
+            .map_err(|source| NodeError::Listen {
+                flag,
+                addr: addr.to_string(),
+                source,
+            })
+    };
+    probe("--client-listen", &args.client_listen)?;
+    if args.role == RoleArg::Primary {
+        if let Some(addr) = &args.listen {
+            probe("--listen", addr)?;
+        }
+    }
+    Ok(())
 }
 
 /// Backup: connect to the primary at `addr`. A backup that took the generation its
@@ -1560,6 +1599,31 @@ fn run_on<M: Guest>(args: &NodeArgs, me: u64, cfg: Config, mut machine: M) -> Re
             .map_or_else(|| "private, in memory".to_string(), |p| format!("shared file {}", p.display()))
     ));
 
+    let mut link_opts = LinkOptions {
+        pair,
+        node: NodeId(me),
+        image,
+        key_file: args.key_file.clone(),
+        connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+    };
+    // A primary binds what it needs before its bridge says it serves: the log
+    // channel's listener (or, alone, checks the address its first clone offer will
+    // use), so that a taken address or a bad key file ends it before that line.
+    let listener = match role {
+        RoleArg::Primary if args.alone => {
+            link::check_listen(args.listen.as_deref().unwrap_or_default(), &link_opts)?;
+            None
+        }
+        RoleArg::Primary => {
+            let addr = args
+                .listen
+                .as_deref()
+                .ok_or_else(|| NodeError::Usage("a primary needs --listen ADDR".into()))?;
+            Some(link::listen(addr, &link_opts)?)
+        }
+        RoleArg::Backup | RoleArg::Join | RoleArg::Standby => None,
+    };
+
     // The service address belongs to the primary until a backup announces itself.
     let network = Network::new("primary");
     let bridge = Bridge::bind(&args.client_listen, network.clone(), side, me, log.clone())?;
@@ -1573,34 +1637,23 @@ fn run_on<M: Guest>(args: &NodeArgs, me: u64, cfg: Config, mut machine: M) -> Re
         }
     ));
 
-    let mut link_opts = LinkOptions {
-        pair,
-        node: NodeId(me),
-        image,
-        key_file: args.key_file.clone(),
-        connect_timeout: Duration::from_millis(args.connect_timeout_ms),
-    };
-    let opened = match role {
-        RoleArg::Primary if args.alone => {
-            // No link yet: it is offered on --listen once the node runs. Find a bad
-            // key file or an unusable address now, not at the first offer.
-            let addr = args.listen.as_deref().unwrap_or_default();
-            link::check_listen(addr, &link_opts)?;
+    let opened = match (role, listener) {
+        // Alone (any other primary has its listener): no link yet, it is offered on
+        // --listen once the node runs (the key file and the address were checked
+        // above).
+        (RoleArg::Primary, None) => {
             log.line(format_args!(
-                "log channel: none yet; starting alone, a live clone will be offered on {addr}"
+                "log channel: none yet; starting alone, a live clone will be offered on {}",
+                args.listen.as_deref().unwrap_or_default()
             ));
             None
         }
-        RoleArg::Primary => {
-            let addr = args
-                .listen
-                .as_deref()
-                .ok_or_else(|| NodeError::Usage("a primary needs --listen ADDR".into()))?;
+        (RoleArg::Primary, Some(listener)) => {
             // A primary restarted before its backup timed it out finds no claim, and
             // waits here while the backup goes live: it asks the arbiter as it waits.
             let mut watch = SupersededWatch::new(&*arbiter, pair, NodeId(me));
             let every = Duration::from_millis(args.timeout_ms.clamp(20, 500));
-            match link::open_primary_watching(addr, &link_opts, &log, every, || watch.poll()) {
+            match link::accept_watching(listener, &log, every, || watch.poll()) {
                 Ok(o) => Some(o),
                 // A new pair replaced this one: nothing to rejoin, the run is over.
                 Err(link::LinkError::Superseded(why)) if watch.replaced => {
@@ -1614,7 +1667,7 @@ fn run_on<M: Guest>(args: &NodeArgs, me: u64, cfg: Config, mut machine: M) -> Re
             }
         }
         // A standby's plan is a joiner's.
-        RoleArg::Backup | RoleArg::Join | RoleArg::Standby => {
+        (RoleArg::Backup | RoleArg::Join | RoleArg::Standby, _) => {
             let mut addr =
                 peer.ok_or_else(|| NodeError::Usage(format!("a {side} needs --peer ADDR")))?;
             loop {
@@ -1800,10 +1853,4 @@ fn run_on<M: Guest>(args: &NodeArgs, me: u64, cfg: Config, mut machine: M) -> Re
     bridge.finish(Duration::from_secs(2));
     log.line(format_args!("exit {code}"));
     Ok(code)
-}
-
-/// A free-standing check that `addr` parses as a socket address (for the client).
-pub fn parse_addr(addr: &str) -> std::result::Result<SocketAddr, String> {
-    addr.parse()
-        .map_err(|e| format!("bad address {addr:?}: {e}"))
 }

@@ -104,7 +104,11 @@ fn claim_in(arbiter: &std::path::Path) -> Option<NodeId> {
 fn finish_client(h: JoinHandle<ClientReport>) -> ClientReport {
     let report = h.join().expect("client thread");
     match report.verify(REQUESTS, true) {
-        Ok(s) => println!("client verified: {s}"),
+        Ok(s) => {
+            println!("client verified: {s}");
+            // A fresh pair's history holds everything: the client saw the boot line.
+            assert_eq!(s.first_output, 0, "outputs from #0");
+        }
         Err(e) => panic!("client verification failed: {e}"),
     }
     report
@@ -498,6 +502,8 @@ fn wrong_key_is_refused_then_the_pair_serves_ft_client() {
     let bclient = backup.wait_for("clients: ", LIMIT).unwrap();
     let bclient = bclient.msg.split_whitespace().nth(1).unwrap().to_string();
     backup.wait_for("log channel up", LIMIT).unwrap();
+    // ft-client takes a host name, as ft-node does.
+    let pclient = pclient.replace("127.0.0.1:", "localhost:");
     let mut client = NodeProc::spawn(
         std::path::Path::new(env!("CARGO_BIN_EXE_ft-client")),
         "client",
@@ -564,4 +570,74 @@ fn unreachable_arbiter_backup_waits_then_goes_live() {
     finish_client(h);
     expect_code(&mut backup, EXIT_DONE, "backup did not end cleanly");
     assert_eq!(holder(dir.path()), Some(NodeId(2)));
+}
+
+/// Two `ft-client` sessions, one after the other, against one pair: the second gets
+/// every answer too (its request names are its own: the first session's answers in
+/// the node's history are not taken for its own), and across a failover in the second
+/// its re-sent requests are told apart from the first session's by the bridge's
+/// dedupe, so none is dropped as already received.
+#[test]
+fn a_second_client_session_gets_all_its_answers_across_a_failover() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = seed("second_session");
+    let Pair {
+        mut primary,
+        mut backup,
+        client_addrs,
+        ..
+    } = start_pair(&options(dir.path(), false)).unwrap();
+    let cfg = |requests, quit| ClientConfig {
+        addrs: client_addrs.clone(),
+        requests,
+        window: 8,
+        gap: Duration::ZERO,
+        quit,
+        limit: LIMIT,
+    };
+    // The first session leaves the service running.
+    let first_cfg = cfg(300, false);
+    let first = client::run(
+        &first_cfg,
+        &ClientStatus::default(),
+        Some(&Log::new("client-1")),
+    )
+    .expect("the first session");
+    let s1 = first
+        .verify(300, false)
+        .expect("the first session verifies");
+    println!("first session verified: {s1}");
+    // The second, killed over at a random answer.
+    let second_cfg = cfg(REQUESTS, true);
+    let status = Arc::new(ClientStatus::default());
+    let st = status.clone();
+    let h = std::thread::spawn(move || {
+        client::run(&second_cfg, &st, Some(&Log::new("client-2"))).expect("the second session")
+    });
+    let k = rng.gen_range(REQUESTS / 5..REQUESTS * 4 / 5);
+    wait_answers(&status, k, &mut rng);
+    primary.kill9().unwrap();
+    println!(
+        "killed the primary after {} answers of the second session",
+        status.answered()
+    );
+    backup.wait_for("LIVE at", LIMIT).unwrap();
+    let second = h.join().expect("client thread");
+    let s2 = second
+        .verify(REQUESTS, true)
+        .expect("the second session verifies");
+    println!("second session verified: {s2}");
+    expect_code(&mut backup, EXIT_DONE, "backup did not end cleanly");
+    assert_ne!(s1.session, s2.session, "each run is its own session");
+    // The second saw the whole history: the first session's 300 replies (not its
+    // own), then its own, with the service counter continuous across both.
+    assert_eq!((s1.first_output, s2.first_output), (0, 0));
+    assert_eq!((s1.foreign, s2.foreign), (0, 300));
+    assert_eq!(s2.last_counter, 300 + REQUESTS + 1);
+    assert_eq!(
+        second.connections.len(),
+        2,
+        "the second session failed over once"
+    );
 }

@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Read;
+
+use ft_core::Arbiter;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -157,4 +159,179 @@ fn a_kvm_backend_with_an_image_and_an_unknown_backend_are_refused() {
     let (code, err) = ft_node(&["--backend", "qemu"]);
     assert_ne!(code, Some(0), "{err}");
     assert!(err.contains("possible values: sim, kvm"), "{err}");
+}
+
+/// Run `ft-node` with `args` to its end (at most 20 s); its exit code, standard output
+/// and standard error.
+fn run_to_end(args: &[String]) -> (Option<i32>, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ft-node"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("ft-node {args:?} did not end within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let (mut out, mut err) = (String::new(), String::new());
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (status.code(), out, err)
+}
+
+/// A primary's flags with a file arbiter in `dir`, and `key`.
+fn primary_args(dir: &std::path::Path, key: &std::path::Path, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "--role",
+        "primary",
+        "--arbiter",
+        &format!("file:{}", dir.display()),
+        "--key-file",
+        &key.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+/// No false start: a node that cannot run (a key file that is missing or too short,
+/// an address it listens on that is taken) exits with the setup code and the reason,
+/// and has said nothing about clients or serving, on either stream. It has not asked
+/// the arbiter either: a primary that reserved a generation and then failed would find
+/// it taken when rerun with the mistake fixed. Fixed, the same command starts.
+#[test]
+fn a_node_that_cannot_run_never_says_it_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let arbiter = dir.path().join("arbiter");
+    std::fs::create_dir(&arbiter).unwrap();
+    let good = dir.path().join("key");
+    std::fs::write(&good, [7u8; 32]).unwrap();
+    let short = dir.path().join("short-key");
+    std::fs::write(&short, b"too short\n").unwrap();
+    let missing = dir.path().join("no-such-key");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let free = "127.0.0.1:0";
+    let mut cases: Vec<(Vec<String>, String)> = Vec::new();
+    let both = |l: &str, c: &str| {
+        vec![
+            "--listen".to_string(),
+            l.into(),
+            "--client-listen".into(),
+            c.into(),
+        ]
+    };
+    for (key, why) in [
+        (
+            &missing,
+            format!("cannot read key file {}", missing.display()),
+        ),
+        (&short, "pre-shared key of 9 bytes is too short".into()),
+    ] {
+        let extra = both(free, free);
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        cases.push((primary_args(&arbiter, key, &extra), why.clone()));
+        // A backup too, before it connects anywhere.
+        let mut b = primary_args(
+            &arbiter,
+            key,
+            &["--peer", &taken_addr, "--client-listen", free],
+        );
+        b[1] = "backup".into();
+        cases.push((b, why));
+    }
+    for (l, c, flag) in [
+        (taken_addr.as_str(), free, "--listen"),
+        (free, taken_addr.as_str(), "--client-listen"),
+    ] {
+        let extra = both(l, c);
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let why = format!("cannot listen on {flag} {taken_addr}: Address already in use");
+        cases.push((primary_args(&arbiter, &good, &extra), why.clone()));
+    }
+    // Alone, the --listen its first clone offer will use.
+    let disk = dir.path().join("pair.disk").display().to_string();
+    let extra = both(&taken_addr, free);
+    let mut extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    extra.extend(["--alone", "--disk", &disk]);
+    cases.push((
+        primary_args(&arbiter, &good, &extra),
+        format!("cannot listen on --listen {taken_addr}"),
+    ));
+    for (args, why) in &cases {
+        let (code, out, err) = run_to_end(args);
+        assert_eq!(code, Some(ft_node::node::EXIT_SETUP), "{args:?}: {err}");
+        assert!(
+            err.contains(why.as_str()),
+            "{args:?}: wanted {why:?} in:\n{err}"
+        );
+        for (name, text) in [("stdout", &out), ("stderr", &err)] {
+            for word in ["serving", "clients:", "running"] {
+                assert!(
+                    !text.contains(word),
+                    "{args:?}: {word:?} on {name} before the error:\n{text}"
+                );
+            }
+        }
+        assert_eq!(err.lines().count(), 1, "{args:?}: only the error: {err}");
+        assert!(
+            ft_transport::arbiter::FileArbiter::new(&arbiter)
+                .membership(1)
+                .unwrap()
+                .is_none(),
+            "{args:?}: the arbiter was asked for a generation"
+        );
+    }
+    // The mistake fixed, the same command starts: it waits for its backup.
+    drop(taken);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ft-node"))
+        .args(primary_args(
+            &arbiter,
+            &good,
+            &["--listen", free, "--client-listen", free],
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !seen.contains("waiting for the backup on") {
+        assert!(
+            Instant::now() < deadline,
+            "the fixed primary did not start:\n{seen}"
+        );
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut lines, &mut line).unwrap() == 0 {
+            panic!("the fixed primary ended:\n{seen}");
+        }
+        seen.push_str(&line);
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(seen.contains("(serving)"), "{seen}");
 }

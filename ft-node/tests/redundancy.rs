@@ -305,7 +305,10 @@ impl Cluster {
     fn verify(&mut self) -> client::ClientReport {
         let report = self.client.take().unwrap().join().unwrap();
         match report.verify(self.requests, true) {
-            Ok(v) => println!("client verified: {v}"),
+            Ok(v) => {
+                println!("client verified: {v}");
+                assert_eq!(v.first_output, 0, "the client saw every output from #0");
+            }
             Err(e) => panic!("client verification failed: {e}"),
         }
         report

@@ -11,7 +11,9 @@ use ft_node::progress::Log;
 #[derive(Debug, Parser)]
 #[command(name = "ft-client", version, long_about = None)]
 struct Args {
-    /// A node's client address; give both, in the order to try them.
+    /// A node's client address, HOST:PORT (a host name, an IPv4 address, or an IPv6
+    /// address in brackets); give both, in the order to try them. A host name is
+    /// resolved at start; each of its addresses is tried in turn.
     #[arg(long = "addr", required = true)]
     addrs: Vec<String>,
     /// Requests to send.
@@ -35,8 +37,14 @@ fn main() {
     let args = Args::parse();
     let mut addrs = Vec::new();
     for a in &args.addrs {
-        match ft_node::node::parse_addr(a) {
-            Ok(x) => addrs.push(x),
+        match client::resolve_addr(a) {
+            Ok(all) => {
+                for x in all {
+                    if !addrs.contains(&x) {
+                        addrs.push(x);
+                    }
+                }
+            }
             Err(e) => {
                 eprintln!("ft-client: {e}");
                 std::process::exit(2);
