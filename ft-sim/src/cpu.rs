@@ -27,7 +27,11 @@
 //! translations. A data access across a page boundary completes when the two pages
 //! are physically adjacent and otherwise raises address-misaligned (which the
 //! specification allows for any misaligned access; firmware emulates it). The `lr`
-//! reservation holds the physical address.
+//! reservation holds the physical address. The walk's A/D writes happen only when the
+//! whole access succeeds.
+//!
+//! PMP registers are accepted and read back but not enforced: no access is ever
+//! denied by PMP (spike denies S- and U-mode accesses that match no entry).
 //!
 //! Compressed instructions (the C extension, [`crate::rvc`]) are expanded to the
 //! 32-bit instruction they stand for and count as one instruction like any other;
@@ -375,6 +379,31 @@ const PTE_X: u64 = 1 << 3;
 const PTE_U: u64 = 1 << 4;
 const PTE_A: u64 = 1 << 6;
 const PTE_D: u64 = 1 << 7;
+
+/// A successful page walk: the physical address, and the leaf's A/D update to make
+/// (PTE address, new PTE) when the access goes ahead.
+#[derive(Clone, Copy)]
+struct Walk {
+    pa: u64,
+    update: Option<(u64, u64)>,
+}
+
+impl Walk {
+    /// No walk (an untranslated access).
+    const NONE: Walk = Walk {
+        pa: 0,
+        update: None,
+    };
+}
+
+/// Makes a walk's A/D update. The PTE was just read at that RAM address, so the
+/// store cannot fail; if it somehow did, the access still goes ahead with the bits
+/// unset, which the guest sees as a missed update and no state is corrupted.
+fn commit(ram: &mut Ram, walk: Walk) {
+    if let Some((at, pte)) = walk.update {
+        let _ = ram.store_u64(at, pte);
+    }
+}
 
 /// What a translation is for.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -726,8 +755,9 @@ impl Cpu {
     }
 
     /// Writes a CSR with machine-mode rights, applying the same write rules (WARL
-    /// masks, ignored writes) as a guest `csrrw`. `mip` writes are ignored: use
-    /// [`Cpu::set_mip`].
+    /// masks, ignored writes) as a guest `csrrw`. A `mip` write sets the supervisor
+    /// bits software may write, as a guest's does; the interrupt lines are
+    /// [`Cpu::set_mip`]'s.
     pub fn set_csr(&mut self, addr: u16, value: u64) -> Result<()> {
         if self.csr_read(addr).is_none() {
             return Err(CpuError::UnknownCsr(addr));
@@ -926,40 +956,62 @@ impl Cpu {
 
     /// The fetch under Sv39 (S- and U-mode with `satp` on). A 4-byte instruction whose
     /// second half lies on the next page translates that page too (a fault there
-    /// reports the second half's address).
+    /// reports the second half's address); the walks set A only once the whole fetch
+    /// succeeded.
     #[cold]
     #[inline(never)]
     fn fetch_translated<M: Mmio + ?Sized>(&mut self, ram: &mut Ram, mmio: &mut M) -> StepOutcome {
         let pc = self.pc;
         let mode = self.privilege;
-        let pa = match self.walk(ram, pc, Access::Fetch, mode) {
-            Ok(pa) => pa,
+        let first = match self.lookup(ram, pc, Access::Fetch, mode) {
+            Ok(w) => w,
             Err(e) => return self.exception(e, pc),
         };
         if pc & 0xFFF != 0xFFE {
-            return match ram.load_u32(pa) {
+            commit(ram, first);
+            return match ram.load_u32(first.pa) {
                 Ok(raw) if raw & 3 == 3 => self.execute_as(raw, 4, raw, ram, mmio),
                 Ok(raw) => self.execute_compressed(raw as u16, ram, mmio),
-                Err(_) => self.fetch_at_the_end(ram, mmio, pa),
+                Err(_) => self.fetch_at_the_end(ram, mmio, first.pa),
             };
         }
-        let lo = match ram.load_u16(pa) {
+        let lo = match ram.load_u16(first.pa) {
             Ok(lo) => lo,
             Err(_) => return self.exception(Exception::InstructionAccessFault, pc),
         };
         if rvc::is_compressed(lo) {
+            commit(ram, first);
             return self.execute_compressed(lo, ram, mmio);
         }
         let next = pc.wrapping_add(2);
-        let hi = match self.walk(ram, next, Access::Fetch, mode) {
-            Ok(pa2) => match ram.load_u16(pa2) {
-                Ok(hi) => hi,
-                Err(_) => return self.exception(Exception::InstructionAccessFault, next),
-            },
+        let second = match self.lookup(ram, next, Access::Fetch, mode) {
+            Ok(w) => w,
             Err(e) => return self.exception(e, next),
         };
+        let hi = match ram.load_u16(second.pa) {
+            Ok(hi) => hi,
+            Err(_) => return self.exception(Exception::InstructionAccessFault, next),
+        };
+        commit(ram, first);
+        commit(ram, second);
         let raw = u32::from(lo) | (u32::from(hi) << 16);
         self.execute_as(raw, 4, raw, ram, mmio)
+    }
+
+    /// The 32 bits at `pc` as a translated fetch would read them, with the walks it
+    /// would commit, or `None` if the fetch would fault. No side effects.
+    fn peek_fetch(&self, ram: &Ram, pc: u64) -> Option<(u32, [Walk; 2])> {
+        let mode = self.privilege;
+        let first = self.lookup(ram, pc, Access::Fetch, mode).ok()?;
+        if pc & 0xFFF != 0xFFE {
+            return Some((ram.load_u32(first.pa).ok()?, [first, Walk::NONE]));
+        }
+        let second = self
+            .lookup(ram, pc.wrapping_add(2), Access::Fetch, mode)
+            .ok()?;
+        let lo = ram.load_u16(first.pa).ok()?;
+        let hi = ram.load_u16(second.pa).ok()?;
+        Some((u32::from(lo) | (u32::from(hi) << 16), [first, second]))
     }
 
     /// The mode loads and stores translate in, if they translate: `None` in Bare, or
@@ -981,6 +1033,7 @@ impl Cpu {
     /// failure). An access across a page boundary needs both pages; if they are not
     /// physically adjacent it raises an address-misaligned exception, which the
     /// privileged specification allows for any misaligned access (firmware emulates it).
+    /// A and D are set only once the whole translation succeeded.
     #[cold]
     #[inline(never)]
     fn translate(
@@ -991,33 +1044,37 @@ impl Cpu {
         access: Access,
         mode: Privilege,
     ) -> std::result::Result<u64, StepOutcome> {
-        let pa = match self.walk(ram, va, access, mode) {
-            Ok(pa) => pa,
+        let first = match self.lookup(ram, va, access, mode) {
+            Ok(w) => w,
             Err(e) => return Err(self.exception(e, va)),
         };
         let last = va.wrapping_add(u64::from(size) - 1);
         if (va ^ last) >> 12 != 0 {
-            let second = last & !0xFFF;
-            let pa2 = match self.walk(ram, second, access, mode) {
-                Ok(pa2) => pa2,
-                Err(e) => return Err(self.exception(e, second)),
+            let at = last & !0xFFF;
+            let second = match self.lookup(ram, at, access, mode) {
+                Ok(w) => w,
+                Err(e) => return Err(self.exception(e, at)),
             };
-            if pa2 != pa.wrapping_add(second.wrapping_sub(va)) {
+            if second.pa != first.pa.wrapping_add(at.wrapping_sub(va)) {
                 return Err(self.exception(access.misaligned(), va));
             }
+            commit(ram, second);
         }
-        Ok(pa)
+        commit(ram, first);
+        Ok(first.pa)
     }
 
-    /// The Sv39 page walk for `va`, in `mode` (S or U). A and D are set by the walk
-    /// (as QEMU does), only once every check passed. Errors are the exception to raise.
-    fn walk(
-        &mut self,
-        ram: &mut Ram,
+    /// The Sv39 page walk for `va`, in `mode` (S or U), without side effects: the
+    /// physical address, and the leaf's A/D update (as QEMU, the walk sets them) for
+    /// [`commit`] once the whole access is known to succeed. Errors are the exception
+    /// to raise.
+    fn lookup(
+        &self,
+        ram: &Ram,
         va: u64,
         access: Access,
         mode: Privilege,
-    ) -> std::result::Result<u64, Exception> {
+    ) -> std::result::Result<Walk, Exception> {
         // Bits 63..39 must all equal bit 38.
         if ((va << 25) as i64 >> 25) as u64 != va {
             return Err(access.page_fault());
@@ -1036,7 +1093,10 @@ impl Cpu {
             }
             let ppn = (pte >> 10) & PPN_MASK;
             if pte & (PTE_R | PTE_X) == 0 {
-                // A pointer to the next level.
+                // A pointer to the next level, where D, A and U are reserved.
+                if pte & (PTE_A | PTE_D | PTE_U) != 0 {
+                    return Err(access.page_fault());
+                }
                 table = ppn << 12;
                 continue;
             }
@@ -1062,11 +1122,11 @@ impl Cpu {
             } else {
                 PTE_A
             };
-            if pte & need != need && ram.store_u64(pte_addr, pte | need).is_err() {
-                return Err(access.access_fault());
-            }
             let offset = (1u64 << (12 + 9 * level)) - 1;
-            return Ok((ppn << 12) | (va & offset));
+            return Ok(Walk {
+                pa: (ppn << 12) | (va & offset),
+                update: (pte & need != need).then_some((pte_addr, pte | need)),
+            });
         }
         // Level 0 held a pointer.
         Err(access.page_fault())
@@ -1079,18 +1139,17 @@ impl Cpu {
     #[inline(never)]
     fn interrupt_or_wfi(&mut self, ram: &mut Ram, irq: Interrupt) -> StepOutcome {
         let pc = self.pc;
-        let pa = if self.satp >> 60 != SATP_BARE && self.privilege != Privilege::Machine {
-            // `wfi` is 4 bytes: it never starts in a page's last 2 bytes.
-            if pc & 0xFFF == 0xFFE {
-                None
-            } else {
-                self.walk(ram, pc, Access::Fetch, self.privilege).ok()
-            }
+        // The next instruction, as its fetch would see it (with no side effects unless
+        // it is a `wfi` that executes).
+        let fetched = if self.satp >> 60 != SATP_BARE && self.privilege != Privilege::Machine {
+            self.peek_fetch(ram, pc)
         } else {
-            Some(pc)
+            ram.load_u32(pc).ok().map(|w| (w, [Walk::NONE; 2]))
         };
-        let is_wfi = pa.is_some_and(|pa| ram.load_u32(pa) == Ok(WFI));
-        if pc & 1 == 0 && self.wfi_allowed() && is_wfi {
+        if let Some((WFI, walks)) = fetched.filter(|_| pc & 1 == 0 && self.wfi_allowed()) {
+            for w in walks {
+                commit(ram, w);
+            }
             self.pc = self.pc.wrapping_add(4);
             self.instret = self.instret.wrapping_add(1);
             return StepOutcome::Retired;
@@ -1221,9 +1280,9 @@ impl Cpu {
             // RAM completes misaligned accesses (as QEMU and spike do); a device
             // register does not.
             Err(_) if addr & (u64::from(size) - 1) != 0 => {
-                Err(self.exception(Exception::LoadAddressMisaligned, addr))
+                Err(self.exception(Exception::LoadAddressMisaligned, va))
             }
-            Err(_) => self.mmio_load(mmio, addr, size, stop),
+            Err(_) => self.mmio_load(mmio, addr, va, size, stop),
         }
     }
 
@@ -1233,6 +1292,7 @@ impl Cpu {
         &mut self,
         mmio: &mut M,
         addr: u64,
+        va: u64,
         size: u8,
         stop: &mut Stop,
     ) -> std::result::Result<u64, StepOutcome> {
@@ -1242,7 +1302,7 @@ impl Cpu {
                 *stop = Stop::Mmio;
                 Ok(v)
             }
-            MmioResult::Fault => Err(self.exception(Exception::LoadAccessFault, addr)),
+            MmioResult::Fault => Err(self.exception(Exception::LoadAccessFault, va)),
             MmioResult::Stall => Err(StepOutcome::Stall),
         }
     }
@@ -1273,9 +1333,9 @@ impl Cpu {
                 Ok(())
             }
             Err(_) if addr & (u64::from(size) - 1) != 0 => {
-                Err(self.exception(Exception::StoreAddressMisaligned, addr))
+                Err(self.exception(Exception::StoreAddressMisaligned, va))
             }
-            Err(_) => self.mmio_store(mmio, addr, size, value, stop),
+            Err(_) => self.mmio_store(mmio, addr, va, size, value, stop),
         }
     }
 
@@ -1436,10 +1496,12 @@ impl Cpu {
 
     #[cold]
     #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
     fn mmio_store<M: Mmio + ?Sized>(
         &mut self,
         mmio: &mut M,
         addr: u64,
+        va: u64,
         size: u8,
         value: u64,
         stop: &mut Stop,
@@ -1455,7 +1517,7 @@ impl Cpu {
                 *stop = Stop::Mmio;
                 Ok(())
             }
-            MmioResult::Fault => Err(self.exception(Exception::StoreAccessFault, addr)),
+            MmioResult::Fault => Err(self.exception(Exception::StoreAccessFault, va)),
             MmioResult::Stall => Err(StepOutcome::Stall),
         }
     }
@@ -1820,7 +1882,7 @@ impl Cpu {
             let denied = match self.privilege {
                 Privilege::Machine => false,
                 Privilege::Supervisor => (self.mcounteren >> bit) & 1 == 0,
-                Privilege::User => (self.mcounteren & self.scounteren >> bit) & 1 == 0,
+                Privilege::User => ((self.mcounteren & self.scounteren) >> bit) & 1 == 0,
             };
             if denied {
                 return Err(self.illegal(inst));

@@ -10,7 +10,11 @@
 //!   operations on `mscratch`, `mepc`, `minstret` and `mcycle` (and unknown CSRs,
 //!   which trap), forward branches, bounded loops (two levels at most), `ecall`,
 //!   `ebreak`, illegal instructions, access faults, timer arms and waits, console
-//!   prints, and sections that `mret` into U-mode and come back with `ecall`.
+//!   prints, and sections that `mret` into U-mode or S-mode and come back with
+//!   `ecall`. Half the programs build Sv39 page tables in their prologue (identity
+//!   maps of RAM and the devices, each region by a gigapage, a megapage or 4 KiB
+//!   pages, with A and D preset or left for the walk to set), and most of their
+//!   sections then run translated.
 //!   Optionally clock reads (by load or `rdtime`) and RNG reads.
 //! * [`Family::Devices`]: structured programs that use every device: clock and RNG
 //!   reads, console lines, packets sent and received, timer waits, block reads whose
@@ -88,6 +92,11 @@ pub mod layout {
     pub const RX_HASHED: u64 = 256;
     /// Network transmit buffer.
     pub const TX_BUF: u64 = RAM_BASE + 0xC_7000;
+    /// Sv39 page tables (two sets: U pages for U-mode sections, S pages for S-mode
+    /// ones), [`TABLE_SET`] bytes each.
+    pub const TABLES: u64 = RAM_BASE + 0xD_0000;
+    /// Size of one set of page tables.
+    pub const TABLE_SET: u64 = 0x8000;
     /// Initial stack pointer of the trap handler (the only stack user).
     pub const STACK_TOP: u64 = RAM_BASE + 0xF_F000;
 }
@@ -185,8 +194,12 @@ pub struct Features {
     pub timer_arms: u32,
     /// Waits for an interrupt.
     pub waits: u32,
-    /// U-mode sections.
+    /// U-mode and S-mode sections.
     pub user_sections: u32,
+    /// Those in S-mode.
+    pub supervisor_sections: u32,
+    /// Sections that run with Sv39 translation on.
+    pub paged_sections: u32,
     /// Instructions that trap on purpose (faulting accesses, `ecall`,
     /// `ebreak`, illegal instructions and CSR accesses).
     pub trapping: u32,
@@ -269,6 +282,8 @@ const MSTATUS_MPP: i64 = 0x1800;
 const MIE_BITS: i64 = (1 << 7) | (1 << 11);
 /// Unknown CSR: any access traps.
 const BAD_CSR: u16 = 0x7C0;
+/// `sfence.vma zero, zero`.
+const SFENCE_VMA: u32 = 0x1200_0073;
 /// A multiplier for the hash.
 const PRIME: i64 = 0x100_0000_01b3;
 
@@ -290,6 +305,7 @@ pub fn generate(seed: u64, params: &Params) -> Result<Program, AsmError> {
         traps: 0,
         sync_irqs: 0,
         user: false,
+        paging: None,
         depth: 0,
         data,
         trap,
@@ -380,6 +396,8 @@ struct Gen {
     /// Synchronous interrupts (invalid block commands), each like an async event.
     sync_irqs: u64,
     user: bool,
+    /// `satp` values of the program's page tables (U set, S set), if it has them.
+    paging: Option<(u64, u64)>,
     depth: usize,
     data: Label,
     trap: Label,
@@ -455,6 +473,11 @@ impl Gen {
             a.bnez(AUX, top);
         });
         self.mult = 1;
+        if self.p.family == Family::Stream && self.chance(50) {
+            let user = self.page_tables(0, true);
+            let supervisor = self.page_tables(1, false);
+            self.paging = Some((user, supervisor));
+        }
         let values: Vec<(u8, i64)> = POOL.iter().map(|&x| (x, self.rng.gen())).collect();
         let hash: i64 = self.rng.gen();
         self.counted(|g| {
@@ -754,8 +777,95 @@ impl Gen {
         });
     }
 
+    /// Emits code that builds set `set` of identity page tables (U pages if `user`)
+    /// and returns the `satp` value that selects it. RAM's first MiB and the device
+    /// windows are each mapped by a gigapage, a megapage or 4 KiB pages.
+    fn page_tables(&mut self, set: u64, user: bool) -> u64 {
+        let base = layout::TABLES + set * layout::TABLE_SET;
+        let (root, l1_ram, l0_ram, l1_dev, l0_dev) = (
+            base,
+            base + 0x1000,
+            base + 0x2000,
+            base + 0x3000,
+            base + 0x4000,
+        );
+        let pointer = |table: u64| ((table >> 12) << 10) | 1;
+        let u = if user { 1 << 4 } else { 0 };
+        // (virtual = physical base, its root and level-1 indexes, 4 KiB pages used,
+        // its level-1 and level-0 tables)
+        let regions = [
+            (crate::memory::RAM_BASE, 2u64, 0u64, 256u64, l1_ram, l0_ram),
+            (map::BASE, 0, 0x80, 8, l1_dev, l0_dev),
+        ];
+        for (pa, i2, i1, pages, l1, l0) in regions {
+            // V R W X, U as asked, A and D sometimes preset.
+            let ad = match self.rng.gen_range(0..3) {
+                0 => 0,
+                1 => 1 << 6,
+                _ => (1 << 6) | (1 << 7),
+            };
+            let leaf = |pa: u64| ((pa >> 12) << 10) | 0xF | u | ad;
+            let mut stores = Vec::new();
+            match self.rng.gen_range(0..3) {
+                // A gigapage: the root's entry is the leaf (`pa` rounded to 1 GiB).
+                0 => stores.push((root + i2 * 8, leaf(pa & !((1 << 30) - 1)))),
+                1 => {
+                    stores.push((root + i2 * 8, pointer(l1)));
+                    stores.push((l1 + i1 * 8, leaf(pa)));
+                }
+                _ => {
+                    stores.push((root + i2 * 8, pointer(l1)));
+                    stores.push((l1 + i1 * 8, pointer(l0)));
+                    self.counted(|g| {
+                        let a = &mut g.a;
+                        a.li(T6, addr(l0));
+                        a.li(T5, leaf(pa) as i64);
+                        a.li(AUX, pages as i64);
+                        a.li(X5, 1 << 10);
+                    });
+                    let outer = self.mult;
+                    self.mult = outer.saturating_mul(pages);
+                    self.counted(|g| {
+                        let a = &mut g.a;
+                        let top = a.here();
+                        a.sd(T5, T6, 0);
+                        a.add(T5, T5, X5);
+                        a.addi(T6, T6, 8);
+                        a.addi(AUX, AUX, -1);
+                        a.bnez(AUX, top);
+                    });
+                    self.mult = outer;
+                }
+            }
+            self.counted(|g| {
+                for (at, v) in stores {
+                    g.a.li(T6, addr(at));
+                    g.a.li(T5, v as i64);
+                    g.a.sd(T5, T6, 0);
+                }
+            });
+        }
+        (8 << 60) | (root >> 12)
+    }
+
     fn user_section(&mut self) {
         self.features.user_sections += 1;
+        let supervisor = self.chance(40);
+        let paged = self.paging.is_some() && self.chance(80);
+        let satp = match self.paging {
+            Some((u, s)) if paged => {
+                self.features.paged_sections += 1;
+                if supervisor {
+                    s
+                } else {
+                    u
+                }
+            }
+            _ => 0,
+        };
+        if supervisor {
+            self.features.supervisor_sections += 1;
+        }
         let entry = self.a.label();
         self.counted(|g| {
             let a = &mut g.a;
@@ -765,8 +875,15 @@ impl Gen {
             a.csrw(csr::MEPC, T5);
             a.li(T5, MSTATUS_MPP);
             a.csrc(csr::MSTATUS, T5);
+            if supervisor {
+                a.li(T5, 1 << 11);
+                a.csrs(csr::MSTATUS, T5);
+            }
             a.li(T5, MSTATUS_MPIE);
             a.csrs(csr::MSTATUS, T5);
+            a.li(T5, satp as i64);
+            a.csrw(csr::SATP, T5);
+            a.emit(SFENCE_VMA);
             a.mret();
             a.bind(entry);
         });
@@ -779,7 +896,7 @@ impl Gen {
             self.stream_item(false);
         }
         self.user = false;
-        // Back to M-mode: the handler sees an ecall from U.
+        // Back to M-mode: the handler sees an ecall from U or S.
         self.traps = self.traps.saturating_add(self.mult);
         self.counted(|g| {
             g.a.ecall();
@@ -916,8 +1033,8 @@ impl Gen {
         let op = self.rng.gen_range(0..10usize);
         if op == 9 {
             if misaligned {
-                self.trapping(); // the lr; the sc then fails (no reservation)
-                self.trapping();
+                self.trapping(); // the lr, misaligned
+                self.trapping(); // and the sc, misaligned too
             }
             self.counted(|g| {
                 g.a.addi(T6, GP, off);
@@ -1375,9 +1492,10 @@ impl Gen {
         a.j(out);
 
         a.bind(exception);
-        a.li(X6, 8);
-        a.bne(X5, X6, skip);
-        // ecall from U-mode: return to M-mode after it.
+        // ecall from U-mode (8) or S-mode (9): return to M-mode after it.
+        a.addi(X6, X5, -8);
+        a.li(X7, 1);
+        a.bltu(X7, X6, skip);
         a.li(X6, MSTATUS_MPP);
         a.csrs(csr::MSTATUS, X6);
         bump(a, layout::VAR_USER_RET);

@@ -82,6 +82,42 @@ fn a_delegated_exception_from_u_goes_to_s_and_sret_returns() {
 }
 
 #[test]
+fn a_trap_to_s_with_sie_clear_clears_spie() {
+    let mut a = Assembler::new();
+    a.ecall();
+    let (mut cpu, mut ram) = boot(&a);
+    cpu.set_csr(csr::MEDELEG, 1 << 8).unwrap();
+    cpu.set_csr(csr::MSTATUS, MSTATUS_SPIE).unwrap();
+    cpu.set_privilege(Privilege::User);
+    step(&mut cpu, &mut ram);
+    assert_eq!(cpu.privilege(), Privilege::Supervisor);
+    assert_eq!(csr(&cpu, csr::MSTATUS) & (MSTATUS_SPIE | MSTATUS_SIE), 0);
+}
+
+#[test]
+fn user_counters_need_the_same_bit_in_both_enables() {
+    // (mcounteren, scounteren, allowed) for rdinstret (bit 2) in U-mode.
+    for (m, s, allowed) in [
+        (0b001, 0b100, false),
+        (0b100, 0b001, false),
+        (0b100, 0b100, true),
+    ] {
+        let mut a = Assembler::new();
+        a.csrr(A0, csr::INSTRET);
+        let (mut cpu, mut ram) = boot(&a);
+        cpu.set_csr(csr::MCOUNTEREN, m).unwrap();
+        cpu.set_csr(csr::SCOUNTEREN, s).unwrap();
+        cpu.set_privilege(Privilege::User);
+        let want = if allowed {
+            StepOutcome::Retired
+        } else {
+            StepOutcome::Exception(Exception::IllegalInstruction)
+        };
+        assert_eq!(step(&mut cpu, &mut ram), want, "m={m:#b} s={s:#b}");
+    }
+}
+
+#[test]
 fn delegation_never_lowers_a_trap_from_m_and_ecall_from_s_is_cause_9() {
     let mut a = Assembler::new();
     a.ecall();

@@ -442,3 +442,123 @@ fn a_page_fault_from_u_can_be_delegated_to_s() {
     assert_eq!(cpu.privilege(), Privilege::Machine);
     assert_eq!(cpu.csr(csr::MCAUSE), Some(12));
 }
+
+#[test]
+fn a_device_fault_under_translation_reports_the_virtual_address() {
+    for store in [false, true] {
+        let (out, cpu, _) = access(Privilege::Supervisor, store, DATA_VA + 0x10, 0, |ram, t| {
+            t.map(ram, DATA_VA, 0x2000_0000, 0, R | W);
+        });
+        let want = if store {
+            Exception::StoreAccessFault
+        } else {
+            Exception::LoadAccessFault
+        };
+        assert_eq!(out, StepOutcome::Exception(want));
+        assert_eq!(cpu.csr(csr::MTVAL), Some(DATA_VA + 0x10));
+    }
+}
+
+#[test]
+fn reserved_bits_of_a_pointer_and_w_without_r_fault() {
+    for bit in [A, D, U] {
+        let (out, ..) = access(Privilege::Supervisor, false, DATA_VA, 0, |ram, t| {
+            t.map(ram, DATA_VA, DATA_PA, 0, R);
+            let slot = t.root + ((DATA_VA >> 30) & 0x1FF) * 8;
+            let pte = ram.load_u64(slot).unwrap();
+            ram.store_u64(slot, pte | bit).unwrap();
+        });
+        assert_eq!(
+            out,
+            StepOutcome::Exception(Exception::LoadPageFault),
+            "pointer with {bit:#x}"
+        );
+    }
+    // W without R is reserved, for a store too (and whatever MXR says for a load).
+    let (out, ..) = access(Privilege::Supervisor, true, DATA_VA, 0, |ram, t| {
+        t.map(ram, DATA_VA, DATA_PA, 0, W);
+    });
+    assert_eq!(out, StepOutcome::Exception(Exception::StorePageFault));
+    let (out, ..) = access(
+        Privilege::Supervisor,
+        false,
+        DATA_VA,
+        MSTATUS_MXR,
+        |ram, t| {
+            t.map(ram, DATA_VA, DATA_PA, 0, W | X);
+        },
+    );
+    assert_eq!(out, StepOutcome::Exception(Exception::LoadPageFault));
+}
+
+#[test]
+fn a_non_canonical_address_faults_even_where_its_low_bits_are_mapped() {
+    let (out, cpu, _) = access(
+        Privilege::Supervisor,
+        false,
+        DATA_VA | (1 << 40),
+        0,
+        |ram, t| {
+            t.map(ram, DATA_VA, DATA_PA, 0, R);
+        },
+    );
+    assert_eq!(out, StepOutcome::Exception(Exception::LoadPageFault));
+    assert_eq!(cpu.csr(csr::MTVAL), Some(DATA_VA | (1 << 40)));
+}
+
+#[test]
+fn a_faulting_access_sets_no_a_or_d_bits() {
+    let mut leaves = (0, 0);
+    // A store across into a read-only page: a page fault, and the first page's PTE
+    // is left as it was.
+    let (out, _, ram) = access(Privilege::Supervisor, true, DATA_VA + 0xFFC, 0, |ram, t| {
+        leaves.0 = t.map(ram, DATA_VA, DATA_PA, 0, R | W);
+        leaves.1 = t.map(ram, DATA_VA + 0x1000, DATA_PA + 0x1000, 0, R);
+    });
+    assert_eq!(out, StepOutcome::Exception(Exception::StorePageFault));
+    assert_eq!(ram.load_u64(leaves.0).unwrap() & (A | D), 0);
+    assert_eq!(ram.load_u64(leaves.1).unwrap() & (A | D), 0);
+    // Across two pages that are not adjacent: misaligned, and no bits set.
+    let (out, _, ram) = access(Privilege::Supervisor, true, DATA_VA + 0xFFC, 0, |ram, t| {
+        leaves.0 = t.map(ram, DATA_VA, DATA_PA, 0, R | W);
+        leaves.1 = t.map(ram, DATA_VA + 0x1000, DATA_PA + 0x8000, 0, R | W);
+    });
+    assert_eq!(
+        out,
+        StepOutcome::Exception(Exception::StoreAddressMisaligned)
+    );
+    assert_eq!(ram.load_u64(leaves.0).unwrap() & (A | D), 0);
+    assert_eq!(ram.load_u64(leaves.1).unwrap() & (A | D), 0);
+}
+
+#[test]
+fn a_wfi_across_two_pages_retires_before_a_pending_interrupt() {
+    let va = CODE_VA + 0xFFE;
+    let (pa1, pa2) = (RAM_BASE + 0x10_0000, RAM_BASE + 0x15_0000);
+    let mut ram = Ram::new(RAM_SIZE);
+    let w = wfi().to_le_bytes();
+    ram.write(pa1 + 0xFFE, &w[..2]).unwrap();
+    ram.write(pa2, &w[2..]).unwrap();
+    let mut t = Tables::new(&mut ram);
+    let leaf = t.map(&mut ram, CODE_VA, pa1, 0, R | X);
+    t.map(&mut ram, CODE_VA + 0x1000, pa2, 0, R | X);
+    let mut cpu = Cpu::new(va);
+    cpu.set_csr(csr::MTVEC, M_HANDLER).unwrap();
+    cpu.set_csr(csr::SATP, t.satp()).unwrap();
+    cpu.set_csr(csr::MIE, MIP_MTIP).unwrap();
+    cpu.set_privilege(Privilege::Supervisor);
+    // Nothing pending: it waits.
+    assert_eq!(step(&mut cpu, &mut ram), StepOutcome::Idle);
+    cpu.set_mip(MIP_MTIP, true);
+    assert_eq!(
+        step(&mut cpu, &mut ram),
+        StepOutcome::Retired,
+        "the wfi first"
+    );
+    assert_eq!(ram.load_u64(leaf).unwrap() & A, A, "its fetch set A");
+    assert!(matches!(
+        step(&mut cpu, &mut ram),
+        StepOutcome::Interrupt(_)
+    ));
+    assert_eq!(cpu.csr(csr::MEPC), Some(va + 4));
+}
