@@ -44,8 +44,8 @@ fn seed_from_args() -> u64 {
             eprintln!("bad --seed {v}: {e}\n\n{USAGE}");
             std::process::exit(2)
         }),
-        _ => {
-            eprintln!("{USAGE}");
+        other => {
+            eprintln!("unknown arguments {other:?}\n\n{USAGE}");
             std::process::exit(2);
         }
     }

@@ -265,7 +265,7 @@ impl Names {
 pub struct ClientConfig {
     /// The nodes' client addresses, in the order to try them.
     pub addrs: Vec<SocketAddr>,
-    /// Requests to send (`req-0` .. `req-<n-1>`).
+    /// Requests to send (`req-<session>-0` .. `req-<session>-<n-1>`).
     pub requests: u64,
     /// Most requests unanswered at once.
     pub window: usize,
@@ -382,7 +382,9 @@ impl std::fmt::Display for Summary {
             self.session,
             self.outputs,
             self.first_output,
-            (self.first_output + self.outputs).saturating_sub(1),
+            self.first_output
+                .saturating_add(self.outputs)
+                .saturating_sub(1),
             self.replies,
             self.foreign,
             self.first_counter,
