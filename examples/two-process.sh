@@ -77,8 +77,10 @@ wait_for "$dir/primary.log" "log channel up" "the backup replays the primary's l
 client=$!; pids+=("$client")
 wait_for "$dir/client.log" "connected to" "the client is connected to the primary" "$client"
 
-sleep 0.3 # some answers before the kill
-kill -9 "$primary"
+sleep 0.2 # some answers before the kill
+if ! kill -9 "$primary" 2>/dev/null; then
+  fail "the client was done before the kill: give it more requests (it had $requests)"
+fi
 wait "$primary" 2>/dev/null || true
 echo "killed the primary (kill -9)"
 wait_for "$dir/backup.log" "LIVE at" "the backup went live" "$backup"
