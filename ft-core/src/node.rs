@@ -935,6 +935,12 @@ impl<S: EventSource, W: World> Node<S, W> {
     }
 
     /// Primary: the backup acknowledged records (and reported its replay progress).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::WrongRole`] on a backup, and [`EngineError::BogusAck`] for an
+    /// acknowledgement of records never sent (or of more replayed than received);
+    /// nothing of a refused ack is taken.
     pub fn handle_ack(&mut self, ack: Ack, now: Nanos) -> Result<()> {
         if self.role != Role::Primary {
             return Err(EngineError::WrongRole("handle_ack", self.role));
@@ -960,6 +966,13 @@ impl<S: EventSource, W: World> Node<S, W> {
 
     /// Backup: records arrived. Duplicates of records already received are ignored; a
     /// gap or a point going backwards is an error and nothing of the batch is taken.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::WrongRole`] on a primary, a clone error on a clone target still
+    /// receiving its state, [`EngineError::SequenceGap`], [`EngineError::OutOfOrder`],
+    /// and [`EngineError::InboxFull`] when the batch's new records do not fit the
+    /// inbox ([`Node::inbox_space`]). A refused batch leaves the node as it was.
     pub fn handle_records(&mut self, records: Vec<Record>, now: Nanos) -> Result<()> {
         if self.role != Role::Backup {
             return Err(EngineError::WrongRole("handle_records", self.role));
@@ -1064,6 +1077,14 @@ impl<S: EventSource, W: World> Node<S, W> {
     }
 
     /// Execute one bounded slice of work at `now`.
+    ///
+    /// # Errors
+    ///
+    /// The machine's error ([`EngineError::Source`]) or a divergence of replay from
+    /// the log ([`EngineError::Divergence`]). Either halts the node before it is returned: a machine that failed
+    /// while running for real with [`HaltReason::SourceFailed`], one that could not
+    /// apply the log with [`HaltReason::Diverged`]. Later steps return
+    /// [`StepOutcome::Halted`].
     pub fn step(&mut self, now: Nanos) -> Result<StepOutcome> {
         self.check_peer(now);
         let res = match self.phase {

@@ -393,6 +393,15 @@ impl DeviceModel {
 
     /// Apply an asynchronous event (I/O completion data lands in `mem` now, all at
     /// once).
+    ///
+    /// # Errors
+    ///
+    /// [`ModelError::NoInterruptLine`] for an interrupt of a device without one,
+    /// [`ModelError::NoUnsolicitedInput`] for input to a device other than the
+    /// network, [`ModelError::NotInFlight`] for the completion of an I/O the model
+    /// did not start. A completion whose data does not fit (a DMA outside `mem`, a
+    /// length other than the request's) is no error here: the guest sees it in the
+    /// block device's status, as with hardware.
     pub fn inject<M: GuestMemory + ?Sized>(
         &mut self,
         event: &AsyncEvent,
