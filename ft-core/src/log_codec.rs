@@ -339,8 +339,8 @@ pub fn peek_record_range(frame: &[u8]) -> Option<(u64, u64)> {
 ///
 /// A [`CodecError`] naming what is wrong: the magic, version, kind or reserved byte
 /// of the header, a payload over the default limit, a checksum mismatch, a frame
-/// shorter or longer than its header says, or a payload that does not decode (or
-/// decodes to records whose sequence numbers overflow). Never a panic.
+/// shorter or longer than its header says, or a payload that does not decode.
+/// Never a panic.
 pub fn decode_frame(bytes: &[u8]) -> Result<Frame> {
     decode_frame_with_limit(bytes, DEFAULT_MAX_PAYLOAD)
 }
