@@ -97,15 +97,99 @@ pub trait EventSource {
     /// Run until the point equals `until`, or until a [`Stop`] other than
     /// [`Stop::Reached`] happens first. If the point already equals `until`, return
     /// `Reached` without executing anything. Must never run past `until`.
+    ///
+    /// # A stop that lands exactly on `until`
+    ///
+    /// When the instruction that retires at `until` produces an output, starts an
+    /// I/O or ends the guest, return that stop ([`Stop::Output`], [`Stop::IoStart`],
+    /// [`Stop::Halted`]) with the point equal to `until`, not `Reached`. The engine
+    /// emits outputs and starts I/O only on those stops, so a `Reached` there would
+    /// drop them for good (the next `run` starts after the instruction). The
+    /// recorder relies on it: it runs to the next digest point at most, and when an
+    /// output retires exactly there it logs the scheduled digest on its next step.
+    /// ft-sim does this (its CPU's `MmioStop` and `Watch` exits may come with the
+    /// count equal to `until`), and so does ft-kvm (a stop from a device exit is
+    /// returned before the point is compared with `until`).
+    ///
+    /// Idleness is the one stop that is reported as `Reached` when the point equals
+    /// `until`: the replayer runs to the point of an asynchronous record and expects
+    /// `Reached` there, and a machine that idles at that point reports
+    /// [`Stop::Idle`] on the next `run` anyway. ft-sim's `wfi` at `until` is never
+    /// executed (the budget check comes first); ft-kvm, whose `hlt` counts as a
+    /// point, returns `Reached` for a `hlt` that lands on `until`.
+    ///
+    /// # Errors
+    ///
+    /// [`SourceError::Backwards`] when `until` lies behind the point; a backend's own
+    /// failure otherwise. The engine halts the node on any error.
     fn run(&mut self, until: ExecPoint) -> SourceResult<Stop>;
 
-    /// Answer the pending [`Stop::Input`] with `data` (little-endian value bytes).
+    /// Answer the pending [`Stop::Input`] with `data` (little-endian value bytes: the
+    /// read's `size` bytes, or 8, as [`crate::device_set::model::input_value`]
+    /// accepts them; ft-sim and ft-kvm refuse other lengths).
+    ///
+    /// # Does it complete the reading instruction?
+    ///
+    /// Not necessarily. The value is the instruction's; the instruction completes
+    /// with it no later than the next [`EventSource::run`] (with `until` past the
+    /// point), which the engine always calls before it relies on the read's effect.
+    /// Where the point stands in between is the backend's choice, as long as it is
+    /// the same on both sides of a pair:
+    ///
+    /// * ft-sim holds the value in its device model and leaves the point where it
+    ///   was (the point before the load); the stalled load executes again on the next
+    ///   `run`, takes the held value and retires there;
+    /// * ft-kvm writes the value into the vCPU's pending MMIO or port exit and
+    ///   advances the point at once; KVM finishes the instruction (the register
+    ///   write) when the vCPU next enters, in the next `run`.
+    ///
+    /// The engine calls it right after the `Stop::Input`, on the recording side with
+    /// the world's value and on the replaying side with the logged one, and makes no
+    /// other call that changes the machine in between. A `run` before it (with
+    /// `until` past the point) reports the same `Stop::Input` again without
+    /// executing; both backends do.
+    ///
+    /// # Errors
+    ///
+    /// [`SourceError::UnexpectedInput`] when no read is pending or the data does not
+    /// fit the read; a backend's own failure otherwise.
     fn supply_input(&mut self, data: &[u8]) -> SourceResult<()>;
 
     /// Apply an asynchronous event at the current point.
+    ///
+    /// # Errors
+    ///
+    /// [`SourceError::BadEvent`] when the event does not apply to this machine (an
+    /// unknown device or I/O id, DMA outside memory); the replaying side reports it
+    /// as a divergence.
     fn inject(&mut self, event: &AsyncEvent) -> SourceResult<()>;
 
     /// A digest of the machine's whole guest-visible state (CPU, memory, devices).
+    ///
+    /// The recording side logs it every [`crate::Config::digest_interval`] points,
+    /// and the replaying side compares its own, taken at the same point, with the
+    /// logged value: a mismatch halts the backup as diverged. Every state the guest
+    /// can observe must be in it, or a divergence goes unseen until it shows in an
+    /// output.
+    ///
+    /// # What must stay out
+    ///
+    /// Anything that is not the machine's own architectural state and may differ
+    /// between two sides that are in step, or a healthy backup is declared
+    /// diverged:
+    ///
+    /// * host-side state of the devices, which lives in the [`crate::World`]: disk
+    ///   contents and host buffers, packets and events queued but not yet injected,
+    ///   I/O in flight on the host (only the primary performs it), the world's clock;
+    /// * host timing and counters: when something happened on the host, VM entries,
+    ///   exits caused by signals or preemption;
+    /// * settings that may legitimately differ between the two sides.
+    ///
+    /// ft-sim hashes its CPU, its device models (with a read waiting for its value),
+    /// the exit code and RAM; its disk, network and timers are in `SimWorld`. ft-kvm
+    /// hashes its point, device models, run state, interrupt readiness, vCPU
+    /// registers and RAM, and leaves out its host `Instant` of the last raised line,
+    /// its exit statistics and the primary's preemption setting.
     ///
     /// # Errors
     ///
@@ -114,9 +198,19 @@ pub trait EventSource {
     fn digest(&mut self) -> SourceResult<u64>;
 
     /// Serialize the machine's whole state.
+    ///
+    /// # Errors
+    ///
+    /// [`SourceError::Snapshot`] or a backend failure when the state cannot be read
+    /// or encoded.
     fn snapshot(&self) -> SourceResult<Vec<u8>>;
 
     /// Replace the machine's state with a snapshot.
+    ///
+    /// # Errors
+    ///
+    /// [`SourceError::Snapshot`] when the snapshot is malformed or was made by a
+    /// machine of another configuration.
     fn restore(&mut self, snapshot: &[u8]) -> SourceResult<()>;
 
     // State transfer, for live clone (`crate::live_clone`). A backend that has none

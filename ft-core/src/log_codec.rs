@@ -188,6 +188,14 @@ fn push_frame(kind: u8, payload: &[u8], out: &mut Vec<u8>) -> Result<()> {
 /// Append one frame holding `records` to `out`.
 ///
 /// The records must have consecutive sequence numbers and non-decreasing points.
+///
+/// # Errors
+///
+/// [`CodecError::NotConsecutive`] or [`CodecError::NotMonotonic`] when they do not,
+/// [`CodecError::Overflow`] when the sequence numbers run past `u64::MAX`,
+/// [`CodecError::Payload`] when a record cannot be serialized, and
+/// [`CodecError::PayloadTooLarge`] for a frame over 4 GiB. On an error nothing is
+/// appended.
 pub fn encode_records(records: &[Record], out: &mut Vec<u8>) -> Result<()> {
     let first_seq = records.first().map_or(0, |r| r.seq);
     let mut items = Vec::with_capacity(records.len());
@@ -222,6 +230,11 @@ pub fn encode_records(records: &[Record], out: &mut Vec<u8>) -> Result<()> {
 }
 
 /// Append one frame holding `ack` to `out`.
+///
+/// # Errors
+///
+/// [`CodecError::Payload`] when the acknowledgement cannot be serialized; nothing is
+/// appended then.
 pub fn encode_ack(ack: &Ack, out: &mut Vec<u8>) -> Result<()> {
     let payload = postcard::to_stdvec(ack).map_err(|e| CodecError::Payload(e.to_string()))?;
     push_frame(KIND_ACK, &payload, out)
@@ -230,6 +243,11 @@ pub fn encode_ack(ack: &Ack, out: &mut Vec<u8>) -> Result<()> {
 /// Append one frame holding a live-clone message to `out`. The message is
 /// serialized in place, behind its header, since a message of pages is large; on an
 /// error `out` is as it was.
+///
+/// # Errors
+///
+/// [`CodecError::Payload`] when the message cannot be serialized, and
+/// [`CodecError::PayloadTooLarge`] for a frame over 4 GiB.
 pub fn encode_clone(msg: &CloneFrame, out: &mut Vec<u8>) -> Result<()> {
     let start = out.len();
     out.reserve(HEADER_LEN + msg.msg.size_hint());
@@ -316,6 +334,13 @@ pub fn peek_record_range(frame: &[u8]) -> Option<(u64, u64)> {
 }
 
 /// Decode exactly one whole frame; trailing bytes are an error.
+///
+/// # Errors
+///
+/// A [`CodecError`] naming what is wrong: the magic, version, kind or reserved byte
+/// of the header, a payload over the default limit, a checksum mismatch, a frame
+/// shorter or longer than its header says, or a payload that does not decode.
+/// Never a panic.
 pub fn decode_frame(bytes: &[u8]) -> Result<Frame> {
     decode_frame_with_limit(bytes, DEFAULT_MAX_PAYLOAD)
 }
@@ -438,6 +463,12 @@ impl FrameDecoder {
     }
 
     /// The next complete frame, `Ok(None)` if more bytes are needed.
+    ///
+    /// # Errors
+    ///
+    /// What [`decode_frame`] reports for the next frame (with this decoder's payload
+    /// limit). The decoder stays failed: every later call returns
+    /// [`CodecError::Poisoned`] holding the first error.
     pub fn next_frame(&mut self) -> Result<Option<Frame>> {
         if let Some(e) = &self.failed {
             return Err(CodecError::Poisoned(Box::new(e.clone())));
@@ -471,6 +502,11 @@ impl FrameDecoder {
     }
 
     /// Declare the end of the stream: an error if a partial frame is left over.
+    ///
+    /// # Errors
+    ///
+    /// [`CodecError::Truncated`] when bytes of an incomplete frame are buffered, and
+    /// [`CodecError::Poisoned`] when the decoder had already failed.
     pub fn finish(&self) -> Result<()> {
         if let Some(e) = &self.failed {
             return Err(CodecError::Poisoned(Box::new(e.clone())));

@@ -31,44 +31,92 @@ use crate::record::{Ack, AsyncEvent, IoId, IoRequest, Nanos, Output, Record};
 use crate::world::World;
 use crate::ExecPoint;
 
-/// Engine configuration. Times are in nanoseconds.
+/// Engine configuration. Times are in nanoseconds, and points are the backend's
+/// [`ExecPoint`] counts (ft-sim: instructions; ft-kvm: deterministic exits).
+///
+/// [`Config::default`] gives each field the value listed with it; check a pair's two
+/// configurations with [`Config::validate_pair`] (one side's with
+/// [`Config::validate`]) before building nodes.
+///
+/// # Each side needs its own [`NodeId`]
+///
+/// The default `node` is `NodeId(1)` for both sides, so at least one side must set
+/// its own. The arbiter decides who goes on after a failure by
+/// [`crate::Arbiter::test_and_set`] on the pair: the first claimant becomes the
+/// holder, and any later claim *by the holder's id* is answered
+/// [`Decision::Won`] again (so a side that asks again keeps its win). Two sides with
+/// one id would therefore both win, and both would run live: the split brain the
+/// arbiter exists to prevent. [`Config::validate_pair`] refuses equal ids. The id also
+/// names the side in live-clone reservations and offers.
+///
+/// ```
+/// use ft_core::{Config, EngineError, NodeId};
+/// let primary = Config { node: NodeId(1), ..Config::default() };
+/// let backup = Config { node: NodeId(2), ..Config::default() };
+/// assert!(Config::validate_pair(&primary, &backup).is_ok());
+/// assert!(matches!(
+///     Config::validate_pair(&primary, &primary),
+///     Err(EngineError::InvalidConfig { field: "node", .. })
+/// ));
+/// ```
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The protected pair and its generation (the arbiter's key).
+    /// The protected pair and its generation (the arbiter's key). Default: vm 1,
+    /// generation 1. Both sides must name the same pair; a new generation is a new
+    /// arbitration (a replacement backup after a failover).
     pub pair: PairId,
-    /// This side's identity.
+    /// This side's identity. Default: `NodeId(1)`; the two sides must differ (see
+    /// above).
     pub node: NodeId,
     /// Most execution points one step runs. It bounds how late an asynchronous event
-    /// is delivered on the primary, and how much work one step does.
+    /// is delivered on the primary (events are polled and injected between slices),
+    /// and how much work one step does. Default: 20,000. A backend whose points are
+    /// coarse wants a smaller one: ft-node uses 16 for ft-kvm, whose points are
+    /// exits.
     pub slice: u64,
-    /// A state digest is logged every this many points (0: never).
+    /// A state digest is logged every this many points (0: never); the backup
+    /// compares its own at the same point. Default: 1,000,000: a divergence is caught
+    /// within a million points, for one digest of the whole machine per million.
     pub digest_interval: u64,
-    /// Heartbeat period, both ways.
+    /// Heartbeat period, both ways. Default: 10 ms. Any traffic counts as a sign of
+    /// life; a heartbeat record (primary) or an ack (backup) goes out when nothing
+    /// else did for this long.
     pub heartbeat_interval: Nanos,
-    /// Silence after which the peer is declared dead.
+    /// Silence after which the peer is declared dead. Default: 100 ms, ten heartbeats.
+    /// [`Config::validate`] requires at least twice the (peer's) heartbeat interval,
+    /// so that one late heartbeat does not declare a healthy peer dead.
     pub peer_timeout: Nanos,
     /// Records the primary keeps before handing them to the channel; when full, the
-    /// primary pauses.
+    /// primary pauses ([`Blocked::OutboxFull`]). Default: 4096.
     pub outbox_capacity: usize,
     /// Records the backup buffers before replaying them; the runtime stops reading the
-    /// channel when full.
+    /// channel when full. Default: 16,384. [`Config::validate_pair`] requires it to
+    /// hold at least one of the primary's batches (`max_batch`).
     pub inbox_capacity: usize,
-    /// Most records in one batch.
+    /// Most records in one batch. Default: 256.
     pub max_batch: usize,
     /// Most time a record may wait for its batch to fill. An output waiting on the
-    /// gate flushes at once.
+    /// gate flushes at once, so this delays only records no output waits on.
+    /// Default: 200 µs.
     pub batch_delay: Nanos,
-    /// Replay lag beyond which the primary is paused (it runs slowed from half of it).
+    /// Replay lag beyond which the primary is paused ([`Blocked::Lagging`]); from half
+    /// of it the primary runs with an eighth of its slice. Default: 50 ms. The lag is
+    /// the age of the oldest record not yet replayed, so this also bounds, roughly,
+    /// how much the backup has to replay before it can go live.
     pub max_lag: Nanos,
     /// First retry delay after the arbiter could not be reached; doubles per attempt.
+    /// Default: 5 ms.
     pub arbiter_retry_min: Nanos,
-    /// Longest retry delay.
+    /// Longest retry delay. Default: 500 ms.
     pub arbiter_retry_max: Nanos,
-    /// Enforce the output rule. Only a test that checks the checker turns this off:
-    /// without it, outputs leave before the backup has the records behind them.
+    /// Enforce the output rule. Default: on. Only a test that checks the checker
+    /// turns this off: without it, outputs leave before the backup has the records
+    /// behind them.
     pub enforce_output_rule: bool,
 }
 
+/// The defaults listed on each field of [`Config`]. `node` is `NodeId(1)`: set a
+/// different one on the other side.
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -887,6 +935,12 @@ impl<S: EventSource, W: World> Node<S, W> {
     }
 
     /// Primary: the backup acknowledged records (and reported its replay progress).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::WrongRole`] on a backup, and [`EngineError::BogusAck`] for an
+    /// acknowledgement of records never sent (or of more replayed than received);
+    /// nothing of a refused ack is taken.
     pub fn handle_ack(&mut self, ack: Ack, now: Nanos) -> Result<()> {
         if self.role != Role::Primary {
             return Err(EngineError::WrongRole("handle_ack", self.role));
@@ -912,6 +966,13 @@ impl<S: EventSource, W: World> Node<S, W> {
 
     /// Backup: records arrived. Duplicates of records already received are ignored; a
     /// gap or a point going backwards is an error and nothing of the batch is taken.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::WrongRole`] on a primary, a clone error on a clone target still
+    /// receiving its state, [`EngineError::SequenceGap`], [`EngineError::OutOfOrder`],
+    /// and [`EngineError::InboxFull`] when the batch's new records do not fit the
+    /// inbox ([`Node::inbox_space`]). A refused batch leaves the node as it was.
     pub fn handle_records(&mut self, records: Vec<Record>, now: Nanos) -> Result<()> {
         if self.role != Role::Backup {
             return Err(EngineError::WrongRole("handle_records", self.role));
@@ -1016,6 +1077,14 @@ impl<S: EventSource, W: World> Node<S, W> {
     }
 
     /// Execute one bounded slice of work at `now`.
+    ///
+    /// # Errors
+    ///
+    /// The machine's error ([`EngineError::Source`]) or a divergence of replay from
+    /// the log ([`EngineError::Divergence`]). Either halts the node before it is returned: a machine that failed
+    /// while running for real with [`HaltReason::SourceFailed`], one that could not
+    /// apply the log with [`HaltReason::Diverged`]. Later steps return
+    /// [`StepOutcome::Halted`].
     pub fn step(&mut self, now: Nanos) -> Result<StepOutcome> {
         self.check_peer(now);
         let res = match self.phase {

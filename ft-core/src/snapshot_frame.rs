@@ -62,6 +62,13 @@ pub fn encode(magic: &[u8; 8], version: u32, meta: &[u8], memory: &[u8]) -> Vec<
 
 /// Check a snapshot's frame and return its (metadata, memory) sections. `kind` names
 /// the backend in errors.
+///
+/// # Errors
+///
+/// [`SnapshotError::BadMagic`] for another backend's (or no) snapshot,
+/// [`SnapshotError::Version`] for another format version,
+/// [`SnapshotError::Checksum`] when the content was altered, and
+/// [`SnapshotError::Truncated`] naming the section that is cut short.
 pub fn decode<'a>(
     bytes: &'a [u8],
     magic: &[u8; 8],

@@ -393,6 +393,15 @@ impl DeviceModel {
 
     /// Apply an asynchronous event (I/O completion data lands in `mem` now, all at
     /// once).
+    ///
+    /// # Errors
+    ///
+    /// [`ModelError::NoInterruptLine`] for an interrupt of a device without one,
+    /// [`ModelError::NoUnsolicitedInput`] for input to a device other than the
+    /// network, [`ModelError::NotInFlight`] for the completion of an I/O the model
+    /// did not start. A completion whose data does not fit (a DMA outside `mem`, a
+    /// length other than the request's) is no error here: the guest sees it in the
+    /// block device's status, as with hardware.
     pub fn inject<M: GuestMemory + ?Sized>(
         &mut self,
         event: &AsyncEvent,
@@ -465,6 +474,17 @@ fn input(device: DeviceId, offset: u64, size: u8) -> Load {
 
 /// The value of a nondeterministic read of `size` bytes from the bytes the engine
 /// supplied (`size` bytes, or 8), little-endian.
+///
+/// # Errors
+///
+/// [`ModelError::InputSize`] when `data` is neither `size` nor 8 bytes long.
+///
+/// ```
+/// use ft_core::device_set::model::input_value;
+/// assert_eq!(input_value(2, &[0x34, 0x12]), Ok(0x1234));
+/// assert_eq!(input_value(2, &7u64.to_le_bytes()), Ok(7));
+/// assert!(input_value(2, &[1, 2, 3]).is_err());
+/// ```
 pub fn input_value(size: u8, data: &[u8]) -> Result<u64, ModelError> {
     if data.len() != usize::from(size) && data.len() != 8 {
         return Err(ModelError::InputSize {
