@@ -17,20 +17,19 @@ use crate::record::{AsyncEvent, InputRequest, IoRequest, Nanos, Output};
 ///
 /// # What a world must implement
 ///
-/// [`World::input`], [`World::poll`], [`World::next_deadline`] and [`World::emit`]
-/// are required: every machine reads, waits and writes. The rest have defaults:
-///
-/// * [`World::go_live`], [`World::announce`], [`World::fence`] and
-///   [`World::replayed_output`] do nothing, which loses nothing;
-/// * [`World::start_io`], [`World::apply_private_write`] and [`World::read_local`]
-///   panic, naming the method and the request: a machine without asynchronous I/O
-///   (no disk) never causes a call, and a machine that does must not have its I/O
-///   dropped in silence.
+/// [`World::input`], [`World::poll`], [`World::next_deadline`] and [`World::emit`]:
+/// every machine reads, waits and writes. [`World::start_io`],
+/// [`World::apply_private_write`] and [`World::read_local`] are required too, with
+/// no default: a machine without asynchronous I/O (no disk) never causes a call, but
+/// a default could only drop an I/O in silence (a lost write, a completion the guest
+/// waits for forever) or panic, so the embedder says which is right for its machine.
+/// [`World::go_live`], [`World::announce`], [`World::fence`] and
+/// [`World::replayed_output`] default to doing nothing, which loses nothing.
 ///
 /// A world for a disk-less machine whose outputs go to a channel:
 ///
 /// ```
-/// use ft_core::{AsyncEvent, Bytes, InputRequest, Nanos, Output, World};
+/// use ft_core::{AsyncEvent, Bytes, InputRequest, IoRequest, Nanos, Output, World};
 ///
 /// #[derive(Default)]
 /// struct Console {
@@ -47,6 +46,16 @@ use crate::record::{AsyncEvent, InputRequest, IoRequest, Nanos, Output};
 ///     }
 ///     fn emit(&mut self, output: &Output, possible_repeat: bool, _: Nanos) {
 ///         self.sent.push((output.seq.0, output.data.clone(), possible_repeat));
+///     }
+///     // The machine has no disk: it never reports `Stop::IoStart`.
+///     fn start_io(&mut self, req: &IoRequest, _: Nanos) {
+///         unreachable!("no disk, yet I/O {:?}", req.id)
+///     }
+///     fn apply_private_write(&mut self, req: &IoRequest) {
+///         unreachable!("no disk, yet I/O {:?}", req.id)
+///     }
+///     fn read_local(&mut self, req: &IoRequest) -> Bytes {
+///         unreachable!("no disk, yet I/O {:?}", req.id)
 ///     }
 /// }
 ///
@@ -74,18 +83,7 @@ pub trait World {
     /// The engine calls it for every [`crate::Stop::IoStart`] the machine reports
     /// (a shared-disk write once the backup holds the records before it), and at
     /// go-live. A machine that never reports `Stop::IoStart` never causes a call.
-    ///
-    /// # Panics
-    ///
-    /// The default panics, naming this method and the request: it is there for a
-    /// world whose machine issues no asynchronous I/O (no disk, no timer driven
-    /// through I/O), and an I/O that reached it would otherwise be dropped, a lost
-    /// write or a completion the guest waits for forever. A world whose machine
-    /// starts I/O must override it.
-    fn start_io(&mut self, req: &IoRequest, now: Nanos) {
-        let _ = now;
-        unsupported("start_io", req)
-    }
+    fn start_io(&mut self, req: &IoRequest, now: Nanos);
 
     /// Release an output to the outside world (live side). `possible_repeat` is set
     /// for outputs re-sent at go-live, which the old primary may already have sent.
@@ -100,30 +98,12 @@ pub trait World {
 
     /// The replaying side performs a private-disk write on its own copy. Called only
     /// for a [`crate::IoKind::PrivateWrite`] the replayed machine starts.
-    ///
-    /// # Panics
-    ///
-    /// The default panics, naming this method and the request: a world without a
-    /// private disk has no copy to write, and dropping the write would leave the
-    /// backup's disk behind the primary's. A world whose machine issues private-disk
-    /// writes must override it.
-    fn apply_private_write(&mut self, req: &IoRequest) {
-        unsupported("apply_private_write", req)
-    }
+    fn apply_private_write(&mut self, req: &IoRequest);
 
     /// The replaying side reads the data of a [`crate::IoKind::LocalRead`] from its own
     /// storage. Called only when the log holds the completion of such a read (the
     /// primary logs those without their data).
-    ///
-    /// # Panics
-    ///
-    /// The default panics, naming this method and the request: a world without local
-    /// storage has no data to give, and any bytes made up here would diverge from
-    /// what the primary read. A world whose machine issues local reads must override
-    /// it.
-    fn read_local(&mut self, req: &IoRequest) -> Bytes {
-        unsupported("read_local", req)
-    }
+    fn read_local(&mut self, req: &IoRequest) -> Bytes;
 
     /// This side won the arbiter with fencing `token` (tokens grow with every win, in
     /// every generation). The effects it starts from now on should carry the token
@@ -157,24 +137,10 @@ pub trait World {
     }
 }
 
-/// The defaults of the I/O methods: a loud refusal, never a silent drop.
-#[cold]
-#[track_caller]
-fn unsupported(method: &str, req: &IoRequest) -> ! {
-    // A contract violation by the embedder (its machine issues I/O its world does not
-    // carry out); it has no return value to report an error through, and going on
-    // would lose the I/O.
-    panic!(
-        "World::{method} is not implemented by this world, but the machine issued I/O {} \
-         ({:?}, device {}, op {}, offset {:#x}, {} bytes): override World::{method}",
-        req.id.0, req.kind, req.device.0, req.op, req.offset, req.len
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{DeviceId, IoId, IoKind};
+    use crate::record::DeviceId;
 
     /// A world with only the required methods.
     #[derive(Default)]
@@ -193,17 +159,14 @@ mod tests {
         fn emit(&mut self, output: &Output, possible_repeat: bool, _: Nanos) {
             self.emitted.push((output.clone(), possible_repeat));
         }
-    }
-
-    fn request(kind: IoKind) -> IoRequest {
-        IoRequest {
-            id: IoId(42),
-            device: DeviceId(4),
-            kind,
-            op: 2,
-            offset: 0x200,
-            len: 512,
-            data: Bytes::from_static(b"sector"),
+        fn start_io(&mut self, _: &IoRequest, _: Nanos) {
+            unreachable!("no disk")
+        }
+        fn apply_private_write(&mut self, _: &IoRequest) {
+            unreachable!("no disk")
+        }
+        fn read_local(&mut self, _: &IoRequest) -> Bytes {
+            unreachable!("no disk")
         }
     }
 
@@ -219,29 +182,5 @@ mod tests {
         });
         w.announce(11);
         assert!(w.emitted.is_empty());
-    }
-
-    #[test]
-    #[should_panic(
-        expected = "World::start_io is not implemented by this world, but the machine issued I/O 42"
-    )]
-    fn default_start_io_refuses_loudly() {
-        Minimal::default().start_io(&request(IoKind::SharedWrite), 0);
-    }
-
-    #[test]
-    #[should_panic(
-        expected = "World::apply_private_write is not implemented by this world, but the machine issued I/O 42 (PrivateWrite"
-    )]
-    fn default_apply_private_write_refuses_loudly() {
-        Minimal::default().apply_private_write(&request(IoKind::PrivateWrite));
-    }
-
-    #[test]
-    #[should_panic(
-        expected = "World::read_local is not implemented by this world, but the machine issued I/O 42 (LocalRead, device 4, op 2, offset 0x200, 512 bytes)"
-    )]
-    fn default_read_local_refuses_loudly() {
-        let _ = Minimal::default().read_local(&request(IoKind::LocalRead));
     }
 }

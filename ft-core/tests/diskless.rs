@@ -1,5 +1,5 @@
-//! An embedder's disk-less machine: a world with only the required methods (the I/O
-//! and go-live methods keep their defaults) protects a guest through a failover, and
+//! An embedder's disk-less machine: a world whose go-live methods keep their defaults
+//! (and whose I/O methods are never called) protects a guest through a failover, and
 //! a machine that follows the documented contract (an input's value held until the
 //! next `run`; an output that retires exactly on `until` reported as the output)
 //! replays with every digest matching.
@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use ft_core::driver::{Driver, DriverConfig, Immediate, VirtualWire, WireConfig};
 use ft_core::{
     AsyncEvent, Bytes, Config, DeviceId, EventSource, ExecPoint, InProcessArbiter, InputRequest,
-    Nanos, Node, NodeId, Output, Phase, RawOutput, SourceError, SourceResult, Stop, World,
+    IoRequest, Nanos, Node, NodeId, Output, Phase, RawOutput, SourceError, SourceResult, Stop,
+    World,
 };
 
 /// Instruction `q` (running from point `q` to `q + 1`) reads a clock when
@@ -139,11 +140,20 @@ impl World for Console {
                 possible_repeat,
             });
         }
+    } // No disk: the machine never reports `Stop::IoStart`.
+    fn start_io(&mut self, req: &IoRequest, _: Nanos) {
+        unreachable!("no disk, yet I/O {:?}", req.id)
+    }
+    fn apply_private_write(&mut self, req: &IoRequest) {
+        unreachable!("no disk, yet I/O {:?}", req.id)
+    }
+    fn read_local(&mut self, req: &IoRequest) -> Bytes {
+        unreachable!("no disk, yet I/O {:?}", req.id)
     }
 }
 
 #[test]
-fn a_diskless_world_with_the_defaults_survives_a_failover() {
+fn a_diskless_world_with_the_go_live_defaults_survives_a_failover() {
     let sink = Arc::new(Mutex::new(Vec::new()));
     let world = |side| Console {
         side,

@@ -39,7 +39,7 @@
 //! use ft_core::driver::{Driver, DriverConfig, Immediate, Turn, VirtualWire, WireConfig};
 //! use ft_core::{Config, InProcessArbiter, Node, NodeId};
 //! # use ft_core::{EventSource, ExecPoint, SourceResult, Stop, World, Bytes};
-//! # use ft_core::{AsyncEvent, InputRequest, Nanos, Output};
+//! # use ft_core::{AsyncEvent, InputRequest, IoRequest, Nanos, Output};
 //! # struct Halts(u64);
 //! # impl EventSource for Halts {
 //! #     fn point(&self) -> ExecPoint { ExecPoint::at(self.0) }
@@ -54,13 +54,16 @@
 //! #     fn snapshot(&self) -> SourceResult<Vec<u8>> { Ok(self.0.to_le_bytes().to_vec()) }
 //! #     fn restore(&mut self, _: &[u8]) -> SourceResult<()> { Ok(()) }
 //! # }
-//! # // A disk-less world: the I/O and go-live methods keep their defaults.
+//! # // A disk-less world: the go-live methods keep their defaults.
 //! # struct Quiet;
 //! # impl World for Quiet {
 //! #     fn input(&mut self, _: &InputRequest, _: Nanos) -> Bytes { Bytes::new() }
 //! #     fn poll(&mut self, _: Nanos, _: &mut Vec<AsyncEvent>) {}
 //! #     fn next_deadline(&self) -> Option<Nanos> { None }
 //! #     fn emit(&mut self, _: &Output, _: bool, _: Nanos) {}
+//! #     fn start_io(&mut self, _: &IoRequest, _: Nanos) { unreachable!("no disk") }
+//! #     fn apply_private_write(&mut self, _: &IoRequest) { unreachable!("no disk") }
+//! #     fn read_local(&mut self, _: &IoRequest) -> Bytes { unreachable!("no disk") }
 //! # }
 //! // A primary and a backup of a guest that halts at point 10, on virtual time.
 //! let pcfg = Config { node: NodeId(1), ..Config::default() };
