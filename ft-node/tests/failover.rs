@@ -620,8 +620,8 @@ fn a_second_client_session_gets_all_its_answers_across_a_failover() {
     let h = std::thread::spawn(move || {
         client::run(&second_cfg, &st, Some(&Log::new("client-2"))).expect("the second session")
     });
-    // Before answer 300, so some of the re-sent requests carry ids the first session
-    // also used (the bridge must not take them for its duplicates).
+    // Before answer 300, so any request re-sent carries an id the first session also
+    // used (the bridge must not take it for a duplicate).
     let k = rng.gen_range(REQUESTS / 5..300);
     wait_answers(&status, k, &mut rng);
     primary.kill9().unwrap();
@@ -641,7 +641,8 @@ fn a_second_client_session_gets_all_its_answers_across_a_failover() {
     // own), then its own, with the service counter continuous across both.
     assert_eq!((s1.first_output, s2.first_output), (0, 0));
     assert_eq!((s1.foreign, s2.foreign), (0, 300));
-    assert!(s2.resent > 0, "the failover re-sent requests: {s2}");
+    // Re-sends are not asserted: the requests unanswered at the loss are often
+    // answered in the backup's history (it replayed them), and then none is re-sent.
     assert_eq!(s2.last_counter, 300 + REQUESTS + 1);
     assert_eq!(
         second.connections.len(),
