@@ -904,7 +904,7 @@ impl Cpu {
         if pc & 1 != 0 {
             return self.exception(Exception::InstructionAddressMisaligned, pc);
         }
-        let pa = if self.satp >> 60 != SATP_BARE && self.privilege != Privilege::Machine {
+        let pa = if self.fetch_translates() {
             return self.fetch_translated(ram, mmio);
         } else {
             pc
@@ -1012,6 +1012,13 @@ impl Cpu {
         let lo = ram.load_u16(first.pa).ok()?;
         let hi = ram.load_u16(second.pa).ok()?;
         Some((u32::from(lo) | (u32::from(hi) << 16), [first, second]))
+    }
+
+    /// Whether instruction fetches translate: Sv39 on, below M-mode (MPRV never applies
+    /// to fetches).
+    #[inline(always)]
+    fn fetch_translates(&self) -> bool {
+        self.satp >> 60 != SATP_BARE && self.privilege != Privilege::Machine
     }
 
     /// The mode loads and stores translate in, if they translate: `None` in Bare, or
@@ -1141,7 +1148,7 @@ impl Cpu {
         let pc = self.pc;
         // The next instruction, as its fetch would see it (with no side effects unless
         // it is a `wfi` that executes).
-        let fetched = if self.satp >> 60 != SATP_BARE && self.privilege != Privilege::Machine {
+        let fetched = if self.fetch_translates() {
             self.peek_fetch(ram, pc)
         } else {
             ram.load_u32(pc).ok().map(|w| (w, [Walk::NONE; 2]))
